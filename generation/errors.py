@@ -1,0 +1,158 @@
+"""One error hierarchy for the generation module, with stable codes.
+
+Every failure that leaves ``generation/`` is a :class:`GenerationError`. The ``code`` is a
+stable string the bot maps to a localized message (``locales/*.json`` key ``error.<CODE>``);
+``message`` is for logs only and never contains secrets.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class ErrorCode(StrEnum):
+    AUTH_FAILED = "AUTH_FAILED"
+    DEPLOYMENT_NOT_FOUND = "DEPLOYMENT_NOT_FOUND"
+    INVALID_INPUT = "INVALID_INPUT"
+    RATE_LIMITED = "RATE_LIMITED"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    NO_DEPLOYMENTS_AVAILABLE = "NO_DEPLOYMENTS_AVAILABLE"
+    RUN_FAILED = "RUN_FAILED"
+    RUN_TIMEOUT = "RUN_TIMEOUT"
+    CANCELLED = "CANCELLED"
+    INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+    QUEUE_FULL = "QUEUE_FULL"
+    RUN_NOT_FOUND = "RUN_NOT_FOUND"
+    BACKEND_ERROR = "BACKEND_ERROR"
+    SUBMIT_UNCERTAIN = "SUBMIT_UNCERTAIN"
+    INTERRUPTED = "INTERRUPTED"
+
+
+class GenerationError(Exception):
+    """Base of all generation errors. ``details`` holds safe, structured extras."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.BACKEND_ERROR
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or self.code.value)
+        self.message = message or self.code.value
+        self.details: dict[str, Any] = details
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
+
+
+class AuthFailedError(GenerationError):
+    code = ErrorCode.AUTH_FAILED
+
+
+class DeploymentNotFoundError(GenerationError):
+    code = ErrorCode.DEPLOYMENT_NOT_FOUND
+
+
+class InvalidInputError(GenerationError):
+    """A request that can never succeed as sent. ``field`` names the offending field."""
+
+    code = ErrorCode.INVALID_INPUT
+
+    def __init__(self, message: str = "", *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message, field=field, **details)
+        self.field = field
+
+
+class RateLimitedError(GenerationError):
+    code = ErrorCode.RATE_LIMITED
+    retryable = True
+
+
+class BackendUnavailableError(GenerationError):
+    """Transport errors and 5xx after retries: the backend may come back."""
+
+    code = ErrorCode.BACKEND_UNAVAILABLE
+    retryable = True
+
+
+class NoDeploymentsAvailableError(GenerationError):
+    code = ErrorCode.NO_DEPLOYMENTS_AVAILABLE
+
+
+class RunFailedError(GenerationError):
+    code = ErrorCode.RUN_FAILED
+
+
+class RunTimeoutError(GenerationError):
+    code = ErrorCode.RUN_TIMEOUT
+
+
+class CancelledError(GenerationError):
+    """The user (or an admin) cancelled the generation. Not ``asyncio.CancelledError``."""
+
+    code = ErrorCode.CANCELLED
+
+
+class InsufficientBalanceError(GenerationError):
+    code = ErrorCode.INSUFFICIENT_BALANCE
+
+    def __init__(self, message: str = "", *, required: int = 0, available: int = 0) -> None:
+        super().__init__(message, required=required, available=available)
+        self.required = required
+        self.available = available
+
+
+class QueueFullError(GenerationError):
+    code = ErrorCode.QUEUE_FULL
+
+
+class RunNotFoundError(GenerationError):
+    code = ErrorCode.RUN_NOT_FOUND
+
+
+class BackendError(GenerationError):
+    """Any other unexpected backend answer (unexpected 4xx, malformed body)."""
+
+    code = ErrorCode.BACKEND_ERROR
+
+
+class SubmitUncertainError(GenerationError):
+    """The create call may or may not have reached the backend (crash or timeout mid-call)."""
+
+    code = ErrorCode.SUBMIT_UNCERTAIN
+
+
+class InterruptedError_(GenerationError):
+    """The bot stopped before the run could be submitted."""
+
+    code = ErrorCode.INTERRUPTED
+
+
+ERRORS_BY_CODE: dict[ErrorCode, type[GenerationError]] = {
+    cls.code: cls
+    for cls in (
+        AuthFailedError,
+        DeploymentNotFoundError,
+        InvalidInputError,
+        RateLimitedError,
+        BackendUnavailableError,
+        NoDeploymentsAvailableError,
+        RunFailedError,
+        RunTimeoutError,
+        CancelledError,
+        InsufficientBalanceError,
+        QueueFullError,
+        RunNotFoundError,
+        BackendError,
+        SubmitUncertainError,
+        InterruptedError_,
+    )
+}
+
+
+def error_from_code(code: str, message: str = "") -> GenerationError:
+    """Rebuild an error from a stored code (e.g. a run's ``error_code`` column)."""
+    try:
+        cls = ERRORS_BY_CODE[ErrorCode(code)]
+    except ValueError:
+        cls = BackendError
+    return cls(message)
