@@ -1,13 +1,11 @@
 """GenerationService: the public face of the generation module.
 
-CONTRACT SKELETON — the orchestration helper implements the bodies; signatures are fixed
-because the bot (handlers/) codes against them.
-
 Flow of one generation::
 
     generate(request, context)
       validate (type registry: prompt? image? mask?)      → InvalidInputError(field=...)
-      per-user caps (active + queued)                      → QueueFullError
+      a deployment exists for the type?                   → NoDeploymentsAvailableError
+      per-user queued cap                                  → QueueFullError
       draw the concrete seed, persist the run + hold price → InsufficientBalanceError
       enqueue in the fair queue; publish GenerationQueued
       return the RunRecord at once (status QUEUED)
@@ -15,9 +13,10 @@ Flow of one generation::
       select deployment (role, weight, health, circuit breaker)
       build inputs (PromptBuilder + LoRA triggers gated by balance; images → data URI/upload)
       status SUBMITTING persisted → backend.create_run (retries inside the client)
-      → failover to another deployment of the type on BackendUnavailable
+      → failover to another deployment of the type on BackendUnavailable / RateLimited /
+        DeploymentNotFound; AuthFailed / InvalidInput / SubmitUncertain fail at once
       backend run id persisted; publish GenerationStarted
-    tracker
+    tracker (generation.tracker)
       webhooks (process_webhook) + polling backstop (GET /run/{id}) → one state machine/run
       publish GenerationProgress / GenerationCompleted (+ MediaAvailable per output) /
       GenerationFailed / GenerationCancelled. Holds are released by the service on
@@ -26,21 +25,60 @@ Flow of one generation::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from generation.events import EventBus
-from generation.models import RunRecord
+from generation.errors import (
+    AuthFailedError,
+    BackendError,
+    BackendUnavailableError,
+    DeploymentNotFoundError,
+    GenerationError,
+    InterruptedError_,
+    InvalidInputError,
+    NoDeploymentsAvailableError,
+    QueueFullError,
+    RateLimitedError,
+    RunNotFoundError,
+    SubmitUncertainError,
+)
+from generation.events import EventBus, GenerationQueued, GenerationStarted
+from generation.images import aprepare_image, aprepare_mask, image_input_value
+from generation.models import (
+    ChargeState,
+    DeliveryState,
+    DeploymentConfig,
+    RunRecord,
+    RunStatus,
+)
 from generation.ports import Backend, BalanceStore, DeploymentStore, LoraStore, RunStore
-from generation.request import GenerationContext, GenerationRequest
+from generation.prompt_builder import PromptBuilder
+from generation.request import GenerationContext, GenerationRequest, InputImage
+from generation.scheduler import FairScheduler, QueueItem
+from generation.selection import DeploymentSelector
+from generation.status import snapshot_from_payload
+from generation.tokens import verify_webhook_token, webhook_url
+from generation.tracker import RunTracker, completion_events
+from generation.types import ResolvedType, deployment_keys_for, validate_request
+
+log = logging.getLogger(__name__)
+
+_IMAGE_FIELDS = ("image", "mask", "control_image", "style_image", "pose_image")
+_FAILOVER_ERRORS = (BackendUnavailableError, RateLimitedError, DeploymentNotFoundError)
 
 
 @dataclass(slots=True)
 class GenerationSettings:
-    webhook_url: str | None = None  # e.g. "https://bot.example/comfydeploy/webhook"; None → polling only
+    # e.g. "https://bot.example/comfydeploy/webhook"; None → polling only
+    webhook_url: str | None = None
     webhook_secret: str = ""  # HMAC key for per-run webhook tokens
     poll_interval: float = 3.0  # seconds between GET /run/{id} polls (polling mode)
     webhook_poll_interval: float = 15.0  # slower backstop when webhooks are on
@@ -51,6 +89,28 @@ class GenerationSettings:
     inline_image_max_bytes: int = 4_000_000  # larger inputs go through upload_file
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
     breaker_cooldown: float = 60.0  # seconds before a half-open probe
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What a queued run needs that is not persisted: image bytes and the caller's balance."""
+
+    request: GenerationRequest
+    balance: int | None = None
+
+
+def request_from_record(data: Mapping[str, Any]) -> GenerationRequest:
+    """Rebuild a request from its stored form (images are not stored: they come back None)."""
+    fields = {
+        k: v
+        for k, v in data.items()
+        if k in GenerationRequest.model_fields and k not in _IMAGE_FIELDS
+    }
+    return GenerationRequest.model_validate(fields)
+
+
+def _record_had_images(data: Mapping[str, Any]) -> bool:
+    return any(data.get(name) for name in _IMAGE_FIELDS)
 
 
 class GenerationService:
@@ -67,50 +127,447 @@ class GenerationService:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
-        raise NotImplementedError
+        self.backend = backend
+        self.runs = runs
+        self.balances = balances
+        self.deployments = deployments
+        self.loras = loras
+        self.bus = bus or EventBus()
+        self.settings = settings or GenerationSettings()
+        self.clock = clock
+        s = self.settings
+        self.selector = DeploymentSelector(
+            deployments,
+            clock=clock,
+            rng=rng or random.Random(),
+            breaker_threshold=s.breaker_threshold,
+            breaker_cooldown=s.breaker_cooldown,
+        )
+        self.scheduler = FairScheduler(
+            max_in_flight=s.max_in_flight,
+            max_active_per_user=s.max_active_per_user,
+            max_queued_per_user=s.max_queued_per_user,
+            on_position=self._publish_position,
+        )
+        self.tracker = RunTracker(
+            runs=runs,
+            balances=balances,
+            backend=backend,
+            bus=self.bus,
+            clock=clock,
+            on_finished=self._on_finished,
+        )
+        self._pending: dict[str, _Pending] = {}
+        self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
 
     bus: EventBus
 
+    # -- lifecycle ----------------------------------------------------------------------------
+
     async def start(self) -> None:
         """Start worker/tracker tasks and resume every unfinished run from the RunStore."""
-        raise NotImplementedError
+        if self._started:
+            return
+        self._started = True
+        await self._resume()
+        loop = asyncio.get_running_loop()
+        workers = max(1, self.settings.max_in_flight)
+        self._tasks = [
+            loop.create_task(self._worker(), name=f"generation-worker-{i}") for i in range(workers)
+        ]
+        self._tasks.append(loop.create_task(self._poll_loop(), name="generation-poller"))
 
     async def stop(self) -> None:
         """Stop taking work, cancel our tasks cleanly; persisted runs resume on next start."""
-        raise NotImplementedError
+        self._started = False
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.tracker.aclose()
+
+    async def _resume(self) -> None:
+        for run in await self.runs.list_unfinished_runs():
+            try:
+                await self._resume_run(run)
+            except Exception:
+                log.exception("run %s: resume failed", run.id)
+
+    async def _resume_run(self, run: RunRecord) -> None:
+        status = run.status
+        if status is RunStatus.QUEUED:
+            await self._resume_queued(run)
+        elif status is RunStatus.SUBMITTING or (not status.is_terminal and not run.backend_run_id):
+            # The create call may or may not have reached the backend: never resubmit.
+            await self.tracker.fail(run.id, SubmitUncertainError("interrupted while submitting"))
+        elif not status.is_terminal:
+            self.scheduler.mark_active(run.id, run.user_id)
+            self.tracker.track(run)
+        elif status is RunStatus.SUCCESS:
+            if run.delivery_state is DeliveryState.PENDING:
+                for event in completion_events(run):
+                    self.bus.publish(event)
+            elif run.charge_state is ChargeState.HELD:
+                if run.delivery_state is DeliveryState.DELIVERED:
+                    await self.balances.settle_hold(run.id)
+                else:
+                    await self.balances.release_hold(run.id)
+        elif run.charge_state is ChargeState.HELD:
+            await self.balances.release_hold(run.id)
+
+    async def _resume_queued(self, run: RunRecord) -> None:
+        pending = self._pending.get(run.id)
+        request = pending.request if pending else None
+        if request is None:
+            try:
+                request = request_from_record(run.request)
+                if _record_had_images(run.request):
+                    raise InterruptedError_("input images were lost in a restart")
+                validate_request(request)
+            except (GenerationError, ValueError) as exc:
+                err = exc if isinstance(exc, InterruptedError_) else InterruptedError_(str(exc))
+                await self.tracker.fail(run.id, err)
+                return
+            self._pending[run.id] = _Pending(request)
+        if not self.scheduler.is_queued(run.id) and not self.scheduler.is_active(run.id):
+            self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
+
+    # -- public API ---------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest, context: GenerationContext) -> RunRecord:
-        raise NotImplementedError
+        resolved = validate_request(request)
+        keys = deployment_keys_for(resolved)
+        if not await self.selector.has_candidates(keys, request.mode):
+            raise NoDeploymentsAvailableError(
+                f"no deployment configured for {resolved.name}", keys=keys
+            )
+        user_id = request.user_id
+        queued = self.scheduler.queued_count(user_id) + self._reserved[user_id]
+        if queued >= self.scheduler.max_queued_per_user:
+            raise QueueFullError("too many queued requests", user_id=user_id)
+        self._reserved[user_id] += 1
+        try:
+            request = request.with_concrete_seed()
+            now = self.clock()
+            run = RunRecord(
+                id=uuid.uuid4().hex,
+                user_id=user_id,
+                chat_id=request.chat_id,
+                type=request.type,
+                request=request.to_record(),
+                status=RunStatus.QUEUED,
+                price=context.price,
+                meta=dict(context.meta),
+                created_at=now,
+                updated_at=now,
+            )
+            run = await self.runs.create_run(run, hold_amount=context.price)
+        finally:
+            self._reserved[user_id] -= 1
+            if self._reserved[user_id] <= 0:
+                del self._reserved[user_id]
+        self._pending[run.id] = _Pending(request, context.balance)
+        # Publishes GenerationQueued (via _publish_position) for this run and any that moved.
+        self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
+        log.info("run %s queued: type=%s user=%s", run.id, run.type, run.user_id)
+        return run
 
     async def check_status(self, run_id: str) -> RunRecord:
         """Current record (polls the backend once when the run is in flight)."""
-        raise NotImplementedError
+        if self.tracker.is_tracked(run_id):
+            await self.tracker.poll_once(run_id)
+        run = await self.runs.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError("unknown run", run_id=run_id)
+        return run
 
     async def cancel_generation(self, run_id: str) -> RunRecord:
         """Cancel a queued or running generation; terminal runs are returned unchanged."""
-        raise NotImplementedError
+        run = await self.runs.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError("unknown run", run_id=run_id)
+        if run.is_terminal:
+            return run
+        backend_run_id = run.backend_run_id
+        self.scheduler.remove(run_id)
+        # Locally first: from here on late webhooks and polls change nothing.
+        final = await self.tracker.finish(
+            run_id, RunStatus.CANCELLED, message="cancelled by the user"
+        )
+        if final is not None and final.status is RunStatus.CANCELLED and backend_run_id:
+            await self._cancel_backend(run_id, backend_run_id)
+        return final or run
+
+    async def _cancel_backend(self, run_id: str, backend_run_id: str) -> None:
+        try:
+            await self.backend.cancel_run(backend_run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # tolerated: the run is cancelled locally anyway
+            log.info("run %s: backend cancel failed: %r", run_id, exc)
 
     async def cancel_user_generations(self, user_id: int) -> list[RunRecord]:
         """Cancel all of a user's queued and running generations; returns those cancelled."""
-        raise NotImplementedError
+        cancelled: list[RunRecord] = []
+        for run in await self.runs.list_user_runs(user_id, active_only=True):
+            if run.is_terminal:
+                continue
+            final = await self.cancel_generation(run.id)
+            if final.status is RunStatus.CANCELLED and not run.is_terminal:
+                cancelled.append(final)
+        return cancelled
 
-    async def process_webhook(self, payload: Mapping[str, Any], token: str | None = None,
-                              run_ref: str | None = None) -> bool:
+    async def process_webhook(
+        self, payload: Mapping[str, Any], token: str | None = None, run_ref: str | None = None
+    ) -> bool:
         """Apply a ComfyDeploy webhook. ``run_ref``/``token`` are the ``r``/``t`` query
         parameters of our webhook URL. Returns False (and changes nothing) when the call is
-        forged, unknown or malformed."""
-        raise NotImplementedError
+        forged, unknown or malformed. Makes no backend call: it answers fast."""
+        secret = self.settings.webhook_secret
+        if not run_ref or not verify_webhook_token(secret, run_ref, token):
+            log.warning("webhook rejected: bad token")
+            return False
+        run = await self.runs.get_run(run_ref)
+        if run is None:
+            log.warning("webhook rejected: unknown run")
+            return False
+        try:
+            snapshot = snapshot_from_payload(payload)
+        except Exception as exc:
+            log.warning("webhook rejected for run %s: %r", run_ref, exc)
+            return False
+        if run.backend_run_id and snapshot.backend_run_id != run.backend_run_id:
+            log.warning("webhook rejected for run %s: backend run id mismatch", run_ref)
+            return False
+        await self.tracker.apply(run.id, snapshot, source="webhook")
+        return True
 
     def queue_position(self, run_id: str) -> int | None:
-        raise NotImplementedError
+        return self.scheduler.position(run_id)
 
     async def attach_progress_message(self, run_id: str, message_id: int) -> RunRecord:
-        raise NotImplementedError
+        async with self.tracker.lock(run_id):
+            return await self.runs.update_run(
+                run_id, progress_message_id=message_id, updated_at=self.clock()
+            )
 
     async def mark_delivered(self, run_id: str) -> RunRecord:
         """The caller delivered the result: settle the hold (exactly once)."""
-        raise NotImplementedError
+        async with self.tracker.lock(run_id):
+            run = await self.runs.update_run(
+                run_id, delivery_state=DeliveryState.DELIVERED, updated_at=self.clock()
+            )
+            if await self.balances.settle_hold(run_id):
+                run = await self.runs.get_run(run_id) or run
+        return run
 
     async def mark_delivery_failed(self, run_id: str) -> RunRecord:
         """The caller could not deliver: release the hold (exactly once)."""
-        raise NotImplementedError
+        async with self.tracker.lock(run_id):
+            run = await self.runs.update_run(
+                run_id, delivery_state=DeliveryState.FAILED, updated_at=self.clock()
+            )
+            if await self.balances.release_hold(run_id):
+                run = await self.runs.get_run(run_id) or run
+        return run
+
+    # -- scheduler / tracker hooks --------------------------------------------------------------
+
+    def _publish_position(self, item: QueueItem, position: int) -> None:
+        self.bus.publish(GenerationQueued(item.run_id, item.user_id, item.chat_id, position))
+
+    def _on_finished(self, run: RunRecord) -> None:
+        self.scheduler.remove(run.id)
+        self.scheduler.release(run.id)
+        self._pending.pop(run.id, None)
+
+    # -- workers ------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self.scheduler.take()
+            try:
+                await self.dispatch(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("run %s: dispatch crashed", item.run_id)
+                await self.tracker.fail(item.run_id, BackendError(f"internal error: {exc!r}"))
+
+    async def _poll_loop(self) -> None:
+        s = self.settings
+        interval = s.webhook_poll_interval if s.webhook_url else s.poll_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tracker.poll_once()
+                await self.tracker.check_deadlines()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("poll tick failed")
+
+    async def dispatch(self, item: QueueItem) -> None:
+        """Submit one run taken from the queue (what a worker does with each item).
+
+        Public so tests and tools can drive dispatch without background workers."""
+        run = await self.runs.get_run(item.run_id)
+        pending = self._pending.get(item.run_id)
+        if run is None or run.status is not RunStatus.QUEUED or pending is None:
+            self.scheduler.release(item.run_id)
+            if run is not None and run.status is RunStatus.QUEUED:
+                await self.tracker.fail(run.id, InterruptedError_("request data lost"))
+            return
+        request = pending.request
+        try:
+            resolved = validate_request(request)
+            image_values = await self._image_values(request)
+            balance = pending.balance
+            if balance is None:
+                balance = await self.balances.get_balance(run.user_id)
+            loras = [entry for entry in await self.loras.list_loras() if entry.enabled]
+        except GenerationError as exc:
+            await self.tracker.fail(run.id, exc)
+            return
+
+        keys = deployment_keys_for(resolved)
+        exclude: set[str] = set()
+        last_error: GenerationError | None = None
+        while True:
+            try:
+                deployment = await self.selector.select(keys, request.mode, exclude)
+            except NoDeploymentsAvailableError as exc:
+                await self.tracker.fail(run.id, last_error or exc)
+                return
+            exclude.add(deployment.deployment_id)
+            outcome = await self._submit_to(
+                run, request, resolved, deployment, image_values, loras, balance
+            )
+            if outcome is None:
+                return
+            last_error = outcome
+
+    async def _submit_to(
+        self,
+        run: RunRecord,
+        request: GenerationRequest,
+        resolved: ResolvedType,
+        deployment: DeploymentConfig,
+        image_values: dict[str, str],
+        loras: list[Any],
+        balance: int,
+    ) -> GenerationError | None:
+        """Try one deployment. Returns the error to fail over on, or None when done."""
+        dep_id = deployment.deployment_id
+        try:
+            built = PromptBuilder().build(
+                request,
+                resolved,
+                deployment_inputs=deployment.inputs,
+                loras=loras,
+                balance=balance,
+                image_values=image_values,
+            )
+        except GenerationError as exc:
+            await self.tracker.fail(run.id, exc)
+            return None
+        record = request.to_record()
+        record["final_prompt"] = built.final_prompt
+        record["applied_loras"] = list(built.applied_loras)
+        now = self.clock()
+        async with self.tracker.lock(run.id):
+            current = await self.runs.get_run(run.id)
+            if current is None or current.is_terminal:
+                return None  # cancelled while we prepared
+            await self.runs.update_run(
+                run.id,
+                status=RunStatus.SUBMITTING,
+                deployment_id=dep_id,
+                request=record,
+                submitted_at=now,
+                deadline_at=now + self.settings.run_deadline,
+                updated_at=now,
+            )
+        hook = None
+        if self.settings.webhook_url:
+            hook = webhook_url(self.settings.webhook_url, run.id, self.settings.webhook_secret)
+        try:
+            backend_run_id = await self.backend.create_run(
+                dep_id, built.inputs, webhook=hook, webhook_intermediate_status=True
+            )
+        except _FAILOVER_ERRORS as exc:
+            log.warning("run %s: deployment %s failed: %s", run.id, dep_id, exc.code.value)
+            await self.selector.record_failure(dep_id)
+            return exc
+        except (AuthFailedError, InvalidInputError, SubmitUncertainError) as exc:
+            await self.tracker.fail(run.id, exc)
+            return None
+        except GenerationError as exc:
+            await self.tracker.fail(run.id, exc)
+            return None
+        await self.selector.record_success(dep_id)
+        await self._after_create(run, backend_run_id, dep_id)
+        return None
+
+    async def _after_create(self, run: RunRecord, backend_run_id: str, dep_id: str) -> None:
+        async with self.tracker.lock(run.id):
+            current = await self.runs.get_run(run.id)
+            if current is None:
+                return
+            if current.is_terminal:
+                cancelled_meanwhile = current.status is RunStatus.CANCELLED
+            else:
+                cancelled_meanwhile = False
+                changes: dict[str, Any] = {"updated_at": self.clock()}
+                if current.backend_run_id != backend_run_id:
+                    changes["backend_run_id"] = backend_run_id
+                if current.status.rank < RunStatus.WAITING.rank:
+                    changes["status"] = RunStatus.WAITING
+                current = await self.runs.update_run(run.id, **changes)
+                self.tracker.track(current)
+        if current.is_terminal:
+            if cancelled_meanwhile and current.backend_run_id in (None, backend_run_id):
+                await self._cancel_backend(run.id, backend_run_id)
+            return
+        self.bus.publish(
+            GenerationStarted(
+                run.id,
+                run.user_id,
+                run.chat_id,
+                backend_run_id=backend_run_id,
+                deployment_id=dep_id,
+            )
+        )
+        log.info("run %s submitted: deployment=%s backend=%s", run.id, dep_id, backend_run_id)
+
+    async def _image_values(self, request: GenerationRequest) -> dict[str, str]:
+        """Prepare every input image of ``request`` (off the event loop) and turn it into a
+        data URI or an uploaded URL, keyed by input name (``input_image``, ``input_mask``...).
+        The mask is sized to the prepared photo."""
+        values: dict[str, str] = {}
+        photo: InputImage | None = None
+        if request.image is not None:
+            photo = await aprepare_image(request.image, field="image")
+        for name in _IMAGE_FIELDS:
+            img: InputImage | None = getattr(request, name)
+            if img is None:
+                continue
+            if name == "image":
+                img = photo
+            elif name == "mask":
+                if photo is not None and photo.width and photo.height:
+                    size = (photo.width, photo.height)
+                else:
+                    size = (request.width, request.height)
+                img = await aprepare_mask(img, size=size, field="mask")
+            else:
+                img = await aprepare_image(img, field=name)
+            assert img is not None
+            values[f"input_{name}"] = await image_input_value(
+                img, self.backend, inline_max_bytes=self.settings.inline_image_max_bytes
+            )
+        return values

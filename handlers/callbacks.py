@@ -74,6 +74,34 @@ class SettingsAction(CallbackData):
         return _check(f"s:{self.menu}:{self.value}")
 
 
+@dataclass(frozen=True, slots=True)
+class MenuAction(CallbackData):
+    """A settings-menu button that belongs to one user (``owner``, a Telegram user id).
+
+    The owner id is public information (it is the user who opened the menu); it lets the
+    handler refuse presses from anyone else in a group chat. Longest form:
+    ``m:`` + 16 digits + ``:`` + 8-letter menu + ``:`` + 32-char value = 60 bytes.
+    """
+
+    owner: int
+    menu: str
+    value: str = ""
+
+    prefix: ClassVar[str] = "m"
+    regex: ClassVar[re.Pattern[str]] = re.compile(
+        r"^m:([1-9][0-9]{0,15}):([a-z]{1,8}):([A-Za-z0-9_.\-]{1,32})?\Z"  # \Z: no "\n"
+    )
+
+    def pack(self) -> str:
+        if (
+            not 0 < self.owner < 10**16
+            or not re.fullmatch(r"[a-z]{1,8}", self.menu)
+            or (self.value and not re.fullmatch(r"[A-Za-z0-9_.\-]{1,32}", self.value))
+        ):
+            raise ValueError(f"bad menu action {self.owner!r}/{self.menu!r}/{self.value!r}")
+        return _check(f"m:{self.owner}:{self.menu}:{self.value}")
+
+
 def parse(data: str | None) -> CallbackData | None:
     """Parse any of our callback payloads; ``None`` for unknown, stale or malformed data."""
     if not data or len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
@@ -82,4 +110,6 @@ def parse(data: str | None) -> CallbackData | None:
         return RunAction(m.group(1), m.group(2))
     if m := SettingsAction.regex.match(data):
         return SettingsAction(m.group(1), m.group(2) or "")
+    if m := MenuAction.regex.match(data):
+        return MenuAction(int(m.group(1)), m.group(2), m.group(3) or "")
     return None

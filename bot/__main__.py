@@ -1,0 +1,36 @@
+"""``python -m bot``: read settings, set up logging, run in polling or webhook mode."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from bot.config import ConfigError, load_settings
+from bot.logging_setup import setup_logging
+
+log = logging.getLogger("bot")
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.secret_values())
+
+    from bot.app import build_application, run_local_mode, run_polling, serve_webhook
+
+    if settings.telegram_bot_token is None:
+        return run_local_mode(settings)
+    application = build_application(settings)
+    if settings.webhook_mode:
+        asyncio.run(serve_webhook(application, settings))
+    else:
+        run_polling(application)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

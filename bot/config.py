@@ -1,0 +1,140 @@
+"""Settings from the environment and ``.env`` (design.md §5 — the names are a promise).
+
+``load_settings()`` turns pydantic's multi-line validation report into one :class:`ConfigError`
+line naming the first bad setting. Secret values are never echoed: the error text is built from
+the field name and pydantic's message only, never from the input value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_WEBHOOK_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+SECRET_FIELDS = ("telegram_bot_token", "comfydeploy_api_key", "webhook_secret")
+
+
+class ConfigError(Exception):
+    """A missing or invalid setting; ``str()`` is one line naming the setting."""
+
+
+class Settings(BaseSettings):
+    """Every environment variable of design.md §5, with its default."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+    )
+
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    comfydeploy_api_key: SecretStr | None = None
+    comfydeploy_api_url: str = "https://api.comfydeploy.com/api"
+    admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
+    database_path: str = "data/bot.sqlite3"
+    public_url: str | None = None
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(default=8080, ge=1, le=65535)
+    webhook_secret: SecretStr | None = None
+    run_poll_interval: float = Field(default=3.0, gt=0)
+    progress_edit_interval: float = Field(default=1.5, ge=0)
+    starting_balance: int = Field(default=0, ge=0)
+    max_active_per_user: int = Field(default=2, ge=1)
+    max_queued_per_user: int = Field(default=5, ge=0)
+    max_in_flight: int = Field(default=10, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: Any) -> Any:
+        if value is None:
+            return frozenset()
+        if isinstance(value, int):
+            return frozenset({value})
+        if isinstance(value, str):
+            parts = [p.strip() for p in re.split(r"[,\s;]+", value) if p.strip()]
+            try:
+                return frozenset(int(p) for p in parts)
+            except ValueError:
+                raise ValueError("expected comma-separated integer user ids") from None
+        return value
+
+    @field_validator("telegram_bot_token", "comfydeploy_api_key", "webhook_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _normalize_public_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if not value:
+                return None
+            if not value.startswith(("http://", "https://")):
+                raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("telegram_api_url", "comfydeploy_api_url", mode="before")
+    @classmethod
+    def _strip_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().rstrip("/")
+            if not value.startswith(("http://", "https://")):
+                raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _WEBHOOK_SECRET_RE.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _check_log_level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().upper() or "INFO"
+            if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+                raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return value
+
+    @property
+    def webhook_mode(self) -> bool:
+        return self.public_url is not None
+
+    def secret_values(self) -> list[str]:
+        """The plain secret values (for the log redaction filter)."""
+        out = []
+        for name in SECRET_FIELDS:
+            secret = getattr(self, name)
+            if secret is not None:
+                out.append(secret.get_secret_value())
+        return out
+
+
+def _first_error_line(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False, include_input=False, include_context=False)[0]
+    loc = err.get("loc") or ("?",)
+    name = str(loc[0]).upper()
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"Invalid setting {name}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise :class:`ConfigError` with one line naming a bad setting.
+
+    ``overrides`` are passed to :class:`Settings` (tests use ``_env_file=...``).
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_first_error_line(exc)) from None

@@ -1,0 +1,443 @@
+"""Admin commands (design §5): deployments, LoRAs, prices, balances, stats.
+
+Only ``ADMIN_IDS`` may use them; anyone else gets a polite refusal and nothing changes.
+Arguments are validated before anything is written; a mistake gets the command's usage.
+
+Decisions:
+- ``/setbalance`` and ``/grant`` for a user id the bot has not seen yet create that user
+  (with the starting balance, as if they had pressed /start) and then apply the change, so an
+  admin can fund someone before their first message.
+- ``/grant`` only adds (amount > 0); ``/setbalance`` sets an exact total ≥ 0 (credits on hold
+  are part of the total, so it cannot go below them). Both record the admin as the ledger actor.
+- ``/deployment add`` stores the deployment first and then asks the backend (if one is in
+  ``services.extras["backend"]``) for the declared inputs; when that is impossible the
+  deployment is still added and the reply says the inputs could not be checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shlex
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from telegram import Update
+from telegram.ext import Application, CommandHandler, ContextTypes
+
+from generation.models import DeploymentRole
+from handlers.deps import Services, get_services
+from handlers.menus import load_user
+from storage.errors import DuplicateError, NotFoundError, ValidationError
+
+log = logging.getLogger(__name__)
+
+TYPE_RE = re.compile(r"[A-Z0-9_]{1,32}")
+LORA_NAME_RE = re.compile(r"[^\s:<>]{1,128}")  # it goes into <lora:NAME:WEIGHT>
+FAMILY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,16}")
+MAX_WEIGHT = 1000
+MAX_AMOUNT = 10**12
+BACKEND_TIMEOUT = 15.0  # seconds for the optional list_deployments check
+FALLBACK_TYPES = ("MAKE", "I2I", "MAKE_PLUS", "INPAINT", "UPSCALE")
+
+Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
+
+class UsageError(Exception):
+    """Bad arguments: reply with the usage text of ``key``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def known_types() -> str:
+    try:
+        from generation.types import GENERATION_TYPES
+
+        names = tuple(GENERATION_TYPES)
+    except ImportError:  # the registry is optional for this listing
+        names = FALLBACK_TYPES
+    return ", ".join(names)
+
+
+def _int(text: str, usage: str, *, minimum: int, maximum: int = MAX_AMOUNT) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(usage) from None
+    if not minimum <= value <= maximum:
+        raise UsageError(usage)
+    return value
+
+
+def _type(text: str, usage: str) -> str:
+    type_ = text.upper()
+    if not TYPE_RE.fullmatch(type_):
+        raise UsageError(usage)
+    return type_
+
+
+def _uuid(text: str, usage: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise UsageError(usage) from None
+
+
+class Reply:
+    """Localized replies for one update (plain text: user values need no escaping)."""
+
+    def __init__(self, update: Update, services: Services, lang: str) -> None:
+        self.update, self.services, self.lang = update, services, lang
+
+    def t(self, key: str, **params: object) -> str:
+        return self.services.i18n.t(self.lang, key, **params)
+
+    async def __call__(self, key: str, **params: object) -> None:
+        await self.text(self.t(key, **params))
+
+    async def text(self, text: str) -> None:
+        message = self.update.effective_message
+        if message is not None:
+            await message.reply_text(text, parse_mode=None)
+
+
+def admin_only(func: Callable[[Reply, Services, Sequence[str], int], Awaitable[None]]) -> Handler:
+    """Refuse non-admins; turn :class:`UsageError` into the usage reply."""
+
+    async def wrapper(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        tg_user = update.effective_user
+        if tg_user is None or update.effective_message is None:
+            return
+        services = get_services(context)
+        _, lang = await load_user(services, tg_user)
+        reply = Reply(update, services, lang)
+        if tg_user.id not in services.config.admin_ids:
+            log.info("admin command refused for user %s", tg_user.id)
+            await reply("admin.refused")
+            return
+        try:
+            await func(reply, services, list(context.args or ()), tg_user.id)
+        except UsageError as exc:
+            await reply(exc.key, types=known_types())
+
+    wrapper.__name__ = func.__name__
+    wrapper.__doc__ = func.__doc__
+    return wrapper
+
+
+def _deployment_line(reply: Reply, dep: Any) -> str:
+    state = reply.t("admin.enabled" if dep.enabled else "admin.disabled")
+    inputs = ", ".join(dep.inputs) if dep.inputs else reply.t("admin.inputs_unknown_short")
+    return reply.t(
+        "admin.deployment_line",
+        type=dep.type,
+        role=str(dep.role),
+        weight=dep.weight,
+        state=state,
+        id=dep.deployment_id,
+        inputs=inputs,
+        ok=dep.success_count,
+        failed=dep.failure_count,
+    )
+
+
+@admin_only
+async def deployments_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    deployments = await services.storage.deployments.list_deployments()
+    if not deployments:
+        await reply("admin.no_deployments")
+        return
+    lines = [reply.t("admin.deployments_title", count=len(deployments))]
+    lines += [_deployment_line(reply, dep) for dep in deployments]
+    await reply.text("\n\n".join(lines))
+
+
+async def _declared_inputs(services: Services, deployment_id: str) -> tuple[str, ...] | None:
+    """The deployment's input names from the backend; ``None`` when they cannot be known."""
+    backend = services.extras.get("backend")
+    if backend is None:
+        return None
+    try:
+        infos = await asyncio.wait_for(backend.list_deployments(), BACKEND_TIMEOUT)
+    except Exception as exc:  # any failure only means "could not check"
+        log.warning("list_deployments failed: %s", type(exc).__name__)
+        return None
+    for info in infos:
+        if str(info.id).lower() == deployment_id:
+            return tuple(info.inputs)
+    return None
+
+
+async def _deployment_add(reply: Reply, services: Services, args: Sequence[str]) -> None:
+    usage = "admin.usage.deployment"
+    if not 2 <= len(args) <= 4:
+        raise UsageError(usage)
+    type_ = _type(args[0], usage)
+    deployment_id = _uuid(args[1], "admin.bad_uuid")
+    role = args[2].lower() if len(args) > 2 else DeploymentRole.DEFAULT.value
+    if role not in {r.value for r in DeploymentRole}:
+        raise UsageError(usage)
+    weight = _int(args[3], usage, minimum=1, maximum=MAX_WEIGHT) if len(args) > 3 else 1
+    try:
+        await services.storage.deployments.add(
+            type_, deployment_id, role=DeploymentRole(role), weight=weight
+        )
+    except DuplicateError:
+        await reply("admin.deployment_exists", id=deployment_id)
+        return
+    except ValidationError:
+        raise UsageError(usage) from None
+    inputs = await _declared_inputs(services, deployment_id)
+    if inputs is None:
+        await reply(
+            "admin.deployment_added_unchecked",
+            type=type_,
+            id=deployment_id,
+            role=role,
+            weight=weight,
+        )
+        return
+    await services.storage.deployments.set_inputs(deployment_id, list(inputs))
+    await reply(
+        "admin.deployment_added",
+        type=type_,
+        id=deployment_id,
+        role=role,
+        weight=weight,
+        inputs=", ".join(inputs) or "—",
+    )
+
+
+@admin_only
+async def deployment_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    usage = "admin.usage.deployment"
+    if not args:
+        raise UsageError(usage)
+    verb, rest = args[0].lower(), args[1:]
+    if verb == "add":
+        await _deployment_add(reply, services, rest)
+        return
+    if verb not in ("remove", "enable", "disable") or len(rest) != 1:
+        raise UsageError(usage)
+    deployment_id = _uuid(rest[0], "admin.bad_uuid")
+    store = services.storage.deployments
+    try:
+        if verb == "remove":
+            if not await store.remove(deployment_id):
+                raise NotFoundError(deployment_id)
+        else:
+            await store.set_enabled(deployment_id, verb == "enable")
+    except NotFoundError:
+        await reply("admin.deployment_not_found", id=deployment_id)
+        return
+    await reply(f"admin.deployment_{verb}d", id=deployment_id)
+
+
+@admin_only
+async def loras_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    loras = await services.storage.loras.list_loras()
+    if not loras:
+        await reply("admin.no_loras")
+        return
+    lines = [reply.t("admin.loras_title", count=len(loras))]
+    for lora in loras:
+        lines.append(
+            reply.t(
+                "admin.lora_line",
+                name=lora.name,
+                triggers=", ".join(lora.triggers),
+                weight=lora.default_weight,
+                min_balance=lora.min_balance,
+                family=lora.family or "—",
+            )
+        )
+    await reply.text("\n".join(lines))
+
+
+def _float(text: str, usage: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(usage) from None
+    if not -10.0 <= value <= 10.0:
+        raise UsageError(usage)
+    return value
+
+
+def _quoted_args(update: Update, args: Sequence[str], usage: str) -> Sequence[str]:
+    """Arguments with shell-like quotes, so multi-word triggers fit in one argument:
+    ``/lora add detail "fine detail,extra detail" 0.8``."""
+    text = update.effective_message.text if update.effective_message else None
+    if not text:
+        return args
+    try:
+        return shlex.split(text)[1:]
+    except ValueError:  # unbalanced quotes
+        raise UsageError(usage) from None
+
+
+@admin_only
+async def lora_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    usage = "admin.usage.lora"
+    args = _quoted_args(reply.update, args, usage)
+    if not args:
+        raise UsageError(usage)
+    verb, rest = args[0].lower(), args[1:]
+    if verb == "remove" and len(rest) == 1:
+        if not await services.storage.loras.remove(rest[0]):
+            await reply("admin.lora_not_found", name=rest[0])
+            return
+        await reply("admin.lora_removed", name=rest[0])
+        return
+    if verb != "add" or not 2 <= len(rest) <= 5 or not LORA_NAME_RE.fullmatch(rest[0]):
+        raise UsageError(usage)
+    name = rest[0]
+    triggers = tuple(t.strip() for t in rest[1].split(",") if t.strip())
+    if not triggers:
+        raise UsageError(usage)
+    weight = _float(rest[2], usage) if len(rest) > 2 else 1.0
+    min_balance = _int(rest[3], usage, minimum=0) if len(rest) > 3 else 0
+    family = rest[4].upper() if len(rest) > 4 else None
+    if family is not None and not FAMILY_RE.fullmatch(family):
+        raise UsageError(usage)
+    try:
+        await services.storage.loras.add(
+            name, list(triggers), default_weight=weight, min_balance=min_balance, family=family
+        )
+    except DuplicateError:
+        await reply("admin.lora_exists", name=name)
+        return
+    except ValidationError:
+        raise UsageError(usage) from None
+    await reply(
+        "admin.lora_added",
+        name=name,
+        triggers=", ".join(triggers),
+        weight=weight,
+        min_balance=min_balance,
+        family=family or "—",
+    )
+
+
+@admin_only
+async def price_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    usage = "admin.usage.price"
+    if len(args) != 2:
+        raise UsageError(usage)
+    type_ = _type(args[0], usage)
+    credits = _int(args[1], usage, minimum=0)
+    await services.storage.prices.set(type_, credits)
+    await reply("admin.price_set", type=type_, credits=credits)
+
+
+async def _ensure_user(services: Services, user_id: int) -> None:
+    await services.storage.users.get_or_create(
+        user_id, language_code=None, starting_balance=services.config.starting_balance
+    )
+
+
+@admin_only
+async def setbalance_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    usage = "admin.usage.setbalance"
+    if len(args) != 2:
+        raise UsageError(usage)
+    user_id = _int(args[0], usage, minimum=1, maximum=10**16)
+    amount = _int(args[1], usage, minimum=0)
+    await _ensure_user(services, user_id)
+    ledger = services.storage.ledger
+    try:  # the amount is the total; credits on hold stay reserved for running generations
+        await ledger.set_balance(user_id, amount, actor=admin_id)
+    except ValidationError:
+        held = await ledger.get_held(user_id)
+        await reply("admin.balance_below_hold", user_id=user_id, held=held)
+        return
+    balance, held = await ledger.get_balance(user_id), await ledger.get_held(user_id)
+    await reply("admin.balance_set", user_id=user_id, balance=balance, held=held)
+
+
+@admin_only
+async def grant_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    usage = "admin.usage.grant"
+    if len(args) != 2:
+        raise UsageError(usage)
+    user_id = _int(args[0], usage, minimum=1, maximum=10**16)
+    amount = _int(args[1], usage, minimum=1)
+    await _ensure_user(services, user_id)
+    await services.storage.ledger.credit(user_id, amount, reason="admin_grant", actor=admin_id)
+    balance = await services.storage.ledger.get_balance(user_id)
+    await reply("admin.granted", user_id=user_id, amount=amount, balance=balance)
+
+
+async def _users_count(services: Services) -> int | str:
+    count = getattr(services.storage.users, "count", None)
+    if count is None:
+        return "?"
+    return await count()
+
+
+def _queue_figures(services: Services) -> tuple[int, int] | None:
+    """(queued, in flight) from the generation service's scheduler, when it exposes one."""
+    scheduler = getattr(services.generation, "scheduler", None)
+    if scheduler is None:
+        return None
+    try:
+        return int(scheduler.queued_count()), int(scheduler.in_flight)
+    except Exception:  # an optional figure; never fail /stats over it
+        return None
+
+
+@admin_only
+async def stats_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    storage = services.storage
+    by_status = await storage.runs.count_by_status()
+    deployments = await storage.deployments.list_deployments()
+    runs = ", ".join(f"{status}: {n}" for status, n in sorted(by_status.items())) or "—"
+    lines = [
+        reply.t(
+            "admin.stats",
+            users=await _users_count(services),
+            runs=runs,
+            deployments=len(deployments),
+            enabled=sum(1 for d in deployments if d.enabled),
+        )
+    ]
+    if (queue := _queue_figures(services)) is not None:
+        lines.append(reply.t("admin.stats_queue", queued=queue[0], in_flight=queue[1]))
+    await reply.text("\n".join(lines))
+
+
+ADMIN_COMMANDS: dict[str, Handler] = {
+    "deployments": deployments_command,
+    "deployment": deployment_command,
+    "loras": loras_command,
+    "lora": lora_command,
+    "price": price_command,
+    "setbalance": setbalance_command,
+    "grant": grant_command,
+    "stats": stats_command,
+}
+
+
+def register_admin(application: Application) -> None:
+    for name, callback in ADMIN_COMMANDS.items():
+        application.add_handler(CommandHandler(name, callback))

@@ -1,0 +1,219 @@
+"""/inpaint: photo → mask (or a text target) → prompt, as a ConversationHandler.
+
+The photo may come with the command (as its caption, or the command replies to a photo); the
+caption may carry the prompt already, which skips the last step. The mask is best sent as a
+PNG document (photos are recompressed): white = area to repaint; it is binarized and sized to
+the photo. When the INPAINT deployments take a text description of the area
+(``input_inpaint_target``) rather than a mask (``input_mask``), the bot asks for that text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from telegram import Message, Update
+from telegram.ext import (
+    Application,
+    CommandHandler,
+    ConversationHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from handlers.common import Caller, Context, caller_of, command_args, reply
+from handlers.deps import Services, get_services
+from handlers.generate import (
+    IMAGE_MESSAGE,
+    addressed_to_us,
+    caption_command,
+    clear_flow,
+    conversation_timeout,
+    fetch_image,
+    flow_data,
+    flow_timeout,
+    submit,
+)
+from handlers.media import MediaError, download_mask, image_ref
+
+PHOTO, MASK, TARGET, PROMPT = range(10, 14)
+FLOW = "inpaint"
+INPAINT_TYPE = "INPAINT"
+
+
+async def wants_text_target(services: Services) -> bool:
+    """True when the enabled INPAINT deployments declare a text target and no mask input."""
+    deployments = await services.storage.deployments.list_deployments(INPAINT_TYPE)
+    known = [d for d in deployments if d.enabled and d.inputs]
+    if not known:
+        return False
+    takes_mask = any("input_mask" in d.inputs for d in known)
+    takes_target = any("input_inpaint_target" in d.inputs for d in known)
+    return takes_target and not takes_mask
+
+
+async def _after_photo(message: Message, context: Context, caller: Caller) -> int:
+    services = get_services(context)
+    flow = flow_data(context, FLOW, message)
+    if await wants_text_target(services):
+        flow["target_mode"] = True
+        await reply(message, services, caller.lang, "inpaint.send_target")
+        return TARGET
+    await reply(message, services, caller.lang, "inpaint.send_mask")
+    return MASK
+
+
+async def _next_or_submit(message: Message, context: Context, caller: Caller) -> int:
+    flow = flow_data(context, FLOW, message)
+    if not flow.get("prompt"):
+        await reply(message, get_services(context), caller.lang, "inpaint.send_prompt")
+        return PROMPT
+    clear_flow(context, FLOW, message)
+    await submit(
+        message,
+        context,
+        caller,
+        type_=INPAINT_TYPE,
+        prompt=flow["prompt"],
+        image=flow.get("image"),
+        mask=flow.get("mask"),
+        inpaint_target=flow.get("target"),
+    )
+    return ConversationHandler.END
+
+
+async def _start(message: Message, context: Context, caller: Caller, prompt: str,
+                 source: Message | None) -> int:
+    clear_flow(context, FLOW, message)
+    flow = flow_data(context, FLOW, message)
+    flow["prompt"] = prompt
+    if source is not None and (source.photo or source.document):
+        image = await fetch_image(message, context, caller, source)
+        if image is None:
+            clear_flow(context, FLOW, message)
+            return ConversationHandler.END
+        flow["image"] = image
+        return await _after_photo(message, context, caller)
+    await reply(message, get_services(context), caller.lang, "inpaint.send_photo")
+    return PHOTO
+
+
+async def inpaint_command(update: Update, context: Context) -> int | None:
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    if message is None or caller is None or not addressed_to_us(message.text, context):
+        return None
+    return await _start(message, context, caller, command_args(message.text),
+                        message.reply_to_message)
+
+
+async def inpaint_caption(update: Update, context: Context) -> int | None:
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    if message is None or caller is None or not addressed_to_us(message.caption, context):
+        return None
+    return await _start(message, context, caller, command_args(message.caption), message)
+
+
+async def on_photo(update: Update, context: Context) -> int:
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    assert message is not None and caller is not None
+    image = await fetch_image(message, context, caller, message)
+    if image is None:
+        return PHOTO
+    flow = flow_data(context, FLOW, message)
+    flow["image"] = image
+    if not flow.get("prompt") and message.caption:
+        flow["prompt"] = message.caption.strip()
+    return await _after_photo(message, context, caller)
+
+
+async def on_mask(update: Update, context: Context) -> int:
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    assert message is not None and caller is not None
+    services = get_services(context)
+    flow = flow_data(context, FLOW, message)
+    try:
+        ref = image_ref(message)
+        if ref is None:
+            raise MediaError("inpaint.send_mask")
+        flow["mask"] = await download_mask(context.bot, ref, flow.get("image"))
+    except MediaError as exc:
+        await reply(message, services, caller.lang, exc.key, **exc.params)
+        return MASK
+    if not flow.get("prompt") and message.caption:
+        flow["prompt"] = message.caption.strip()
+    return await _next_or_submit(message, context, caller)
+
+
+async def on_target(update: Update, context: Context) -> int:
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    assert message is not None and caller is not None
+    flow = flow_data(context, FLOW, message)
+    flow["target"] = (message.text or "").strip()
+    return await _next_or_submit(message, context, caller)
+
+
+async def on_prompt(update: Update, context: Context) -> int:
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    assert message is not None and caller is not None
+    flow = flow_data(context, FLOW, message)
+    if flow.get("image") is None:  # state lost (restart): start over
+        await reply(message, get_services(context), caller.lang, "inpaint.send_photo")
+        return PHOTO
+    flow["prompt"] = (message.text or "").strip()
+    return await _next_or_submit(message, context, caller)
+
+
+def _reminder(key: str) -> Any:
+    async def remind(update: Update, context: Context) -> None:
+        message = update.effective_message
+        caller = await caller_of(update, context)
+        if message is not None and caller is not None:
+            await reply(message, get_services(context), caller.lang, key)
+        return None  # stay in the current state
+
+    return remind
+
+
+def build_inpaint_conversation(
+    application: Application, fallbacks: list[Any]
+) -> ConversationHandler:
+    text = filters.TEXT & ~filters.COMMAND
+    return ConversationHandler(
+        entry_points=[
+            CommandHandler("inpaint", inpaint_command),
+            MessageHandler(IMAGE_MESSAGE & caption_command("inpaint"), inpaint_caption),
+        ],
+        states={
+            PHOTO: [
+                MessageHandler(IMAGE_MESSAGE, on_photo),
+                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_photo")),
+            ],
+            MASK: [
+                MessageHandler(IMAGE_MESSAGE, on_mask),
+                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_mask")),
+            ],
+            TARGET: [
+                MessageHandler(text, on_target),
+                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_target")),
+            ],
+            PROMPT: [
+                MessageHandler(text, on_prompt),
+                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_prompt")),
+            ],
+            ConversationHandler.TIMEOUT: [TypeHandler(Update, flow_timeout)],
+        },
+        fallbacks=fallbacks,
+        conversation_timeout=conversation_timeout(application),
+        name="inpaint",
+        allow_reentry=True,
+    )
+
+
+def register_inpaint(application: Application, fallbacks: list[Any]) -> None:
+    application.add_handler(build_inpaint_conversation(application, fallbacks))

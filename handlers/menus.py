@@ -1,0 +1,350 @@
+"""/settings: inline menus for size, steps, seed, negative prompt, checkpoint, language, PNG.
+
+Each press edits the menu message in place (no edit when nothing would change) and answers the
+callback. Buttons carry the owner's id (:class:`MenuAction`); presses by anyone else are refused
+with a polite alert. A typed seed or negative prompt is collected with a pending-input flag in
+``user_data`` read by a text handler in group -1 (before the generation flows), which stops
+further handling only when it consumed the message; ``/cancel`` drops a pending input.
+Unknown or stale callback data gets a polite answer, never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from telegram import InlineKeyboardMarkup, Update
+from telegram.error import BadRequest
+from telegram.ext import (
+    Application,
+    ApplicationHandlerStop,
+    CallbackQueryHandler,
+    CommandHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
+
+from generation.request import MAX_PROMPT_LENGTH, MAX_SEED
+from handlers import keyboards as kb
+from handlers.callbacks import MenuAction, SettingsAction, parse
+from handlers.deps import Services, get_services
+
+log = logging.getLogger(__name__)
+
+PENDING_KEY = "settings_pending_input"
+INPUT_GROUP = -1  # runs before the generation flows' text handlers
+SUMMARY_NEGATIVE_CHARS = 120
+
+
+@dataclass(slots=True)
+class PendingInput:
+    """The bot waits for a typed value for ``field`` ("seed" or "neg") in ``chat_id``."""
+
+    field: str
+    chat_id: int
+    message_id: int | None
+    expires_at: float  # time.monotonic()
+
+
+async def load_user(services: Services, tg_user: Any) -> tuple[Any, str]:
+    """The stored user (created on first contact) and the language to talk to them in."""
+    user, _ = await services.storage.users.get_or_create(
+        tg_user.id,
+        language_code=tg_user.language_code,
+        starting_balance=services.config.starting_balance,
+    )
+    lang = services.i18n.resolve_language(user.settings.language, tg_user.language_code)
+    return user, lang
+
+
+def render_summary(services: Services, lang: str, settings: Any) -> str:
+    t = services.i18n.t
+    if settings.negative_prompt is None:
+        negative = t(lang, "settings.value.default")
+    elif settings.negative_prompt == "":
+        negative = t(lang, "settings.value.none")
+    else:
+        negative = settings.negative_prompt
+        if len(negative) > SUMMARY_NEGATIVE_CHARS:
+            negative = negative[: SUMMARY_NEGATIVE_CHARS - 1] + "…"
+    return t(
+        lang,
+        "settings.summary",
+        size=f"{settings.width}×{settings.height}",
+        steps=settings.steps,
+        seed=t(lang, "settings.value.random") if settings.seed == -1 else settings.seed,
+        negative=negative,
+        checkpoint=settings.checkpoint or t(lang, "settings.value.default"),
+        language=kb.LANGUAGE_NAMES.get(lang, lang),
+        png=t(lang, "settings.value.on" if settings.png_as_file else "settings.value.off"),
+    )
+
+
+_HINTS = {
+    kb.SIZE: "settings.choose_size",
+    kb.STEPS: "settings.choose_steps",
+    kb.SEED: "settings.choose_seed",
+    kb.NEG: "settings.choose_negative",
+    kb.CKPT: "settings.choose_checkpoint",
+    kb.LANG: "settings.choose_language",
+}
+
+
+def render_menu(
+    services: Services, lang: str, owner: int, settings: Any, menu: str = kb.HOME
+) -> tuple[str, InlineKeyboardMarkup]:
+    """Text and keyboard of one menu view."""
+    text = render_summary(services, lang, settings)
+    if hint := _HINTS.get(menu):
+        text += "\n\n" + services.i18n.t(lang, hint)
+    keyboard = kb.MENU_KEYBOARDS.get(menu, kb.home_keyboard)(services.i18n, lang, owner, settings)
+    return text, keyboard
+
+
+async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, tg_user = update.effective_message, update.effective_user
+    if message is None or tg_user is None:
+        return
+    services = get_services(context)
+    user, lang = await load_user(services, tg_user)
+    if context.user_data is not None:
+        context.user_data.pop(PENDING_KEY, None)
+    text, keyboard = render_menu(services, lang, tg_user.id, user.settings)
+    await message.reply_text(text, reply_markup=keyboard, parse_mode=None)
+
+
+async def _edit(query: Any, text: str, keyboard: InlineKeyboardMarkup | None) -> None:
+    """Edit the menu message unless it already shows exactly this."""
+    current = query.message
+    if current is not None and current.text == text and current.reply_markup == keyboard:
+        return
+    try:
+        await query.edit_message_text(text, reply_markup=keyboard, parse_mode=None)
+    except BadRequest as exc:  # a race with another client tap; the content is already right
+        if "not modified" not in str(exc).lower():
+            raise
+
+
+async def _answer(query: Any, text: str | None = None, *, alert: bool = False) -> None:
+    try:
+        await query.answer(text, show_alert=alert)
+    except BadRequest as exc:  # answering a too-old query is not worth an error
+        log.info("could not answer callback query: %s", exc)
+
+
+def _apply(menu: str, value: str) -> dict[str, Any] | None:
+    """Settings changes for a button value; ``None`` when the value is not a valid choice."""
+    if menu == kb.SIZE and (size := kb.parse_size(value)):
+        return {"width": size[0], "height": size[1]}
+    if menu == kb.STEPS and value.isdigit() and int(value) in kb.STEP_PRESETS:
+        return {"steps": int(value)}
+    if menu == kb.SEED and value == kb.SEED_RANDOM:
+        return {"seed": -1}
+    if menu == kb.NEG and value in (kb.NEG_DEFAULT, kb.NEG_CLEAR):
+        return {"negative_prompt": None if value == kb.NEG_DEFAULT else ""}
+    if menu == kb.CKPT and (value == kb.DEFAULT_CHECKPOINT or value in kb.CHECKPOINTS):
+        return {"checkpoint": None if value == kb.DEFAULT_CHECKPOINT else value}
+    if menu == kb.LANG and value in kb.LANGUAGE_NAMES:
+        return {"language": value}
+    if menu == kb.PNG and value in ("on", "off"):
+        return {"png_as_file": value == "on"}
+    return None
+
+
+def _changed(settings: Any, changes: dict[str, Any]) -> bool:
+    return any(getattr(settings, key) != value for key, value in changes.items())
+
+
+async def menu_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    query = update.callback_query
+    if query is None:
+        return
+    services = get_services(context)
+    tg_user = query.from_user
+    user, lang = await load_user(services, tg_user)
+    action = parse(query.data)
+    owner = _owner_of(action, query)
+    if owner is None or not isinstance(action, (MenuAction, SettingsAction)):
+        await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
+        return
+    if owner != tg_user.id:
+        await _answer(query, services.i18n.t(lang, "settings.not_yours"), alert=True)
+        return
+    menu, value = action.menu, action.value
+    settings = user.settings
+    user_data = context.user_data if context.user_data is not None else {}
+
+    if menu == kb.CLOSE:
+        user_data.pop(PENDING_KEY, None)
+        await _edit(query, services.i18n.t(lang, "settings.closed"), None)
+        await _answer(query)
+        return
+    if value == kb.ASK and menu in (kb.SEED, kb.NEG):
+        chat_id = query.message.chat.id if query.message else tg_user.id
+        message_id = query.message.message_id if query.message else None
+        user_data[PENDING_KEY] = PendingInput(
+            menu, chat_id, message_id, time.monotonic() + services.config.conversation_timeout
+        )
+        key = "settings.ask_seed" if menu == kb.SEED else "settings.ask_negative"
+        text = services.i18n.t(lang, key, max=MAX_SEED, limit=MAX_PROMPT_LENGTH)
+        await _edit(query, text, kb.cancel_input_keyboard(services.i18n, lang, tg_user.id))
+        await _answer(query)
+        return
+    if not value:  # open a submenu (or go back home)
+        if menu not in kb.MENU_KEYBOARDS:
+            await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
+            return
+        user_data.pop(PENDING_KEY, None)
+        await _edit(query, *render_menu(services, lang, tg_user.id, settings, menu))
+        await _answer(query)
+        return
+
+    changes = _apply(menu, value)
+    if changes is None:
+        await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
+        return
+    toast = None
+    if _changed(settings, changes):
+        user = await services.storage.users.update_settings(tg_user.id, **changes)
+        settings = user.settings
+        lang = services.i18n.resolve_language(settings.language, tg_user.language_code)
+        toast = services.i18n.t(lang, "settings.saved")
+    view = kb.HOME if menu == kb.PNG else menu
+    await _edit(query, *render_menu(services, lang, tg_user.id, settings, view))
+    await _answer(query, toast)
+
+
+def _owner_of(action: Any, query: Any) -> int | None:
+    """The menu's owner: in the data, or (old ``SettingsAction`` menus) the replied-to sender."""
+    if isinstance(action, MenuAction):
+        return action.owner
+    if isinstance(action, SettingsAction):
+        replied = query.message.reply_to_message if query.message else None
+        if replied is not None and replied.from_user is not None:
+            return replied.from_user.id
+    return None
+
+
+async def unknown_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A button whose data none of our patterns understands (old keyboard, other version)."""
+    query = update.callback_query
+    if query is None:
+        return
+    services = get_services(context)
+    lang = services.i18n.resolve_language(None, query.from_user.language_code)
+    try:
+        user = await services.storage.users.get(query.from_user.id)
+        if user is not None:
+            lang = services.i18n.resolve_language(
+                user.settings.language, query.from_user.language_code
+            )
+    except Exception:  # the polite answer matters more than the language here
+        log.exception("could not load user for a stale callback")
+    await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
+
+
+def _take_pending(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> PendingInput | None:
+    user_data = context.user_data
+    if not user_data:
+        return None
+    pending = user_data.get(PENDING_KEY)
+    if not isinstance(pending, PendingInput):
+        return None
+    if pending.expires_at < time.monotonic():
+        user_data.pop(PENDING_KEY, None)
+        return None
+    return pending if pending.chat_id == chat_id else None
+
+
+async def _show_home_again(
+    context: ContextTypes.DEFAULT_TYPE,
+    services: Services,
+    pending: PendingInput,
+    lang: str,
+    owner: int,
+    settings: Any,
+) -> None:
+    if pending.message_id is None:
+        return
+    text, keyboard = render_menu(services, lang, owner, settings)
+    try:
+        await context.bot.edit_message_text(
+            text,
+            chat_id=pending.chat_id,
+            message_id=pending.message_id,
+            reply_markup=keyboard,
+            parse_mode=None,
+        )
+    except BadRequest as exc:  # menu deleted or unchanged: the reply below says it all
+        log.info("could not re-render the settings menu: %s", exc)
+
+
+async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A typed seed or negative prompt; anything else passes through to later groups."""
+    message, tg_user = update.effective_message, update.effective_user
+    if message is None or tg_user is None or message.text is None:
+        return
+    pending = _take_pending(context, message.chat.id)
+    if pending is None:
+        return
+    services = get_services(context)
+    user, lang = await load_user(services, tg_user)
+    t = services.i18n.t
+    text = message.text.strip()
+    if pending.field == kb.SEED:
+        if not text.isdigit() or int(text) > MAX_SEED:
+            await message.reply_text(t(lang, "settings.bad_seed", max=MAX_SEED), parse_mode=None)
+            raise ApplicationHandlerStop
+        user = await services.storage.users.update_settings(tg_user.id, seed=int(text))
+        reply = t(lang, "settings.seed_saved", seed=int(text))
+    else:
+        if not text or len(text) > MAX_PROMPT_LENGTH:
+            await message.reply_text(
+                t(lang, "settings.bad_negative", limit=MAX_PROMPT_LENGTH), parse_mode=None
+            )
+            raise ApplicationHandlerStop
+        user = await services.storage.users.update_settings(tg_user.id, negative_prompt=text)
+        reply = t(lang, "settings.negative_saved")
+    assert context.user_data is not None
+    context.user_data.pop(PENDING_KEY, None)
+    await _show_home_again(context, services, pending, lang, tg_user.id, user.settings)
+    await message.reply_text(reply, parse_mode=None)
+    raise ApplicationHandlerStop
+
+
+async def pending_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/cancel while a typed value is awaited drops the wait (and nothing else)."""
+    message, tg_user = update.effective_message, update.effective_user
+    if message is None or tg_user is None:
+        return
+    pending = _take_pending(context, message.chat.id)
+    if pending is None:
+        return  # the generation /cancel handles it
+    assert context.user_data is not None
+    context.user_data.pop(PENDING_KEY, None)
+    services = get_services(context)
+    user, lang = await load_user(services, tg_user)
+    await _show_home_again(context, services, pending, lang, tg_user.id, user.settings)
+    await message.reply_text(services.i18n.t(lang, "settings.input_cancelled"), parse_mode=None)
+    raise ApplicationHandlerStop
+
+
+def _is_unknown(data: object) -> bool:
+    return isinstance(data, str) and parse(data) is None
+
+
+def register_menus(application: Application) -> None:
+    """/settings, its buttons, typed-value input, and the polite answer to unknown buttons."""
+    application.add_handler(CommandHandler("cancel", pending_cancel), group=INPUT_GROUP)
+    application.add_handler(
+        MessageHandler(filters.TEXT & ~filters.COMMAND, pending_text), group=INPUT_GROUP
+    )
+    application.add_handler(CommandHandler("settings", settings_command))
+    application.add_handler(CallbackQueryHandler(menu_callback, pattern=MenuAction.pattern()))
+    application.add_handler(CallbackQueryHandler(menu_callback, pattern=SettingsAction.pattern()))
+    # Also data with our prefix that no longer parses (e.g. a removed menu), and data nobody
+    # understands at all: both get the same polite "this menu is outdated" answer.
+    application.add_handler(CallbackQueryHandler(unknown_callback, pattern=_is_unknown))

@@ -1,0 +1,181 @@
+"""Numbered schema migrations, applied at start.
+
+Each migration runs in its own transaction together with the row that records it in
+``schema_version``, so a crash leaves the database at a whole version. Re-running is a
+no-op; a database newer than :data:`LATEST_VERSION` is refused with
+:class:`~storage.errors.SchemaVersionError` rather than being misread.
+
+Append new migrations to :data:`MIGRATIONS`; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+from storage.database import Database
+from storage.errors import SchemaVersionError, StorageError
+
+log = logging.getLogger(__name__)
+
+_V1 = """
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    language      TEXT,
+    settings      TEXT    NOT NULL DEFAULT '{}',
+    balance       INTEGER NOT NULL DEFAULT 0,  -- cached SUM(ledger.amount)
+    held          INTEGER NOT NULL DEFAULT 0,  -- cached SUM(open holds)
+    created_at    REAL    NOT NULL,
+    last_seen_at  REAL    NOT NULL,
+    CHECK (held >= 0 AND balance >= held)
+);
+
+CREATE TABLE ledger (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id     INTEGER NOT NULL REFERENCES users(id),
+    amount      INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    actor       INTEGER,
+    run_id      TEXT,
+    created_at  REAL    NOT NULL
+);
+CREATE INDEX ledger_by_user ON ledger(user_id, id);
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+
+CREATE TABLE holds (
+    run_id       TEXT    PRIMARY KEY,
+    user_id      INTEGER NOT NULL,
+    amount       INTEGER NOT NULL CHECK (amount >= 0),
+    state        TEXT    NOT NULL DEFAULT 'open'
+                 CHECK (state IN ('open', 'settled', 'released')),
+    created_at   REAL    NOT NULL,
+    resolved_at  REAL
+);
+CREATE INDEX holds_open ON holds(user_id) WHERE state = 'open';
+
+CREATE TABLE deployments (
+    deployment_id         TEXT    PRIMARY KEY,
+    type                  TEXT    NOT NULL,
+    role                  TEXT    NOT NULL DEFAULT 'default'
+                          CHECK (role IN ('default', 'cook', 'api')),
+    weight                INTEGER NOT NULL DEFAULT 1 CHECK (weight >= 1),
+    enabled               INTEGER NOT NULL DEFAULT 1,
+    inputs                TEXT,
+    success_count         INTEGER NOT NULL DEFAULT 0,
+    failure_count         INTEGER NOT NULL DEFAULT 0,
+    consecutive_failures  INTEGER NOT NULL DEFAULT 0,
+    last_failure_at       REAL,
+    created_at            REAL    NOT NULL
+);
+CREATE INDEX deployments_by_type ON deployments(type);
+
+CREATE TABLE loras (
+    name            TEXT    PRIMARY KEY COLLATE NOCASE,
+    triggers        TEXT    NOT NULL,
+    default_weight  REAL    NOT NULL DEFAULT 1.0,
+    min_balance     INTEGER NOT NULL DEFAULT 0 CHECK (min_balance >= 0),
+    family          TEXT,
+    enabled         INTEGER NOT NULL DEFAULT 1,
+    created_at      REAL    NOT NULL
+);
+
+CREATE TABLE runs (
+    id                   TEXT    PRIMARY KEY,
+    user_id              INTEGER NOT NULL,
+    chat_id              INTEGER NOT NULL,
+    type                 TEXT    NOT NULL,
+    request              TEXT    NOT NULL,
+    status               TEXT    NOT NULL,
+    deployment_id        TEXT,
+    backend_run_id       TEXT,
+    progress             REAL    NOT NULL DEFAULT 0,
+    live_status          TEXT,
+    queue_position       INTEGER,
+    outputs              TEXT    NOT NULL DEFAULT '[]',
+    error_code           TEXT,
+    error_message        TEXT,
+    price                INTEGER NOT NULL DEFAULT 0,
+    charge_state         TEXT    NOT NULL DEFAULT 'none',
+    delivery_state       TEXT    NOT NULL DEFAULT 'pending',
+    progress_message_id  INTEGER,
+    meta                 TEXT    NOT NULL DEFAULT '{}',
+    created_at           REAL    NOT NULL,
+    updated_at           REAL    NOT NULL,
+    submitted_at         REAL,
+    finished_at          REAL,
+    deadline_at          REAL
+);
+CREATE INDEX runs_by_backend_id ON runs(backend_run_id) WHERE backend_run_id IS NOT NULL;
+CREATE INDEX runs_by_user ON runs(user_id, created_at);
+CREATE INDEX runs_by_status ON runs(status);
+
+CREATE TABLE settings (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+CREATE TABLE prices (
+    type        TEXT    PRIMARY KEY,
+    credits     INTEGER NOT NULL CHECK (credits >= 0),
+    updated_at  REAL    NOT NULL
+);
+"""
+
+# (number, SQL). Numbers start at 1 and increase by one.
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    applied_at  REAL NOT NULL
+)
+"""
+
+
+async def current_version(db: Database) -> int:
+    async with db.read() as conn:
+        async with conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cur:
+            row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def apply_migrations(
+    db: Database, migrations: list[tuple[int, str]] | None = None
+) -> list[int]:
+    """Bring the schema up to date; returns the numbers applied (empty when current)."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    latest = migrations[-1][0] if migrations else 0
+    async with db.write() as conn:
+        await conn.execute(_VERSION_TABLE)
+    version = await current_version(db)
+    if version > latest:
+        raise SchemaVersionError(
+            f"database {db.path!r} has schema version {version}, but this version of the bot "
+            f"only knows up to {latest}; upgrade the bot or use another DATABASE_PATH"
+        )
+    applied: list[int] = []
+    for number, sql in migrations:
+        if number <= version:
+            continue
+        # executescript commits any open transaction first, so the BEGIN/COMMIT live in the
+        # script itself: the migration and its schema_version row commit together or not at all.
+        script = (
+            f"BEGIN IMMEDIATE;\n{sql}\n;"
+            f"INSERT INTO schema_version(version, applied_at) VALUES ({int(number)}, "
+            f"{float(db.clock())!r});\nCOMMIT;"
+        )
+        async with db.read() as conn:
+            try:
+                await conn.executescript(script)
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise StorageError(f"migration {number} failed: {exc}") from exc
+        log.info("database migrated to schema version %d", number)
+        applied.append(number)
+    return applied
