@@ -48,8 +48,10 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string: keep the raw template, still redacted
             message = str(record.msg)
-        record.msg = self.redact(message)
-        record.args = None
+        cleaned = self.redact(message)
+        if cleaned != message:  # keep msg/args untouched when clean (formatters may read args)
+            record.msg = cleaned
+            record.args = None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

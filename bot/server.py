@@ -129,7 +129,9 @@ def create_app(application: Application, settings: Settings, services: Services)
 
     async def healthz(request: Request) -> Response:
         try:
-            await services.storage.settings.get("schema_probe")
+            ok = await services.storage.ping()
+            if not ok:
+                raise RuntimeError("no answer")
         except Exception as exc:
             log.warning("health check: database unreachable: %s", type(exc).__name__)
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)

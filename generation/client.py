@@ -167,12 +167,15 @@ class ComfyDeployClient:
         max_per_second: float | None = 10.0,
         sleep: Sleep | None = None,
     ) -> None:
-        if not api_key:
-            raise ValueError("api_key is required")
+        # An empty key is allowed (the bot may start unconfigured): calls then fail with
+        # AuthFailedError from the server's 401 instead of crashing at start-up.
+        headers = {"Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             transport=transport,
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            headers=headers,
             timeout=httpx.Timeout(
                 read_timeout, connect=connect_timeout, pool=connect_timeout + read_timeout
             ),
@@ -245,7 +248,11 @@ class ComfyDeployClient:
         body = await self._request("list", "GET", "/deployments")
         if isinstance(body, Mapping):
             body = next(
-                (body[k] for k in ("deployments", "data", "items") if isinstance(body.get(k), list)),
+                (
+                    body[k]
+                    for k in ("deployments", "data", "items")
+                    if isinstance(body.get(k), list)
+                ),
                 None,
             )
         if not isinstance(body, list):
@@ -299,7 +306,13 @@ class ComfyDeployClient:
                 with attempt:
                     number = attempt.retry_state.attempt_number
                     return await self._attempt(
-                        op, method, path, number, json=json, params=params, files=files,
+                        op,
+                        method,
+                        path,
+                        number,
+                        json=json,
+                        params=params,
+                        files=files,
                         run_id=run_id,
                     )
         except _Retryable as exhausted:

@@ -157,7 +157,9 @@ class EventBus:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("event subscriber failed on %s (run %s)", event.name, event.run_id)
+                    log.exception(
+                        "event subscriber failed on %s (run %s)", event.name, event.run_id
+                    )
             sub.wakeup.clear()
             sub.idle.set()
             if self._closed:

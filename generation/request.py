@@ -103,8 +103,13 @@ class GenerationRequest(BaseModel):
             data[name] = (
                 None
                 if img is None
-                else {"mime_type": img.mime_type, "filename": img.filename,
-                      "width": img.width, "height": img.height, "bytes": len(img.data)}
+                else {
+                    "mime_type": img.mime_type,
+                    "filename": img.filename,
+                    "width": img.width,
+                    "height": img.height,
+                    "bytes": len(img.data),
+                }
             )
         return data
 

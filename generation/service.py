@@ -509,6 +509,7 @@ class GenerationService:
         except GenerationError as exc:
             await self.tracker.fail(run.id, exc)
             return None
+        self._pending.pop(run.id, None)  # the image bytes are not needed any more
         await self.selector.record_success(dep_id)
         await self._after_create(run, backend_run_id, dep_id)
         return None

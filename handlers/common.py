@@ -104,8 +104,15 @@ async def reply(
     )
 
 
-async def answer_query(update: Update, services: Services, lang: str, key: str,
-                       /, show_alert: bool = False, **params: object) -> None:
+async def answer_query(
+    update: Update,
+    services: Services,
+    lang: str,
+    key: str,
+    /,
+    show_alert: bool = False,
+    **params: object,
+) -> None:
     """Answer a callback query with localized text (always answer: it stops the spinner)."""
     query = update.callback_query
     if query is None:

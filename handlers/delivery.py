@@ -236,8 +236,10 @@ class Delivery:
         """Fetch an output file (at most 50 MB), retrying transport errors and 5xx."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(
-                lambda e: isinstance(e, httpx.TransportError)
-                or (isinstance(e, httpx.HTTPStatusError) and e.response.status_code >= 500)
+                lambda e: (
+                    isinstance(e, httpx.TransportError)
+                    or (isinstance(e, httpx.HTTPStatusError) and e.response.status_code >= 500)
+                )
             ),
             wait=lambda rs: 0.5 * rs.attempt_number,
             stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
@@ -267,15 +269,23 @@ class Delivery:
     def result_markup(self, run: RunRecord, lang: str, *, original: bool) -> InlineKeyboardMarkup:
         t = self._services.i18n.t
         row = [
-            InlineKeyboardButton(t(lang, "result.again_button"),
-                                 callback_data=RunAction("ag", run.id).pack()),
-            InlineKeyboardButton(t(lang, "result.params_button"),
-                                 callback_data=RunAction("pm", run.id).pack()),
+            InlineKeyboardButton(
+                t(lang, "result.again_button"), callback_data=RunAction("ag", run.id).pack()
+            ),
+            InlineKeyboardButton(
+                t(lang, "result.params_button"), callback_data=RunAction("pm", run.id).pack()
+            ),
         ]
         rows = [row]
         if original:
-            rows.append([InlineKeyboardButton(t(lang, "result.original_button"),
-                                              callback_data=RunAction("og", run.id).pack())])
+            rows.append(
+                [
+                    InlineKeyboardButton(
+                        t(lang, "result.original_button"),
+                        callback_data=RunAction("og", run.id).pack(),
+                    )
+                ]
+            )
         return InlineKeyboardMarkup(rows)
 
     async def _png_as_file(self, user_id: int) -> bool:
@@ -286,8 +296,9 @@ class Delivery:
             return False
         return bool(getattr(getattr(user, "settings", None), "png_as_file", False))
 
-    async def _send_outputs(self, run: RunRecord, outputs: tuple[MediaOutput, ...],
-                            lang: str) -> int:
+    async def _send_outputs(
+        self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str
+    ) -> int:
         """Send every output; returns how many were delivered."""
         if not outputs:
             return 0
@@ -310,8 +321,9 @@ class Delivery:
                     log.warning("run %s: output %d is not a readable image", run.id, index)
                     prepared = PreparedPhoto(None, True, name)
                 if prepared.photo is not None:
-                    plan.append(("send_photo", {"photo": prepared.photo,
-                                                "filename": prepared.filename}))
+                    plan.append(
+                        ("send_photo", {"photo": prepared.photo, "filename": prepared.filename})
+                    )
                 as_file = png_as_file or prepared.reencoded
                 if as_file and len(data) <= UPLOAD_MAX_BYTES:
                     plan.append(("send_document", {"document": data, "filename": name}))
@@ -344,8 +356,13 @@ class Delivery:
             if output.media_type is not MediaType.IMAGE:
                 continue
             data = await self.download(output.url)
-            await self._send("send_document", **base, document=data,
-                             filename=_filename(output, index), caption=self.caption(run, lang))
+            await self._send(
+                "send_document",
+                **base,
+                document=data,
+                filename=_filename(output, index),
+                caption=self.caption(run, lang),
+            )
             sent += 1
         return sent
 
@@ -375,8 +392,10 @@ async def again_button(update: Update, context: Context) -> None:
         return
     services = get_services(context)
     request = run.request or {}
-    if any(request.get(name) for name in ("image", "mask", "control_image", "style_image",
-                                          "pose_image")):
+    if any(
+        request.get(name)
+        for name in ("image", "mask", "control_image", "style_image", "pose_image")
+    ):
         await answer_query(update, services, lang, "result.again_needs_photo", show_alert=True)
         return
     await answer_query(update, services, lang, "result.again_started")
@@ -390,9 +409,13 @@ async def params_button(update: Update, context: Context) -> None:
     services = get_services(context)
     await answer_query(update, services, lang, "result.params_shown")
     r = run.request or {}
-    loras = ", ".join(
-        f"{name}:{weight or '1'}" for name, weight in _LORA_TAG.findall(str(r.get("prompt", "")))
-    ) or "—"
+    loras = (
+        ", ".join(
+            f"{name}:{weight or '1'}"
+            for name, weight in _LORA_TAG.findall(str(r.get("prompt", "")))
+        )
+        or "—"
+    )
     negative = r.get("negative_prompt")
     text = services.i18n.t(
         lang,
@@ -435,8 +458,9 @@ async def original_button(update: Update, context: Context) -> None:
     if not sent:
         message = update.effective_message
         if message is not None:
-            await message.reply_text(services.i18n.t(lang, "result.delivery_failed"),
-                                     parse_mode=None)
+            await message.reply_text(
+                services.i18n.t(lang, "result.delivery_failed"), parse_mode=None
+            )
 
 
 def register_result_buttons(application: Application) -> None:

@@ -45,6 +45,7 @@ from handlers.progress import cancel_keyboard
 log = logging.getLogger(__name__)
 
 I2I_WAIT_PHOTO, I2I_WAIT_PROMPT = range(2)
+FLOWS = ("i2i", "inpaint")
 _IMAGE_FIELDS = ("image", "mask", "control_image", "style_image", "pose_image")
 _SETTINGS_FIELDS = ("width", "height", "steps", "seed", "negative_prompt", "checkpoint")
 
@@ -102,8 +103,14 @@ async def submit(
     lang = caller.lang
     prompt = (prompt or "").strip()
     if len(prompt) > MAX_PROMPT_LENGTH:
-        await reply(message, services, lang, "gen.prompt_too_long", limit=MAX_PROMPT_LENGTH,
-                    length=len(prompt))
+        await reply(
+            message,
+            services,
+            lang,
+            "gen.prompt_too_long",
+            limit=MAX_PROMPT_LENGTH,
+            length=len(prompt),
+        )
         return None
     fields: dict[str, Any] = base.copy() if base else _user_fields(caller)
     fields.update(
@@ -126,16 +133,20 @@ async def submit(
     if price > 0:
         balance = await services.storage.ledger.get_balance(caller.user_id)
         if balance < price:
-            await reply(message, services, lang, "gen.insufficient_balance", price=price,
-                        balance=balance)
+            await reply(
+                message, services, lang, "gen.insufficient_balance", price=price, balance=balance
+            )
             return None
     gen_context = GenerationContext(price=price, meta=_meta(message, caller, prompt))
     try:
         run = await services.generation.generate(request, gen_context)
     except GenerationError as exc:
         log.info("generation refused for user %s: %s", caller.user_id, exc.code)
-        await message.reply_text(error_text(services.i18n, lang, exc), parse_mode=None,
-                                 reply_parameters=reply_to(message.message_id))
+        await message.reply_text(
+            error_text(services.i18n, lang, exc),
+            parse_mode=None,
+            reply_parameters=reply_to(message.message_id),
+        )
         return None
     await show_progress_message(message, services, run, lang)
     return run
@@ -164,7 +175,7 @@ async def show_progress_message(
 
 
 async def resubmit(update: Update, context: Context, run: RunRecord) -> RunRecord | None:
-    """"Again with a new seed": the stored request of ``run`` with seed −1, for the presser."""
+    """ "Again with a new seed": the stored request of ``run`` with seed −1, for the presser."""
     message = update.effective_message
     caller = await caller_of(update, context)
     if message is None or caller is None:
@@ -220,8 +231,19 @@ def clear_flow(context: Context, name: str, message: Message) -> None:
         context.user_data.pop(_flow_key(name, message), None)
 
 
-async def fetch_image(message: Message, context: Context, caller: Caller,
-                      source: Message | None) -> InputImage | None:
+def flow_key_exists(context: Context, name: str, message: Message) -> bool:
+    return context.user_data is not None and _flow_key(name, message) in context.user_data
+
+
+def clear_flows(context: Context, message: Message) -> None:
+    """Drop the data of every multi-step flow of this user in this chat."""
+    for name in FLOWS:
+        clear_flow(context, name, message)
+
+
+async def fetch_image(
+    message: Message, context: Context, caller: Caller, source: Message | None
+) -> InputImage | None:
     """Download the image of ``source``; on a problem tell the user and return ``None``."""
     services = get_services(context)
     try:
@@ -234,8 +256,9 @@ async def fetch_image(message: Message, context: Context, caller: Caller,
         return None
 
 
-async def _i2i_go(message: Message, context: Context, caller: Caller, image: InputImage,
-                  prompt: str) -> int:
+async def _i2i_go(
+    message: Message, context: Context, caller: Caller, image: InputImage, prompt: str
+) -> int:
     if not prompt:
         flow = flow_data(context, "i2i", message)
         flow["image"] = image
@@ -252,7 +275,7 @@ async def i2i_command(update: Update, context: Context) -> int | None:
     if message is None or caller is None or not addressed_to_us(message.text, context):
         return None
     prompt = command_args(message.text)
-    clear_flow(context, "i2i", message)
+    clear_flows(context, message)
     target = message.reply_to_message
     if target is not None and (target.photo or target.document):
         image = await fetch_image(message, context, caller, target)
@@ -270,7 +293,7 @@ async def i2i_caption(update: Update, context: Context) -> int | None:
     caller = await caller_of(update, context)
     if message is None or caller is None or not addressed_to_us(message.caption, context):
         return None
-    clear_flow(context, "i2i", message)
+    clear_flows(context, message)
     image = await fetch_image(message, context, caller, message)
     if image is None:
         return ConversationHandler.END
@@ -317,11 +340,30 @@ async def flow_timeout(update: Update, context: Context) -> None:
     message = update.effective_message if isinstance(update, Update) else None
     if message is None:
         return
-    for name in ("i2i", "inpaint"):
-        clear_flow(context, name, message)
+    clear_flows(context, message)
     caller = await caller_of(update, context)
     if caller is not None:
         await reply(message, get_services(context), caller.lang, "common.flow_timeout")
+
+
+def build_flows(application: Application, fallbacks: list[Any]) -> ConversationHandler:
+    """/i2i and /inpaint share one ConversationHandler, so a user is in at most one flow per
+    chat: starting one (``allow_reentry``) replaces the other instead of both waiting for the
+    same photo."""
+    from handlers.inpaint import inpaint_entry_points, inpaint_states
+
+    return ConversationHandler(
+        entry_points=[*i2i_entry_points(), *inpaint_entry_points()],
+        states={
+            **i2i_states(),
+            **inpaint_states(),
+            ConversationHandler.TIMEOUT: [TypeHandler(Update, flow_timeout)],
+        },
+        fallbacks=fallbacks,
+        conversation_timeout=conversation_timeout(application),
+        name="flows",
+        allow_reentry=True,
+    )
 
 
 def conversation_timeout(application: Application) -> float:
@@ -330,30 +372,25 @@ def conversation_timeout(application: Application) -> float:
     return config.conversation_timeout
 
 
-def build_i2i_conversation(application: Application, fallbacks: list[Any]) -> ConversationHandler:
-    return ConversationHandler(
-        entry_points=[
-            CommandHandler("i2i", i2i_command),
-            MessageHandler(IMAGE_MESSAGE & caption_command("i2i"), i2i_caption),
+def i2i_entry_points() -> list[Any]:
+    return [
+        CommandHandler("i2i", i2i_command),
+        MessageHandler(IMAGE_MESSAGE & caption_command("i2i"), i2i_caption),
+    ]
+
+
+def i2i_states() -> dict[object, list[Any]]:
+    return {
+        I2I_WAIT_PHOTO: [
+            MessageHandler(IMAGE_MESSAGE, i2i_photo),
+            MessageHandler(~filters.COMMAND, i2i_reminder),
         ],
-        states={
-            I2I_WAIT_PHOTO: [
-                MessageHandler(IMAGE_MESSAGE, i2i_photo),
-                MessageHandler(~filters.COMMAND, i2i_reminder),
-            ],
-            I2I_WAIT_PROMPT: [
-                MessageHandler(filters.TEXT & ~filters.COMMAND, i2i_prompt),
-                MessageHandler(IMAGE_MESSAGE, i2i_photo),
-            ],
-            ConversationHandler.TIMEOUT: [TypeHandler(Update, flow_timeout)],
-        },
-        fallbacks=fallbacks,
-        conversation_timeout=conversation_timeout(application),
-        name="i2i",
-        allow_reentry=True,
-    )
+        I2I_WAIT_PROMPT: [
+            MessageHandler(filters.TEXT & ~filters.COMMAND, i2i_prompt),
+            MessageHandler(IMAGE_MESSAGE, i2i_photo),
+        ],
+    }
 
 
-def register_generate(application: Application, fallbacks: list[Any]) -> None:
-    application.add_handler(build_i2i_conversation(application, fallbacks))
+def register_generate(application: Application) -> None:
     application.add_handler(CommandHandler("make", make_command))

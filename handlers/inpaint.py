@@ -13,11 +13,9 @@ from typing import Any
 
 from telegram import Message, Update
 from telegram.ext import (
-    Application,
     CommandHandler,
     ConversationHandler,
     MessageHandler,
-    TypeHandler,
     filters,
 )
 
@@ -28,10 +26,9 @@ from handlers.generate import (
     addressed_to_us,
     caption_command,
     clear_flow,
-    conversation_timeout,
+    clear_flows,
     fetch_image,
     flow_data,
-    flow_timeout,
     submit,
 )
 from handlers.media import MediaError, download_mask, image_ref
@@ -82,9 +79,10 @@ async def _next_or_submit(message: Message, context: Context, caller: Caller) ->
     return ConversationHandler.END
 
 
-async def _start(message: Message, context: Context, caller: Caller, prompt: str,
-                 source: Message | None) -> int:
-    clear_flow(context, FLOW, message)
+async def _start(
+    message: Message, context: Context, caller: Caller, prompt: str, source: Message | None
+) -> int:
+    clear_flows(context, message)
     flow = flow_data(context, FLOW, message)
     flow["prompt"] = prompt
     if source is not None and (source.photo or source.document):
@@ -103,8 +101,9 @@ async def inpaint_command(update: Update, context: Context) -> int | None:
     caller = await caller_of(update, context)
     if message is None or caller is None or not addressed_to_us(message.text, context):
         return None
-    return await _start(message, context, caller, command_args(message.text),
-                        message.reply_to_message)
+    return await _start(
+        message, context, caller, command_args(message.text), message.reply_to_message
+    )
 
 
 async def inpaint_caption(update: Update, context: Context) -> int | None:
@@ -180,40 +179,30 @@ def _reminder(key: str) -> Any:
     return remind
 
 
-def build_inpaint_conversation(
-    application: Application, fallbacks: list[Any]
-) -> ConversationHandler:
+def inpaint_entry_points() -> list[Any]:
+    return [
+        CommandHandler("inpaint", inpaint_command),
+        MessageHandler(IMAGE_MESSAGE & caption_command("inpaint"), inpaint_caption),
+    ]
+
+
+def inpaint_states() -> dict[object, list[Any]]:
     text = filters.TEXT & ~filters.COMMAND
-    return ConversationHandler(
-        entry_points=[
-            CommandHandler("inpaint", inpaint_command),
-            MessageHandler(IMAGE_MESSAGE & caption_command("inpaint"), inpaint_caption),
+    return {
+        PHOTO: [
+            MessageHandler(IMAGE_MESSAGE, on_photo),
+            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_photo")),
         ],
-        states={
-            PHOTO: [
-                MessageHandler(IMAGE_MESSAGE, on_photo),
-                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_photo")),
-            ],
-            MASK: [
-                MessageHandler(IMAGE_MESSAGE, on_mask),
-                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_mask")),
-            ],
-            TARGET: [
-                MessageHandler(text, on_target),
-                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_target")),
-            ],
-            PROMPT: [
-                MessageHandler(text, on_prompt),
-                MessageHandler(~filters.COMMAND, _reminder("inpaint.send_prompt")),
-            ],
-            ConversationHandler.TIMEOUT: [TypeHandler(Update, flow_timeout)],
-        },
-        fallbacks=fallbacks,
-        conversation_timeout=conversation_timeout(application),
-        name="inpaint",
-        allow_reentry=True,
-    )
-
-
-def register_inpaint(application: Application, fallbacks: list[Any]) -> None:
-    application.add_handler(build_inpaint_conversation(application, fallbacks))
+        MASK: [
+            MessageHandler(IMAGE_MESSAGE, on_mask),
+            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_mask")),
+        ],
+        TARGET: [
+            MessageHandler(text, on_target),
+            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_target")),
+        ],
+        PROMPT: [
+            MessageHandler(text, on_prompt),
+            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_prompt")),
+        ],
+    }

@@ -134,5 +134,6 @@ async def download_mask(bot: Bot, ref: ImageRef, image: InputImage | None) -> In
     raw = await download_image(bot, ref)
     size = (image.width, image.height) if image and image.width and image.height else None
     data, width, height = await asyncio.to_thread(_binarize_mask, raw.data, size)
-    return InputImage(data=data, mime_type="image/png", filename="mask.png", width=width,
-                      height=height)
+    return InputImage(
+        data=data, mime_type="image/png", filename="mask.png", width=width, height=height
+    )

@@ -255,8 +255,9 @@ class ProgressRenderer:
             message_id=run.progress_message_id,
         )
 
-    def register(self, run: RunRecord, message_id: int, text: str, *, has_button: bool = True
-                 ) -> None:
+    def register(
+        self, run: RunRecord, message_id: int, text: str, *, has_button: bool = True
+    ) -> None:
         """The handler sent the progress message for ``run`` (showing ``text``)."""
         p = self._runs.get(run.id) or self._from_record(run)
         p.message_id = message_id
@@ -392,7 +393,7 @@ class ProgressRenderer:
             p.sent = (text, has_button)  # do not retry the same refused text
             p.last_edit_at = self._clock()
             return False
-        except (Forbidden,):
+        except Forbidden:
             return None
         except NetworkError as exc:
             log.info("progress edit failed for run %s: %s", p.run_id, exc)

@@ -103,7 +103,10 @@ async def test_get_run_follows_timeline(fake: FakeComfyDeploy, client: ComfyDepl
     run_id = await client.create_run(dep, {"input_prompt": "x"})
     snap = await client.get_run(run_id)
     assert (snap.status, snap.raw_status, snap.queue_position) == (
-        RunStatus.WAITING, "not-started", 0)
+        RunStatus.WAITING,
+        "not-started",
+        0,
+    )
     await fake.advance(run_id, steps=3)  # queued, started, running
     snap = await client.get_run(run_id)
     assert snap.status is RunStatus.RUNNING and snap.queue_position is None
@@ -174,14 +177,20 @@ async def test_list_deployments_reads_input_ids(
 async def test_list_deployments_tolerates_missing_fields(sleeps: Sleeps) -> None:
     body = [
         {"id": "a"},
-        {"id": "b", "name": 5, "input_types": [{"input_id": "p"}, "junk", {"x": 1}, {"input_id": 3}]},
+        {
+            "id": "b",
+            "name": 5,
+            "input_types": [{"input_id": "p"}, "junk", {"x": 1}, {"input_id": 3}],
+        },
         {"name": "no id"},
         "junk",
     ]
     transport = httpx.MockTransport(lambda r: httpx.Response(200, json=body))
     async with make_client(transport, sleeps) as c:
         assert await c.list_deployments() == [
-            DeploymentInfo(id="a"), DeploymentInfo(id="b", inputs=("p",))]
+            DeploymentInfo(id="a"),
+            DeploymentInfo(id="b", inputs=("p",)),
+        ]
 
 
 # --------------------------------------------------------------------------- retries / errors
@@ -199,9 +208,7 @@ async def test_5xx_twice_then_success_makes_three_calls(
     assert all(0 <= d <= 8.0 for d in sleeps.delays)
 
 
-async def test_5xx_until_cap_is_backend_unavailable(
-    fake: FakeComfyDeploy, sleeps: Sleeps
-) -> None:
+async def test_5xx_until_cap_is_backend_unavailable(fake: FakeComfyDeploy, sleeps: Sleeps) -> None:
     dep = fake.add_deployment()
     fake.fail_next_creates(10, status=500)
     async with make_client(fake.transport, sleeps, max_attempts=3) as c:
@@ -231,6 +238,16 @@ async def test_401_is_auth_failed_with_exactly_one_call(
     assert len(fake.create_calls) == 1
     assert "wrong-key" not in str(info.value)
     assert sleeps.delays == []
+
+
+async def test_empty_key_sends_no_auth_and_fails_with_auth_error(
+    fake: FakeComfyDeploy, sleeps: Sleeps
+) -> None:
+    dep = fake.add_deployment()
+    async with ComfyDeployClient("", fake.base_url, transport=fake.transport, sleep=sleeps) as c:
+        with pytest.raises(AuthFailedError):
+            await c.create_run(dep, {})
+    assert [r.authorized for r in fake.requests] == [False]
 
 
 async def test_unknown_deployment_is_not_found_without_retry(
@@ -411,3 +428,20 @@ async def test_concurrency_limit_is_honoured(sleeps: Sleeps) -> None:
         results = await asyncio.gather(*tasks)
     assert len(results) == 10 and state["total"] == 10
     assert state["max"] == 3
+
+
+async def test_rate_limiter_holds_requests_beyond_the_burst(sleeps: Sleeps) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={"id": "r", "status": "running"})
+
+    async with make_client(httpx.MockTransport(handler), sleeps, max_per_second=2) as c:
+        tasks = [asyncio.create_task(c.get_run(f"run-{i}")) for i in range(3)]
+        for _ in range(100):  # bounded yields; the third request needs ~0.5 s of budget
+            await asyncio.sleep(0)
+        assert len(seen) == 2
+        assert sum(t.done() for t in tasks) == 2
+        tasks[2].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

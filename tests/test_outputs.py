@@ -26,8 +26,10 @@ from generation.outputs import media_type_for, parse_outputs
         ("a.glb", MediaType.UNKNOWN),
         ("noext", MediaType.UNKNOWN),
         ("", MediaType.UNKNOWN),
-        ("https://b.s3.amazonaws.com/outputs/runs/r/x.png?X-Amz-Signature=abc.mp4",
-         MediaType.IMAGE),
+        (
+            "https://b.s3.amazonaws.com/outputs/runs/r/x.png?X-Amz-Signature=abc.mp4",
+            MediaType.IMAGE,
+        ),
         ("https://cdn.example/x.gif#frag.mp4", MediaType.ANIMATION),
         ("https://cdn.example/file.mp4?download=1", MediaType.VIDEO),
         ("https://cdn.example/dir.png/file", MediaType.UNKNOWN),
@@ -55,7 +57,9 @@ def _out(key: str, *items: Any, **extra: Any) -> dict[str, Any]:
         ("model_file", "https://s3/x/a.safetensors", MediaType.UNKNOWN),
     ],
 )
-def test_every_key_is_read_and_typed_by_extension(key: str, url: str, media_type: MediaType) -> None:
+def test_every_key_is_read_and_typed_by_extension(
+    key: str, url: str, media_type: MediaType
+) -> None:
     (media,) = parse_outputs([_out(key, {"url": url, "type": "output", "filename": "f"})])
     assert media.url == url
     assert media.media_type is media_type
@@ -65,20 +69,31 @@ def test_every_key_is_read_and_typed_by_extension(key: str, url: str, media_type
 
 def test_metadata_kept_only_when_well_typed() -> None:
     items = [
-        {"url": "https://s/a.mp4", "filename": "a.mp4", "format": "video/h264-mp4",
-         "width": 512, "height": 768, "size": 1234},
+        {
+            "url": "https://s/a.mp4",
+            "filename": "a.mp4",
+            "format": "video/h264-mp4",
+            "width": 512,
+            "height": 768,
+            "size": 1234,
+        },
         {"url": "https://s/b.png", "width": "512", "height": True, "size": 1.5, "format": 3},
     ]
     first, second = parse_outputs([_out("gifs", *items)])
-    assert (first.format, first.width, first.height, first.size) == ("video/h264-mp4", 512, 768,
-                                                                      1234)
+    assert (first.format, first.width, first.height, first.size) == (
+        "video/h264-mp4",
+        512,
+        768,
+        1234,
+    )
     assert (second.format, second.width, second.height, second.size) == (None, None, None, None)
     assert second.filename is None
 
 
 def test_extensionless_url_falls_back_to_filename() -> None:
-    (media,) = parse_outputs([_out("images", {"url": "https://cdn/x/abc?sig=1",
-                                              "filename": "ComfyUI_1.png"})])
+    (media,) = parse_outputs(
+        [_out("images", {"url": "https://cdn/x/abc?sig=1", "filename": "ComfyUI_1.png"})]
+    )
     assert media.media_type is MediaType.IMAGE
 
 
@@ -120,7 +135,15 @@ def test_single_output_mapping_is_accepted() -> None:
 
 
 def test_order_is_preserved_across_outputs() -> None:
-    outputs = [_out("images", {"url": f"https://s/{i}.png"}, {"url": f"https://s/{i}b.png"})
-               for i in range(3)]
+    outputs = [
+        _out("images", {"url": f"https://s/{i}.png"}, {"url": f"https://s/{i}b.png"})
+        for i in range(3)
+    ]
     assert [m.url.rsplit("/", 1)[1] for m in parse_outputs(outputs)] == [
-        "0.png", "0b.png", "1.png", "1b.png", "2.png", "2b.png"]
+        "0.png",
+        "0b.png",
+        "1.png",
+        "1b.png",
+        "2.png",
+        "2b.png",
+    ]

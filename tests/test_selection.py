@@ -71,8 +71,9 @@ async def test_weighted_random() -> None:
     store.add_deployment("light", weight=1)
     store.add_deployment("zero", weight=0)
     sel = make(store)
-    counts = Counter([(await sel.select(["MAKE"], RequestMode.DEFAULT)).deployment_id
-                      for _ in range(1000)])
+    counts = Counter(
+        [(await sel.select(["MAKE"], RequestMode.DEFAULT)).deployment_id for _ in range(1000)]
+    )
     assert counts["zero"] == 0
     assert 820 < counts["heavy"] < 970
     assert counts["light"] > 30

@@ -87,8 +87,17 @@ def test_success_counts_as_full_progress_and_keeps_outputs() -> None:
 
 @pytest.mark.parametrize(
     ("progress", "expected"),
-    [(1.7, 1.0), (-0.5, 0.0), ("0.25", 0.25), ("abc", 0.0), (None, 0.0), (float("nan"), 0.0),
-     (True, 0.0), ({"x": 1}, 0.0), (float("inf"), 0.0)],
+    [
+        (1.7, 1.0),
+        (-0.5, 0.0),
+        ("0.25", 0.25),
+        ("abc", 0.0),
+        (None, 0.0),
+        (float("nan"), 0.0),
+        (True, 0.0),
+        ({"x": 1}, 0.0),
+        (float("inf"), 0.0),
+    ],
 )
 def test_progress_is_clamped_and_tolerant(progress: Any, expected: float) -> None:
     snap = snapshot_from_payload({"id": "r", "status": "running", "progress": progress})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,7 @@ async def test_failed_migration_rolls_back_whole(tmp_path: Path) -> None:
         with pytest.raises(StorageError, match="migration 2 failed"):
             await apply_migrations(db, broken)
         async with db.read() as conn:
-            tables = {
-                r[0]
-                for r in await conn.execute_fetchall("SELECT name FROM sqlite_master")
-            }
+            tables = {r[0] for r in await conn.execute_fetchall("SELECT name FROM sqlite_master")}
             versions = await conn.execute_fetchall("SELECT version FROM schema_version")
             assert not conn.in_transaction
         assert "a" in tables and "b" not in tables
@@ -99,8 +97,28 @@ async def test_close_is_idempotent_and_final(tmp_path: Path) -> None:
 async def test_write_transaction_rolls_back_on_error(storage: Storage) -> None:
     with pytest.raises(RuntimeError):
         async with storage.db.write() as conn:
-            await conn.execute(
-                "INSERT INTO settings(key, value, updated_at) VALUES ('k', 'v', 0)"
-            )
+            await conn.execute("INSERT INTO settings(key, value, updated_at) VALUES ('k', 'v', 0)")
             raise RuntimeError("boom")
     assert await storage.settings.get("k") is None
+
+
+async def test_cancelled_transaction_leaves_nothing_open(storage: Storage) -> None:
+    inside = asyncio.Event()
+    never = asyncio.Event()
+
+    async def stuck_writer() -> None:
+        async with storage.db.write() as conn:
+            await conn.execute(
+                "INSERT INTO settings(key, value, updated_at) VALUES ('half', 'x', 0)"
+            )
+            inside.set()
+            await never.wait()
+
+    task = asyncio.create_task(stuck_writer())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await storage.settings.get("half") is None
+    await storage.settings.set("after", "ok")  # the lock and connection are usable again
+    assert await storage.settings.get("after") == "ok"

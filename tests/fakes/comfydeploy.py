@@ -657,6 +657,7 @@ class FakeComfyDeploy:
             self.asgi,
             log_level="warning",
             lifespan="off",
+            interface="asgi3",
             access_log=False,
             timeout_graceful_shutdown=2,
         )
@@ -798,9 +799,13 @@ class FakeComfyDeploy:
                 422,
                 {
                     "detail": [
-                        {"type": "model_attributes_type", "loc": ["body"],
-                         "msg": "Input should be a valid dictionary or object to extract fields "
-                         "from", "input": None if body is ... else body}
+                        {
+                            "type": "model_attributes_type",
+                            "loc": ["body"],
+                            "msg": "Input should be a valid dictionary or object to extract fields "
+                            "from",
+                            "input": None if body is ... else body,
+                        }
                     ]
                 },
             )
@@ -808,8 +813,16 @@ class FakeComfyDeploy:
         if dep_id is None:
             return _json(
                 422,
-                {"detail": [{"type": "missing", "loc": ["body", "deployment_id"],
-                             "msg": "Field required", "input": body}]},
+                {
+                    "detail": [
+                        {
+                            "type": "missing",
+                            "loc": ["body", "deployment_id"],
+                            "msg": "Field required",
+                            "input": body,
+                        }
+                    ]
+                },
             )
         if not _is_uuid(dep_id):
             return _uuid_error(["body", "deployment_id"], dep_id)
@@ -819,8 +832,16 @@ class FakeComfyDeploy:
         if not isinstance(inputs, dict):
             return _json(
                 422,
-                {"detail": [{"type": "dict_type", "loc": ["body", "inputs"],
-                             "msg": "Input should be a valid dictionary", "input": inputs}]},
+                {
+                    "detail": [
+                        {
+                            "type": "dict_type",
+                            "loc": ["body", "inputs"],
+                            "msg": "Input should be a valid dictionary",
+                            "input": inputs,
+                        }
+                    ]
+                },
             )
         deployment = self.deployments.get(str(uuid.UUID(dep_id))) or self.deployments.get(dep_id)
         if deployment is None:
@@ -902,8 +923,10 @@ class FakeComfyDeploy:
         if run is None:
             return _json(
                 500,
-                {"detail": "Error cancel function 404: Run not found or has no modal function "
-                 "call ID"},
+                {
+                    "detail": "Error cancel function 404: Run not found or has no modal function "
+                    "call ID"
+                },
             )
         if not run.terminal:
             self._apply_status(run, "cancelled")
@@ -924,8 +947,16 @@ class FakeComfyDeploy:
         if file_part is None:
             return _json(
                 422,
-                {"detail": [{"type": "missing", "loc": ["body", "file"],
-                             "msg": "Field required", "input": None}]},
+                {
+                    "detail": [
+                        {
+                            "type": "missing",
+                            "loc": ["body", "file"],
+                            "msg": "Field required",
+                            "input": None,
+                        }
+                    ]
+                },
             )
         filename, data = file_part
         guessed = mimetypes.guess_type(filename or "")[0] or ""
@@ -938,7 +969,9 @@ class FakeComfyDeploy:
         name = f"{file_id}{ext}"
         self.files[name] = (data, guessed)
         url = f"{self.base_url}/files/{name}"
-        self.uploads.append({"file_id": file_id, "file_name": filename, "url": url, "size": len(data)})
+        self.uploads.append(
+            {"file_id": file_id, "file_name": filename, "url": url, "size": len(data)}
+        )
         return _json(
             200,
             {

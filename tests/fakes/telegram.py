@@ -1,0 +1,1260 @@
+"""A strict in-process fake of the Telegram Bot API, served through ``httpx.MockTransport``.
+
+Wire it into PTB with ``HTTPXRequest(httpx_kwargs={"transport": fake.transport})`` for both the
+request and the get-updates request (``fake.request()`` builds one). Methods live at
+``<any host>/bot<token>/<method>``, files at ``/file/bot<token>/<path>``.
+
+It is strict where real Telegram is strict, so bugs surface in tests rather than in production:
+"message is not modified", callback data of 1–64 bytes, text/caption lengths, empty text,
+photo/document/getFile size limits (and photo dimensions), unknown messages and chats, unknown
+callback query ids, getUpdates while a webhook is set, an optional flood-control model with an
+injectable clock, and scripted faults (``fail_next``).
+
+The user side (``fake.user(...)``) builds updates as real clients produce them and queues them
+for ``getUpdates`` (and returns them, for ``Application.process_update`` or webhook posts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import io
+import itertools
+import json
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+
+DEFAULT_TOKEN = "123456789:AAFakeTokenForTestsOnly_abcdefghijklm"
+
+MAX_TEXT = 4096
+MAX_CAPTION = 1024
+MAX_CALLBACK_DATA = 64
+MAX_CALLBACK_ANSWER = 200
+PHOTO_UPLOAD_LIMIT = 10 * 1024 * 1024
+FILE_UPLOAD_LIMIT = 50 * 1024 * 1024
+FILE_DOWNLOAD_LIMIT = 20 * 1024 * 1024
+
+NOT_MODIFIED = (
+    "Bad Request: message is not modified: specified new message content and reply markup are "
+    "exactly the same as a current content and reply markup of the message"
+)
+CHAT_ACTIONS = {
+    "typing",
+    "upload_photo",
+    "record_video",
+    "upload_video",
+    "record_voice",
+    "upload_voice",
+    "upload_document",
+    "choose_sticker",
+    "find_location",
+    "record_video_note",
+    "upload_video_note",
+}
+_COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+_SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+MEDIA_KINDS = ("photo", "document", "animation", "video", "sticker")
+
+
+class ApiError(Exception):
+    """An error answer of the fake Bot API."""
+
+    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.retry_after = retry_after
+
+    def response(self) -> httpx.Response:
+        body: dict[str, Any] = {
+            "ok": False,
+            "error_code": self.code,
+            "description": self.description,
+        }
+        if self.retry_after is not None:
+            body["parameters"] = {"retry_after": self.retry_after}
+        return httpx.Response(self.code, json=body)
+
+
+def bad_request(description: str) -> ApiError:
+    return ApiError(400, f"Bad Request: {description}")
+
+
+@dataclass(slots=True)
+class Call:
+    """One Bot API call as the fake received it (params decoded, uploads as bytes)."""
+
+    method: str
+    params: dict[str, Any]
+    files: dict[str, tuple[str | None, bytes]]
+    status: int = 200
+
+
+@dataclass(slots=True)
+class FakeFile:
+    file_id: str
+    file_unique_id: str
+    data: bytes
+    file_path: str
+    size: int
+
+
+@dataclass(slots=True)
+class FakeChat:
+    id: int
+    type: str  # private | group | supergroup
+    title: str | None = None
+    first_name: str | None = None
+    username: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "type": self.type}
+        if self.title is not None:
+            out["title"] = self.title
+        if self.first_name is not None:
+            out["first_name"] = self.first_name
+        if self.username is not None:
+            out["username"] = self.username
+        return out
+
+
+@dataclass(slots=True)
+class FakeMessage:
+    """A message in a chat — sent by the bot or by a fake user."""
+
+    message_id: int
+    chat_id: int
+    from_bot: bool
+    sender: dict[str, Any]
+    date: int
+    text: str | None = None
+    caption: str | None = None
+    entities: list[dict[str, Any]] | None = None
+    reply_markup: dict[str, Any] | None = None
+    media_kind: str | None = None  # photo | document | animation | video | sticker
+    media: bytes | None = None  # uploaded bytes (None when sent by file_id/URL)
+    media_ref: str | None = None  # file_id or URL when not uploaded
+    filename: str | None = None
+    mime_type: str | None = None
+    file_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    reply_to_message_id: int | None = None
+    message_thread_id: int | None = None
+    parse_mode: str | None = None
+    edit_count: int = 0
+    deleted: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def buttons(self) -> list[dict[str, Any]]:
+        """All inline buttons, row by row."""
+        if not self.reply_markup:
+            return []
+        rows = self.reply_markup.get("inline_keyboard") or []
+        return [button for row in rows for button in row]
+
+    @property
+    def button_texts(self) -> list[str]:
+        return [b.get("text", "") for b in self.buttons]
+
+    @property
+    def content(self) -> str:
+        """Text or caption (whichever the message has)."""
+        return self.text if self.text is not None else (self.caption or "")
+
+
+@dataclass(slots=True)
+class _Fault:
+    status: int
+    retry_after: int | None
+    description: str | None
+    timeout: bool
+
+
+class _TokenBucket:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def take(self, now: float) -> float:
+        """0 when a token was taken, else seconds until one is available."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class _Window:
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit = limit
+        self.period = period
+        self.stamps: deque[float] = deque()
+
+    def check(self, now: float) -> float:
+        while self.stamps and now - self.stamps[0] >= self.period:
+            self.stamps.popleft()
+        if len(self.stamps) < self.limit:
+            return 0.0
+        return self.period - (now - self.stamps[0])
+
+    def add(self, now: float) -> None:
+        self.stamps.append(now)
+
+
+@dataclass(slots=True)
+class FloodControl:
+    """Telegram's (undocumented, approximate) limits: ~1 msg/s per private chat with a short
+    burst, 20 per minute per group, 30 per second overall."""
+
+    private_rate: float = 1.0
+    private_burst: float = 3.0
+    group_per_minute: int = 20
+    overall_per_second: int = 30
+
+
+_LIMITED_METHODS = {
+    "sendMessage",
+    "sendPhoto",
+    "sendDocument",
+    "sendAnimation",
+    "sendVideo",
+    "sendSticker",
+    "editMessageText",
+    "editMessageCaption",
+    "editMessageReplyMarkup",
+}
+
+
+def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    msg = parser.parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str | None, bytes]] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None or part.get_content_type() not in ("text/plain",):
+            files[str(name)] = (filename, payload)
+        else:
+            fields[str(name)] = payload.decode("utf-8")
+    return fields, files
+
+
+def _decode_value(value: str) -> Any:
+    """Form values are strings; nested objects arrive JSON-encoded."""
+    if value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _int(params: dict[str, Any], name: str, *, required: bool = True) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        if required:
+            raise bad_request(f"{name} is empty" if name != "chat_id" else "chat_id is empty")
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise bad_request(f"invalid {name} specified") from None
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:
+        return None
+
+
+class FakeTelegram:
+    """The fake Bot API. See the module docstring."""
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        *,
+        bot_username: str = "fake_test_bot",
+        clock: Callable[[], float] = time.monotonic,
+        flood_control: FloodControl | bool | None = None,
+        long_poll_cap: float = 0.05,
+        strict_images: bool = True,
+        auto_queue: bool = True,
+    ) -> None:
+        self.token = token
+        self.bot_id = int(token.split(":", 1)[0])
+        self.bot_username = bot_username
+        self.clock = clock
+        self.long_poll_cap = long_poll_cap
+        self.strict_images = strict_images
+        self.auto_queue = auto_queue
+        self.flood: FloodControl | None = (
+            FloodControl() if flood_control is True else (flood_control or None)
+        )
+        self.transport = httpx.MockTransport(self._handle)
+
+        self.chats: dict[int, FakeChat] = {}
+        self._messages: dict[int, dict[int, FakeMessage]] = {}
+        self._next_message_id: dict[int, int] = {}
+        self.files: dict[str, FakeFile] = {}
+        self._files_by_path: dict[str, FakeFile] = {}
+        self._file_seq = itertools.count(1)
+        self.call_log: list[Call] = []
+        self.commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.webhook: dict[str, Any] | None = None
+        self.callback_queries: dict[str, dict[str, Any]] = {}  # id -> {"answered": bool, ...}
+        self._cq_seq = itertools.count(1)
+        self._pending: list[dict[str, Any]] = []
+        self._update_seq = itertools.count(1)
+        self._faults: dict[str, deque[_Fault]] = {}
+        self._buckets: dict[int, _TokenBucket] = {}
+        self._group_windows: dict[int, _Window] = {}
+        self._overall = _Window(30, 1.0)
+        self._changed = asyncio.Event()
+        self._updates_arrived = asyncio.Event()
+        self.users: dict[int, FakeUser] = {}
+
+    # ------------------------------------------------------------------ wiring helpers
+    @property
+    def bot_user(self) -> dict[str, Any]:
+        return {
+            "id": self.bot_id,
+            "is_bot": True,
+            "first_name": "Fake Bot",
+            "username": self.bot_username,
+        }
+
+    def request(self, **kwargs: Any) -> Any:
+        """A PTB ``HTTPXRequest`` bound to this fake."""
+        from telegram.request import HTTPXRequest
+
+        return HTTPXRequest(httpx_kwargs={"transport": self.transport}, **kwargs)
+
+    def bot(self) -> Any:
+        """A plain PTB ``Bot`` talking to this fake (call ``await bot.initialize()``)."""
+        from telegram import Bot
+
+        return Bot(self.token, request=self.request(), get_updates_request=self.request())
+
+    # ------------------------------------------------------------------ test controls
+    def fail_next(
+        self,
+        method: str,
+        status: int = 429,
+        retry_after: int | None = 1,
+        *,
+        description: str | None = None,
+        times: int = 1,
+        timeout: bool = False,
+    ) -> None:
+        """Script the next ``times`` calls of ``method`` to fail (429 with ``retry_after`` by
+        default; any status with ``description``; or a transport timeout)."""
+        for _ in range(times):
+            self._faults.setdefault(method, deque()).append(
+                _Fault(status, retry_after if status == 429 else None, description, timeout)
+            )
+
+    def add_chat(
+        self, chat_id: int, *, type_: str | None = None, title: str | None = None
+    ) -> FakeChat:
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            if type_ is None:
+                type_ = "private" if chat_id > 0 else ("supergroup" if chat_id < -10**12 else "group")
+            chat = FakeChat(chat_id, type_, title=title or (None if type_ == "private" else "Group"))
+            self.chats[chat_id] = chat
+            self._messages[chat_id] = {}
+            self._next_message_id[chat_id] = 1
+        return chat
+
+    def group(self, chat_id: int = -1001234567890, title: str = "Test group") -> FakeChat:
+        """A group chat (negative id; ≤ -10**12 → supergroup)."""
+        if chat_id >= 0:
+            raise ValueError("group chat ids are negative")
+        return self.add_chat(chat_id, title=title)
+
+    def user(
+        self,
+        user_id: int = 1001,
+        first_name: str = "Alice",
+        *,
+        language_code: str | None = "en",
+        username: str | None = None,
+    ) -> FakeUser:
+        user = FakeUser(self, user_id, first_name, language_code, username)
+        self.users[user_id] = user
+        chat = self.add_chat(user_id, type_="private")
+        chat.first_name = first_name
+        chat.username = username
+        return user
+
+    def register_file(self, data: bytes, *, kind: str = "file", ext: str = "bin") -> FakeFile:
+        n = next(self._file_seq)
+        file_id = f"FAKE{kind.upper()}{n:06d}"
+        fake_file = FakeFile(
+            file_id=file_id,
+            file_unique_id=f"U{n:06d}",
+            data=data,
+            file_path=f"{kind}s/file_{n}.{ext}",
+            size=len(data),
+        )
+        self.files[file_id] = fake_file
+        self._files_by_path[fake_file.file_path] = fake_file
+        return fake_file
+
+    # ------------------------------------------------------------------ queries
+    def messages(self, chat_id: int, *, include_user: bool = False) -> list[FakeMessage]:
+        """The bot's messages in a chat, oldest first (with ``include_user`` also the users')."""
+        return [
+            m
+            for m in self._messages.get(chat_id, {}).values()
+            if not m.deleted and (include_user or m.from_bot)
+        ]
+
+    def last_message(self, chat_id: int, *, include_user: bool = False) -> FakeMessage | None:
+        msgs = self.messages(chat_id, include_user=include_user)
+        return msgs[-1] if msgs else None
+
+    def message(self, chat_id: int, message_id: int) -> FakeMessage | None:
+        return self._messages.get(chat_id, {}).get(message_id)
+
+    def calls(self, method: str | None = None) -> list[Call]:
+        return [c for c in self.call_log if method is None or c.method == method]
+
+    def sent_media(self, chat_id: int) -> list[FakeMessage]:
+        return [m for m in self.messages(chat_id) if m.media_kind is not None]
+
+    @property
+    def pending_updates(self) -> list[dict[str, Any]]:
+        return list(self._pending)
+
+    async def wait_for(
+        self, predicate: Callable[[], Any], *, timeout: float = 3.0, what: str = "condition"
+    ) -> Any:
+        """Wait (event-driven, bounded by ``timeout``) until ``predicate()`` is truthy."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            result = predicate()
+            if result:
+                return result
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            event = self._changed
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def wait_for_message(
+        self,
+        chat_id: int,
+        contains: str | None = None,
+        *,
+        predicate: Callable[[FakeMessage], bool] | None = None,
+        timeout: float = 3.0,
+    ) -> FakeMessage:
+        """The first bot message in ``chat_id`` whose text/caption contains ``contains`` (and
+        matches ``predicate``), waiting for it to appear or to be edited into shape."""
+
+        def find() -> FakeMessage | None:
+            for m in self.messages(chat_id):
+                if contains is not None and contains not in m.content:
+                    continue
+                if predicate is not None and not predicate(m):
+                    continue
+                return m
+            return None
+
+        return await self.wait_for(find, timeout=timeout, what=f"a message {contains!r}")
+
+    # ------------------------------------------------------------------ updates
+    def push_update(self, payload: dict[str, Any], *, queue: bool | None = None) -> dict[str, Any]:
+        """Give ``payload`` (without ``update_id``) an id; queue it for getUpdates."""
+        update = {"update_id": next(self._update_seq), **payload}
+        if self.auto_queue if queue is None else queue:
+            self._pending.append(update)
+            self._updates_arrived.set()
+        return update
+
+    # ------------------------------------------------------------------ state changes
+    def _touch(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _store(self, msg: FakeMessage) -> FakeMessage:
+        self._messages[msg.chat_id][msg.message_id] = msg
+        self._touch()
+        return msg
+
+    def _new_message_id(self, chat_id: int) -> int:
+        n = self._next_message_id[chat_id]
+        self._next_message_id[chat_id] = n + 1
+        return n
+
+    def message_dict(self, msg: FakeMessage, *, with_reply: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "message_id": msg.message_id,
+            "date": msg.date,
+            "chat": self.chats[msg.chat_id].to_dict(),
+            "from": msg.sender,
+        }
+        if msg.text is not None:
+            out["text"] = msg.text
+        if msg.entities:
+            out["entities" if msg.text is not None else "caption_entities"] = msg.entities
+        if msg.caption is not None:
+            out["caption"] = msg.caption
+        if msg.reply_markup:
+            out["reply_markup"] = msg.reply_markup
+        if msg.message_thread_id is not None:
+            out["message_thread_id"] = msg.message_thread_id
+            out["is_topic_message"] = True
+        if msg.edit_count:
+            out["edit_date"] = msg.date + msg.edit_count
+        if with_reply and msg.reply_to_message_id is not None:
+            target = self.message(msg.chat_id, msg.reply_to_message_id)
+            if target is not None:
+                out["reply_to_message"] = self.message_dict(target, with_reply=False)
+        out.update(msg.extra)
+        return out
+
+    # ------------------------------------------------------------------ transport
+    async def _handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "GET" and path.startswith("/file/bot"):
+            return self._download(path)
+        match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
+        if match is None:
+            return ApiError(404, "Not Found").response()
+        token, method = match.groups()
+        if token != self.token:
+            return ApiError(401, "Unauthorized").response()
+        params, files = self._parse(request)
+        call = Call(method, params, files)
+        self.call_log.append(call)
+        try:
+            fault = self._take_fault(method)
+            if fault is not None:
+                if fault.timeout:
+                    raise httpx.ReadTimeout("scripted timeout", request=request)
+                if fault.status == 429:
+                    raise ApiError(
+                        429,
+                        fault.description or f"Too Many Requests: retry after {fault.retry_after}",
+                        fault.retry_after,
+                    )
+                raise ApiError(fault.status, fault.description or "Scripted failure")
+            handler = getattr(self, f"_m_{method}", None)
+            if handler is None:
+                raise ApiError(404, "Not Found")
+            if method in _LIMITED_METHODS:
+                self._flood_check(params)
+            result = handler(params, files)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except ApiError as exc:
+            call.status = exc.code
+            return exc.response()
+        return httpx.Response(200, json={"ok": True, "result": result})
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        queue = self._faults.get(method)
+        return queue.popleft() if queue else None
+
+    def _parse(self, request: httpx.Request) -> tuple[dict[str, Any], dict[str, Any]]:
+        content_type = request.headers.get("content-type", "")
+        body = request.content
+        raw: dict[str, str]
+        files: dict[str, tuple[str | None, bytes]] = {}
+        if content_type.startswith("multipart/form-data"):
+            raw, files = _parse_multipart(content_type, body)
+        elif content_type.startswith("application/json"):
+            data = json.loads(body or b"{}")
+            return data, files
+        else:
+            raw = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        return {k: _decode_value(v) for k, v in raw.items()}, files
+
+    def _download(self, path: str) -> httpx.Response:
+        match = re.fullmatch(r"/file/bot([^/]+)/(.+)", path)
+        if match is None or match.group(1) != self.token:
+            return ApiError(401, "Unauthorized").response()
+        fake_file = self._files_by_path.get(match.group(2))
+        if fake_file is None:
+            return ApiError(404, "Not Found").response()
+        return httpx.Response(200, content=fake_file.data)
+
+    # ------------------------------------------------------------------ flood control
+    def _flood_check(self, params: dict[str, Any]) -> None:
+        if self.flood is None:
+            return
+        chat_id = _int(params, "chat_id", required=False)
+        now = self.clock()
+        waits = [self._overall.check(now)]
+        if chat_id is not None and chat_id < 0:
+            window = self._group_windows.setdefault(
+                chat_id, _Window(self.flood.group_per_minute, 60.0)
+            )
+            waits.append(window.check(now))
+        wait = max(waits)
+        if wait <= 0 and chat_id is not None and chat_id > 0:
+            bucket = self._buckets.get(chat_id)
+            if bucket is None:
+                bucket = self._buckets[chat_id] = _TokenBucket(
+                    self.flood.private_rate, self.flood.private_burst, now
+                )
+            wait = bucket.take(now)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise ApiError(429, f"Too Many Requests: retry after {retry_after}", retry_after)
+        self._overall.add(now)
+        if chat_id is not None and chat_id < 0:
+            self._group_windows[chat_id].add(now)
+
+    # ------------------------------------------------------------------ validation helpers
+    def _chat(self, params: dict[str, Any]) -> FakeChat:
+        chat_id = _int(params, "chat_id")
+        assert chat_id is not None
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            raise bad_request("chat not found")
+        return chat
+
+    @staticmethod
+    def _check_markup(markup: Any) -> dict[str, Any] | None:
+        if markup is None or markup == "":
+            return None
+        if not isinstance(markup, dict):
+            raise bad_request("can't parse reply keyboard markup JSON object")
+        for row in markup.get("inline_keyboard", []) or []:
+            for button in row:
+                if not button.get("text"):
+                    raise bad_request("BUTTON_TEXT_INVALID")
+                data = button.get("callback_data")
+                if data is not None:
+                    size = len(str(data).encode("utf-8"))
+                    if size < 1 or size > MAX_CALLBACK_DATA:
+                        raise bad_request("BUTTON_DATA_INVALID")
+        return markup
+
+    @staticmethod
+    def _check_text(text: Any) -> str:
+        if text is None or not str(text).strip():
+            raise bad_request("message text is empty")
+        text = str(text)
+        if len(text) > MAX_TEXT:
+            raise bad_request("message is too long")
+        return text
+
+    @staticmethod
+    def _check_caption(caption: Any) -> str | None:
+        if caption is None or caption == "":
+            return None
+        caption = str(caption)
+        if len(caption) > MAX_CAPTION:
+            raise bad_request("message caption is too long")
+        return caption
+
+    def _reply_target(self, chat: FakeChat, params: dict[str, Any]) -> int | None:
+        reply = params.get("reply_parameters")
+        allow_missing = False
+        target: int | None = None
+        if isinstance(reply, dict):
+            target = int(reply["message_id"])
+            allow_missing = bool(reply.get("allow_sending_without_reply"))
+        elif params.get("reply_to_message_id") not in (None, ""):
+            target = int(params["reply_to_message_id"])
+            allow_missing = str(params.get("allow_sending_without_reply")).lower() == "true"
+        if target is None:
+            return None
+        msg = self.message(chat.id, target)
+        if msg is None or msg.deleted:
+            if allow_missing:
+                return None
+            raise bad_request("message to be replied not found")
+        return target
+
+    def _new_bot_message(self, chat: FakeChat, params: dict[str, Any], **fields: Any) -> FakeMessage:
+        markup = self._check_markup(params.get("reply_markup"))
+        reply_to = self._reply_target(chat, params)
+        thread = _int(params, "message_thread_id", required=False)
+        entities = params.get("entities") or params.get("caption_entities")
+        return self._store(
+            FakeMessage(
+                message_id=self._new_message_id(chat.id),
+                chat_id=chat.id,
+                from_bot=True,
+                sender=self.bot_user,
+                date=int(time.time()),
+                reply_markup=markup,
+                reply_to_message_id=reply_to,
+                message_thread_id=thread,
+                parse_mode=params.get("parse_mode") or None,
+                entities=entities if isinstance(entities, list) else None,
+                **fields,
+            )
+        )
+
+    def _editable(self, params: dict[str, Any]) -> FakeMessage:
+        if params.get("inline_message_id"):
+            raise bad_request("MESSAGE_ID_INVALID")
+        chat_id = _int(params, "chat_id")
+        message_id = _int(params, "message_id")
+        assert chat_id is not None and message_id is not None
+        msg = self.message(chat_id, message_id)
+        if msg is None or msg.deleted:
+            raise bad_request("message to edit not found")
+        if not msg.from_bot:
+            raise bad_request("message can't be edited")
+        return msg
+
+    # ------------------------------------------------------------------ methods
+    def _m_getMe(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.bot_user,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _m_getUpdates(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
+        if self.webhook is not None:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset = _int(params, "offset", required=False) or 0
+        limit = _int(params, "limit", required=False) or 100
+        timeout = float(params.get("timeout") or 0)
+        if offset:
+            self._pending = [u for u in self._pending if u["update_id"] >= offset]
+        if not self._pending and timeout > 0:
+            self._updates_arrived.clear()
+            try:
+                await asyncio.wait_for(
+                    self._updates_arrived.wait(), min(timeout, self.long_poll_cap)
+                )
+            except TimeoutError:
+                pass
+        return self._pending[:limit]
+
+    def _m_deleteWebhook(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        self.webhook = None
+        if str(params.get("drop_pending_updates", "")).lower() == "true":
+            self._pending.clear()
+        return True
+
+    def _m_setWebhook(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        url = params.get("url") or ""
+        if not url:
+            self.webhook = None
+            return True
+        if not str(url).startswith(("https://", "http://")):
+            raise bad_request("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = params.get("secret_token")
+        if secret is not None and not _SECRET_TOKEN_RE.fullmatch(str(secret)):
+            raise bad_request("bad webhook: secret token contains unallowed characters")
+        self.webhook = {
+            "url": url,
+            "secret_token": secret,
+            "allowed_updates": params.get("allowed_updates"),
+        }
+        if str(params.get("drop_pending_updates", "")).lower() == "true":
+            self._pending.clear()
+        return True
+
+    def _m_getWebhookInfo(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "url": (self.webhook or {}).get("url", ""),
+            "has_custom_certificate": False,
+            "pending_update_count": len(self._pending),
+        }
+        if self.webhook and self.webhook.get("allowed_updates"):
+            info["allowed_updates"] = self.webhook["allowed_updates"]
+        return info
+
+    @staticmethod
+    def _commands_key(params: dict[str, Any]) -> tuple[str, str]:
+        scope = params.get("scope") or {"type": "default"}
+        return (json.dumps(scope, sort_keys=True), str(params.get("language_code") or ""))
+
+    def _m_setMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        commands = params.get("commands")
+        if not isinstance(commands, list) or len(commands) > 100:
+            raise bad_request("commands are invalid")
+        for command in commands:
+            if not _COMMAND_RE.fullmatch(str(command.get("command", ""))):
+                raise bad_request("BOT_COMMAND_INVALID")
+            description = str(command.get("description", ""))
+            if not 1 <= len(description) <= 256:
+                raise bad_request("BOT_COMMAND_DESCRIPTION_INVALID")
+        language = str(params.get("language_code") or "")
+        if language and not re.fullmatch(r"[a-z]{2}", language):
+            raise bad_request("invalid language code specified")
+        self.commands[self._commands_key(params)] = commands
+        return True
+
+    def _m_getMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
+        return self.commands.get(self._commands_key(params), [])
+
+    def _m_deleteMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        self.commands.pop(self._commands_key(params), None)
+        return True
+
+    def _m_sendMessage(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        chat = self._chat(params)
+        text = self._check_text(params.get("text"))
+        return self.message_dict(self._new_bot_message(chat, params, text=text))
+
+    def _m_editMessageText(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        msg = self._editable(params)
+        text = self._check_text(params.get("text"))
+        if msg.text is None:
+            raise bad_request("there is no text in the message to edit")
+        markup = self._check_markup(params.get("reply_markup"))
+        if text == msg.text and markup == msg.reply_markup:
+            raise bad_request(NOT_MODIFIED.removeprefix("Bad Request: "))
+        msg.text = text
+        msg.reply_markup = markup
+        entities = params.get("entities")
+        msg.entities = entities if isinstance(entities, list) else None
+        msg.parse_mode = params.get("parse_mode") or None
+        msg.edit_count += 1
+        self._touch()
+        return self.message_dict(msg)
+
+    def _m_editMessageCaption(
+        self, params: dict[str, Any], files: dict[str, Any]
+    ) -> dict[str, Any]:
+        msg = self._editable(params)
+        if msg.media_kind is None:
+            raise bad_request("there is no caption in the message to edit")
+        caption = self._check_caption(params.get("caption"))
+        markup = self._check_markup(params.get("reply_markup"))
+        if caption == msg.caption and markup == msg.reply_markup:
+            raise bad_request(NOT_MODIFIED.removeprefix("Bad Request: "))
+        msg.caption = caption
+        msg.reply_markup = markup
+        msg.edit_count += 1
+        self._touch()
+        return self.message_dict(msg)
+
+    def _m_editMessageReplyMarkup(
+        self, params: dict[str, Any], files: dict[str, Any]
+    ) -> dict[str, Any]:
+        msg = self._editable(params)
+        markup = self._check_markup(params.get("reply_markup"))
+        if markup == msg.reply_markup or (not markup and not msg.reply_markup):
+            raise bad_request(NOT_MODIFIED.removeprefix("Bad Request: "))
+        msg.reply_markup = markup
+        msg.edit_count += 1
+        self._touch()
+        return self.message_dict(msg)
+
+    def _m_deleteMessage(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        chat_id = _int(params, "chat_id")
+        message_id = _int(params, "message_id")
+        assert chat_id is not None and message_id is not None
+        msg = self.message(chat_id, message_id)
+        if msg is None or msg.deleted:
+            raise bad_request("message to delete not found")
+        msg.deleted = True
+        self._touch()
+        return True
+
+    def _m_answerCallbackQuery(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        query_id = str(params.get("callback_query_id") or "")
+        query = self.callback_queries.get(query_id)
+        if query is None or query["answered"]:
+            raise bad_request(
+                "query is too old and response timeout expired or query ID is invalid"
+            )
+        text = params.get("text")
+        if text is not None and len(str(text)) > MAX_CALLBACK_ANSWER:
+            raise bad_request("MESSAGE_TOO_LONG")
+        query.update(
+            answered=True,
+            text=text,
+            show_alert=str(params.get("show_alert", "")).lower() == "true",
+        )
+        self._touch()
+        return True
+
+    def _m_sendChatAction(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        self._chat(params)
+        if params.get("action") not in CHAT_ACTIONS:
+            raise bad_request("wrong parameter action in request")
+        return True
+
+    def _m_getFile(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        fake_file = self.files.get(str(params.get("file_id") or ""))
+        if fake_file is None:
+            raise bad_request("invalid file_id")
+        if fake_file.size > FILE_DOWNLOAD_LIMIT:
+            raise bad_request("file is too big")
+        return {
+            "file_id": fake_file.file_id,
+            "file_unique_id": fake_file.file_unique_id,
+            "file_size": fake_file.size,
+            "file_path": fake_file.file_path,
+        }
+
+    # media ----------------------------------------------------------------
+    def _media_input(
+        self, kind: str, params: dict[str, Any], files: dict[str, Any]
+    ) -> tuple[bytes | None, str | None, str | None]:
+        """(uploaded bytes, filename, reference) for the ``kind`` parameter."""
+        value = params.get(kind)
+        name = kind
+        if isinstance(value, str) and value.startswith("attach://"):
+            name = value.removeprefix("attach://")
+        if name in files:
+            filename, data = files[name]
+            return data, filename, None
+        if not value:
+            raise bad_request(f"there is no {kind} in the request")
+        value = str(value)
+        if value.startswith(("http://", "https://")):
+            return None, None, value
+        known = self.files.get(value)
+        if known is None:
+            raise bad_request("wrong file identifier/HTTP URL specified")
+        return known.data, None, value
+
+    def _send_media(self, kind: str, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        chat = self._chat(params)
+        data, filename, ref = self._media_input(kind, params, files)
+        caption = self._check_caption(params.get("caption"))
+        limit = PHOTO_UPLOAD_LIMIT if kind == "photo" else FILE_UPLOAD_LIMIT
+        width = height = None
+        if data is not None and ref is None:
+            if len(data) > limit:
+                raise bad_request(f"{'photo' if kind == 'photo' else 'file'} is too big")
+            if kind == "photo" and self.strict_images:
+                size = _image_size(data)
+                if size is None:
+                    raise bad_request("IMAGE_PROCESS_FAILED")
+                width, height = size
+                if width + height > 10000 or max(width, height) > 20 * min(width, height):
+                    raise bad_request("PHOTO_INVALID_DIMENSIONS")
+        ext = (filename or "").rsplit(".", 1)[-1] if filename and "." in filename else "bin"
+        fake_file = self.register_file(data or b"", kind=kind, ext=ext) if data is not None else None
+        msg = self._new_bot_message(
+            chat,
+            params,
+            caption=caption,
+            media_kind=kind,
+            media=data if ref is None else None,
+            media_ref=ref,
+            filename=filename,
+            mime_type=None,
+            file_id=fake_file.file_id if fake_file else ref,
+            width=width,
+            height=height,
+        )
+        msg.extra = self._media_fields(msg, fake_file)
+        return self.message_dict(msg)
+
+    @staticmethod
+    def _media_fields(msg: FakeMessage, fake_file: FakeFile | None) -> dict[str, Any]:
+        base = {
+            "file_id": msg.file_id or "URL",
+            "file_unique_id": fake_file.file_unique_id if fake_file else "UURL",
+        }
+        if fake_file:
+            base["file_size"] = fake_file.size
+        dims = {"width": msg.width or 512, "height": msg.height or 512}
+        if msg.media_kind == "photo":
+            return {"photo": [{**base, **dims}]}
+        if msg.media_kind == "document":
+            doc = {**base, "file_name": msg.filename or "file"}
+            return {"document": doc}
+        if msg.media_kind == "animation":
+            anim = {**base, **dims, "duration": 1, "file_name": msg.filename or "animation.gif"}
+            return {"animation": anim, "document": dict(base)}
+        if msg.media_kind == "video":
+            return {"video": {**base, **dims, "duration": 1}}
+        return {}
+
+    def _m_sendPhoto(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("photo", params, files)
+
+    def _m_sendDocument(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("document", params, files)
+
+    def _m_sendAnimation(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("animation", params, files)
+
+    def _m_sendVideo(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("video", params, files)
+
+
+class FakeUser:
+    """A Telegram user driving the bot: builds updates the way real clients send them."""
+
+    def __init__(
+        self,
+        fake: FakeTelegram,
+        user_id: int,
+        first_name: str,
+        language_code: str | None,
+        username: str | None,
+    ) -> None:
+        self.fake = fake
+        self.id = user_id
+        self.first_name = first_name
+        self.language_code = language_code
+        self.username = username
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "is_bot": False, "first_name": self.first_name}
+        if self.username:
+            out["username"] = self.username
+        if self.language_code:
+            out["language_code"] = self.language_code
+        return out
+
+    # --------------------------------------------------------------- messages
+    def _message(
+        self,
+        chat_id: int | None,
+        reply_to: FakeMessage | int | None,
+        queue: bool | None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        chat_id = self.id if chat_id is None else chat_id
+        chat = self.fake.add_chat(chat_id)
+        reply_id = reply_to.message_id if isinstance(reply_to, FakeMessage) else reply_to
+        if reply_id is not None and self.fake.message(chat_id, reply_id) is None:
+            raise AssertionError(f"no message {reply_id} in chat {chat_id} to reply to")
+        msg = self.fake._store(
+            FakeMessage(
+                message_id=self.fake._new_message_id(chat.id),
+                chat_id=chat.id,
+                from_bot=False,
+                sender=self.to_dict(),
+                date=int(time.time()),
+                reply_to_message_id=reply_id,
+                **fields,
+            )
+        )
+        return self.fake.push_update({"message": self.fake.message_dict(msg)}, queue=queue)
+
+    def send_text(
+        self,
+        text: str,
+        chat_id: int | None = None,
+        *,
+        reply_to: FakeMessage | int | None = None,
+        queue: bool | None = None,
+    ) -> dict[str, Any]:
+        return self._message(chat_id, reply_to, queue, text=text)
+
+    def send_command(
+        self,
+        text: str,
+        chat_id: int | None = None,
+        *,
+        reply_to: FakeMessage | int | None = None,
+        queue: bool | None = None,
+    ) -> dict[str, Any]:
+        """``text`` starts with ``/command`` (optionally ``@botname``): a bot_command entity."""
+        if not text.startswith("/"):
+            raise ValueError("a command starts with '/'")
+        length = len(text.split(maxsplit=1)[0])
+        entity = {"type": "bot_command", "offset": 0, "length": _utf16_len(text[:length])}
+        return self._message(chat_id, reply_to, queue, text=text, entities=[entity])
+
+    def send_photo(
+        self,
+        data: bytes,
+        caption: str | None = None,
+        reply_to: FakeMessage | int | None = None,
+        chat_id: int | None = None,
+        *,
+        queue: bool | None = None,
+    ) -> dict[str, Any]:
+        """A photo as Telegram delivers it: a list of PhotoSizes (largest last)."""
+        fake_file = self.fake.register_file(data, kind="photo", ext="jpg")
+        size = _image_size(data) or (512, 512)
+        sizes = [
+            {
+                "file_id": fake_file.file_id,
+                "file_unique_id": fake_file.file_unique_id,
+                "width": size[0],
+                "height": size[1],
+                "file_size": fake_file.size,
+            }
+        ]
+        entities = _caption_command_entity(caption)
+        return self._message(
+            chat_id,
+            reply_to,
+            queue,
+            caption=caption,
+            entities=entities,
+            media_kind="photo",
+            media=data,
+            file_id=fake_file.file_id,
+            width=size[0],
+            height=size[1],
+            extra={"photo": sizes},
+        )
+
+    def send_document(
+        self,
+        data: bytes,
+        filename: str = "file.png",
+        mime_type: str = "image/png",
+        caption: str | None = None,
+        reply_to: FakeMessage | int | None = None,
+        chat_id: int | None = None,
+        *,
+        queue: bool | None = None,
+    ) -> dict[str, Any]:
+        ext = filename.rsplit(".", 1)[-1] if "." in filename else "bin"
+        fake_file = self.fake.register_file(data, kind="document", ext=ext)
+        document = {
+            "file_id": fake_file.file_id,
+            "file_unique_id": fake_file.file_unique_id,
+            "file_name": filename,
+            "mime_type": mime_type,
+            "file_size": fake_file.size,
+        }
+        return self._message(
+            chat_id,
+            reply_to,
+            queue,
+            caption=caption,
+            entities=_caption_command_entity(caption),
+            media_kind="document",
+            media=data,
+            filename=filename,
+            mime_type=mime_type,
+            file_id=fake_file.file_id,
+            extra={"document": document},
+        )
+
+    def send_sticker(
+        self, chat_id: int | None = None, *, queue: bool | None = None
+    ) -> dict[str, Any]:
+        fake_file = self.fake.register_file(b"RIFF....WEBP", kind="sticker", ext="webp")
+        sticker = {
+            "file_id": fake_file.file_id,
+            "file_unique_id": fake_file.file_unique_id,
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+            "emoji": "🙂",
+        }
+        return self._message(
+            chat_id, None, queue, media_kind="sticker", file_id=fake_file.file_id,
+            extra={"sticker": sticker},
+        )
+
+    def reply_to(
+        self,
+        message: FakeMessage | int,
+        text: str | None = None,
+        *,
+        photo: bytes | None = None,
+        document: tuple[bytes, str, str] | None = None,
+        chat_id: int | None = None,
+        queue: bool | None = None,
+    ) -> dict[str, Any]:
+        """Reply to ``message`` with text (a ``/command`` gets its entity), a photo or a
+        ``(data, filename, mime_type)`` document."""
+        if isinstance(message, FakeMessage):
+            chat_id = message.chat_id
+        if photo is not None:
+            return self.send_photo(photo, caption=text, reply_to=message, chat_id=chat_id,
+                                   queue=queue)
+        if document is not None:
+            data, filename, mime = document
+            return self.send_document(data, filename, mime, caption=text, reply_to=message,
+                                      chat_id=chat_id, queue=queue)
+        if text is None:
+            raise ValueError("reply_to needs text, photo or document")
+        if text.startswith("/"):
+            return self.send_command(text, chat_id, reply_to=message, queue=queue)
+        return self.send_text(text, chat_id, reply_to=message, queue=queue)
+
+    # --------------------------------------------------------------- buttons
+    def tap(
+        self, message: FakeMessage, button: str, *, queue: bool | None = None
+    ) -> dict[str, Any]:
+        """Press the inline button whose text or callback_data is ``button``."""
+        current = self.fake.message(message.chat_id, message.message_id) or message
+        if current.deleted:
+            raise AssertionError("cannot tap a button of a deleted message")
+        for candidate in current.buttons:
+            if button in (candidate.get("text"), candidate.get("callback_data")):
+                data = candidate.get("callback_data")
+                if data is None:
+                    raise AssertionError(f"button {button!r} has no callback_data")
+                break
+        else:
+            raise AssertionError(f"no button {button!r}; buttons: {current.button_texts}")
+        query_id = f"{self.id}{next(self.fake._cq_seq):08d}"
+        self.fake.callback_queries[query_id] = {
+            "answered": False,
+            "user_id": self.id,
+            "data": data,
+            "message_id": current.message_id,
+        }
+        payload = {
+            "callback_query": {
+                "id": query_id,
+                "from": self.to_dict(),
+                "message": self.fake.message_dict(current),
+                "chat_instance": str(abs(current.chat_id)),
+                "data": data,
+            }
+        }
+        return self.fake.push_update(payload, queue=queue)
+
+    def callback_answer(self, update: dict[str, Any]) -> dict[str, Any] | None:
+        """How the bot answered the callback query of ``update`` (None if it did not)."""
+        query = self.fake.callback_queries.get(update["callback_query"]["id"])
+        return query if query and query["answered"] else None
+
+
+def _utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _caption_command_entity(caption: str | None) -> list[dict[str, Any]] | None:
+    if caption and caption.startswith("/"):
+        length = len(caption.split(maxsplit=1)[0])
+        return [{"type": "bot_command", "offset": 0, "length": _utf16_len(caption[:length])}]
+    return None
+
+
+def updates_of(fake: FakeTelegram, payloads: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Queue several raw update payloads at once (ids assigned in order)."""
+    return [fake.push_update(p) for p in payloads]
