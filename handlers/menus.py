@@ -218,11 +218,14 @@ async def menu_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 
 
 def _owner_of(action: Any, query: Any) -> int | None:
-    """The menu's owner: in the data, or (old ``SettingsAction`` menus) the replied-to sender."""
+    """The menu's owner: in the data, or (``SettingsAction`` menus) the private chat's user or
+    the sender of the /settings message the menu replies to (PTB quotes it in groups)."""
     if isinstance(action, MenuAction):
         return action.owner
-    if isinstance(action, SettingsAction):
-        replied = query.message.reply_to_message if query.message else None
+    if isinstance(action, SettingsAction) and query.message is not None:
+        if query.message.chat.type == "private":
+            return query.message.chat.id
+        replied = query.message.reply_to_message
         if replied is not None and replied.from_user is not None:
             return replied.from_user.id
     return None

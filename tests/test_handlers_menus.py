@@ -222,3 +222,14 @@ async def test_close_removes_the_keyboard(h: Harness) -> None:
 
 def test_menu_action_carries_the_owner() -> None:
     assert MenuAction(ALICE, kb.SIZE, "512x512").pack() == f"m:{ALICE}:size:512x512"
+
+
+async def test_old_settings_action_in_a_group_uses_the_quoted_command(h: Harness) -> None:
+    group = h.fake.group()
+    alice = h.fake.user(ALICE)
+    bob = h.fake.user(BOB)
+    menu = await open_menu(h, alice, group.id)
+    assert menu.reply_to_message_id is not None  # PTB quotes the command in groups
+    assert (await h.tap_data(bob, menu, "s:steps:20"))["text"] == h.t("en", "settings.not_yours")
+    await h.tap_data(alice, menu, "s:steps:20")
+    assert (await settings_of(h, ALICE)).steps == 20
