@@ -63,6 +63,7 @@ class Infra:
     webhook_secret: str = ""
     metrics: Metrics = field(default_factory=default_metrics)
     service_started: bool = False
+    http_server: Any = None  # the uvicorn.Server in webhook mode (tests stop it)
     closed: bool = False
 
 
@@ -129,10 +130,9 @@ async def _count_update(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
 async def _count_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     infra = get_infra(context.application)
     infra.metrics.inc("errors_total")
-    error = context.error
-    log.error(
-        "error while handling an update: %s", type(error).__name__, exc_info=error
-    )
+    if len(context.application.error_handlers) == 1:  # nobody else logs it (handlers/ does)
+        error = context.error
+        log.error("error while handling an update: %s", type(error).__name__, exc_info=error)
 
 
 async def _open_storage(path: str) -> Any:
@@ -263,8 +263,12 @@ async def _post_init(application: Application) -> None:
             "metrics": infra.metrics,
             "webhook_secret": infra.webhook_secret,
             "settings": settings,
+            "backend": infra.client,
         },
     )
+    if infra.comfy_transport is not None:
+        # Output files come from the same (test) ComfyDeploy, so delivery downloads through it.
+        services.extras["http_transport"] = infra.comfy_transport
     application.bot_data[SERVICES_KEY] = services
     _install_metric_collectors(application, infra)
     _register_handlers(application)
@@ -359,7 +363,8 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
             lifespan="off",
         )
         log.info("listening on %s:%s", settings.listen_host, settings.listen_port)
-        await uvicorn.Server(config).serve()
+        infra.http_server = uvicorn.Server(config)
+        await infra.http_server.serve()
     finally:
         try:
             if server_app is not None:
