@@ -275,9 +275,7 @@ async def _post_init(application: Application) -> None:
     await set_commands(application, i18n)
     await service.start()
     infra.service_started = True
-    log.info(
-        "bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling"
-    )
+    log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")
 
 
 async def _post_stop(application: Application) -> None:

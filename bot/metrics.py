@@ -84,7 +84,11 @@ class Metrics:
         metric.values.setdefault((), 0.0)
 
     def inc(
-        self, name: str, amount: float = 1.0, labels: Mapping[str, str] | None = None, help_: str = ""
+        self,
+        name: str,
+        amount: float = 1.0,
+        labels: Mapping[str, str] | None = None,
+        help_: str = "",
     ) -> None:
         if amount < 0:
             raise ValueError("counters only go up")

@@ -77,11 +77,11 @@ class WebhookTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Wait for pending tasks (bounded), cancelling what is left."""
+    async def drain(self, grace: float = 10.0) -> None:
+        """Wait for pending tasks (at most ``grace`` seconds), cancelling what is left."""
         if not self._tasks:
             return
-        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
         for task in pending:
             task.cancel()
         if pending:
@@ -138,7 +138,9 @@ def create_app(application: Application, settings: Settings, services: Services)
         return JSONResponse({"status": "ok", "database": "ok"})
 
     async def metrics_route(request: Request) -> Response:
-        return Response(await metrics.render(), media_type=None, headers={"content-type": CONTENT_TYPE})
+        return Response(
+            await metrics.render(), media_type=None, headers={"content-type": CONTENT_TYPE}
+        )
 
     metrics.gauge_callback(
         "webhook_tasks", lambda: len(tasks), "ComfyDeploy callbacks being processed"

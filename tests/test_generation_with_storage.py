@@ -18,6 +18,7 @@ from generation import (
     GenerationRequest,
     GenerationService,
     GenerationSettings,
+    GenerationStarted,
     RunStatus,
 )
 from generation.client import ComfyDeployClient
@@ -109,10 +110,8 @@ async def test_generate_deliver_settles_on_real_storage(storage: Storage) -> Non
         assert await storage.ledger.get_balance(USER) == 6
         assert (await storage.runs.get_run(run.id)).charge_state is ChargeState.HELD
 
-        async with asyncio.timeout(5):
-            while not fake.create_calls:
-                await asyncio.sleep(0)
-        backend_id = next(iter(fake.runs))
+        started = await _wait(service, events, GenerationStarted, run.id)
+        backend_id = started.backend_run_id
         await fake.run_to_end(backend_id)
         done = await _wait(service, events, GenerationCompleted, run.id)
         assert done.outputs and done.outputs[0].url.endswith(".png")
@@ -147,10 +146,8 @@ async def test_failed_run_releases_hold_on_real_storage(storage: Storage) -> Non
         run = await service.generate(
             GenerationRequest(prompt="x", user_id=USER, chat_id=USER), GenerationContext(price=4)
         )
-        async with asyncio.timeout(5):
-            while not fake.create_calls:
-                await asyncio.sleep(0)
-        await fake.run_to_end(next(iter(fake.runs)))
+        started = await _wait(service, events, GenerationStarted, run.id)
+        await fake.run_to_end(started.backend_run_id)
         failed = await _wait(service, events, GenerationFailed, run.id)
         assert failed.error_code == "RUN_FAILED"
         assert await storage.ledger.get_balance(USER) == 10
@@ -162,4 +159,3 @@ async def test_failed_run_releases_hold_on_real_storage(storage: Storage) -> Non
         await service.bus.aclose()
         await service._test_client.aclose()  # type: ignore[attr-defined]
         await fake.aclose()
-

@@ -380,8 +380,12 @@ class FakeTelegram:
         chat = self.chats.get(chat_id)
         if chat is None:
             if type_ is None:
-                type_ = "private" if chat_id > 0 else ("supergroup" if chat_id < -10**12 else "group")
-            chat = FakeChat(chat_id, type_, title=title or (None if type_ == "private" else "Group"))
+                type_ = (
+                    "private" if chat_id > 0 else ("supergroup" if chat_id < -(10**12) else "group")
+                )
+            chat = FakeChat(
+                chat_id, type_, title=title or (None if type_ == "private" else "Group")
+            )
             self.chats[chat_id] = chat
             self._messages[chat_id] = {}
             self._next_message_id[chat_id] = 1
@@ -448,7 +452,7 @@ class FakeTelegram:
     def pending_updates(self) -> list[dict[str, Any]]:
         return list(self._pending)
 
-    async def wait_for(
+    async def wait_for(  # noqa: ASYNC109 - a bounded test wait, timeout is the API
         self, predicate: Callable[[], Any], *, timeout: float = 3.0, what: str = "condition"
     ) -> Any:
         """Wait (event-driven, bounded by ``timeout``) until ``predicate()`` is truthy."""
@@ -467,7 +471,7 @@ class FakeTelegram:
             except TimeoutError:
                 pass
 
-    async def wait_for_message(
+    async def wait_for_message(  # noqa: ASYNC109
         self,
         chat_id: int,
         contains: str | None = None,
@@ -696,7 +700,9 @@ class FakeTelegram:
             raise bad_request("message to be replied not found")
         return target
 
-    def _new_bot_message(self, chat: FakeChat, params: dict[str, Any], **fields: Any) -> FakeMessage:
+    def _new_bot_message(
+        self, chat: FakeChat, params: dict[str, Any], **fields: Any
+    ) -> FakeMessage:
         markup = self._check_markup(params.get("reply_markup"))
         reply_to = self._reply_target(chat, params)
         thread = _int(params, "message_thread_id", required=False)
@@ -961,7 +967,9 @@ class FakeTelegram:
                 if width + height > 10000 or max(width, height) > 20 * min(width, height):
                     raise bad_request("PHOTO_INVALID_DIMENSIONS")
         ext = (filename or "").rsplit(".", 1)[-1] if filename and "." in filename else "bin"
-        fake_file = self.register_file(data or b"", kind=kind, ext=ext) if data is not None else None
+        fake_file = (
+            self.register_file(data or b"", kind=kind, ext=ext) if data is not None else None
+        )
         msg = self._new_bot_message(
             chat,
             params,
@@ -1173,7 +1181,11 @@ class FakeUser:
             "emoji": "🙂",
         }
         return self._message(
-            chat_id, None, queue, media_kind="sticker", file_id=fake_file.file_id,
+            chat_id,
+            None,
+            queue,
+            media_kind="sticker",
+            file_id=fake_file.file_id,
             extra={"sticker": sticker},
         )
 
@@ -1192,12 +1204,14 @@ class FakeUser:
         if isinstance(message, FakeMessage):
             chat_id = message.chat_id
         if photo is not None:
-            return self.send_photo(photo, caption=text, reply_to=message, chat_id=chat_id,
-                                   queue=queue)
+            return self.send_photo(
+                photo, caption=text, reply_to=message, chat_id=chat_id, queue=queue
+            )
         if document is not None:
             data, filename, mime = document
-            return self.send_document(data, filename, mime, caption=text, reply_to=message,
-                                      chat_id=chat_id, queue=queue)
+            return self.send_document(
+                data, filename, mime, caption=text, reply_to=message, chat_id=chat_id, queue=queue
+            )
         if text is None:
             raise ValueError("reply_to needs text, photo or document")
         if text.startswith("/"):
