@@ -9,7 +9,7 @@ import pytest
 from generation.request import MAX_SEED
 from handlers import keyboards as kb
 from handlers.callbacks import MenuAction
-from storage import Storage
+from storage import Storage, UserSettings
 from tests.fakes.telegram import FakeMessage, FakeUser
 from tests.test_handlers_account import Harness, make_harness
 
@@ -35,7 +35,7 @@ def current(h: Harness, msg: FakeMessage) -> FakeMessage:
     return fresh
 
 
-async def settings_of(h: Harness, user_id: int):  # noqa: ANN201 - UserSettings
+async def settings_of(h: Harness, user_id: int) -> UserSettings:
     user = await h.storage.users.get(user_id)
     assert user is not None
     return user.settings

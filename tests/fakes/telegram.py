@@ -452,8 +452,12 @@ class FakeTelegram:
     def pending_updates(self) -> list[dict[str, Any]]:
         return list(self._pending)
 
-    async def wait_for(  # noqa: ASYNC109 - a bounded test wait, timeout is the API
-        self, predicate: Callable[[], Any], *, timeout: float = 3.0, what: str = "condition"
+    async def wait_for(
+        self,
+        predicate: Callable[[], Any],
+        *,
+        timeout: float = 3.0,  # noqa: ASYNC109 - a bounded test wait; timeout is the API
+        what: str = "condition",
     ) -> Any:
         """Wait (event-driven, bounded by ``timeout``) until ``predicate()`` is truthy."""
         loop = asyncio.get_running_loop()
@@ -471,13 +475,13 @@ class FakeTelegram:
             except TimeoutError:
                 pass
 
-    async def wait_for_message(  # noqa: ASYNC109
+    async def wait_for_message(
         self,
         chat_id: int,
         contains: str | None = None,
         *,
         predicate: Callable[[FakeMessage], bool] | None = None,
-        timeout: float = 3.0,
+        timeout: float = 3.0,  # noqa: ASYNC109
     ) -> FakeMessage:
         """The first bot message in ``chat_id`` whose text/caption contains ``contains`` (and
         matches ``predicate``), waiting for it to appear or to be edited into shape."""
