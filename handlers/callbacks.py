@@ -43,7 +43,7 @@ class RunAction(CallbackData):
     run_id: str
 
     prefix: ClassVar[str] = "r"
-    regex: ClassVar[re.Pattern[str]] = re.compile(rf"^r:(cx|ag|pm|og):({_RUN_ID})$")
+    regex: ClassVar[re.Pattern[str]] = re.compile(rf"^r:(cx|ag|pm|og):({_RUN_ID})\Z")
     ACTIONS: ClassVar[frozenset[str]] = frozenset({"cx", "ag", "pm", "og"})
 
     def pack(self) -> str:
@@ -53,7 +53,7 @@ class RunAction(CallbackData):
 
     @classmethod
     def action_pattern(cls, action: str) -> re.Pattern[str]:
-        return re.compile(rf"^r:{re.escape(action)}:({_RUN_ID})$")
+        return re.compile(rf"^r:{re.escape(action)}:({_RUN_ID})\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class SettingsAction(CallbackData):
     value: str = ""
 
     prefix: ClassVar[str] = "s"
-    regex: ClassVar[re.Pattern[str]] = re.compile(rf"^s:([a-z]{{1,12}}):({_TOKEN})?$")
+    regex: ClassVar[re.Pattern[str]] = re.compile(rf"^s:([a-z]{{1,12}}):({_TOKEN})?\Z")
 
     def pack(self) -> str:
         if not re.fullmatch(r"[a-z]{1,12}", self.menu) or (

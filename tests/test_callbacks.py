@@ -155,3 +155,13 @@ def test_size_values_round_trip() -> None:
         assert kb.parse_size(kb.size_value(width, height)) == (width, height)
     assert kb.parse_size("1000x1000") is None
     assert kb.parse_size("1024x1024x") is None
+
+
+def test_trailing_newline_is_not_accepted() -> None:
+    """``$`` would match before a trailing newline; the patterns use ``\\Z``."""
+    from handlers.callbacks import RunAction, SettingsAction, parse
+
+    packed = RunAction("cx", "0" * 32).pack()
+    assert parse(packed) == RunAction("cx", "0" * 32)
+    assert parse(packed + "\n") is None
+    assert parse(SettingsAction("size", "512x512").pack() + "\n") is None
