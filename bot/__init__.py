@@ -1,0 +1,1 @@
+"""Composition root: settings, Application wiring, polling/webhook runners, the HTTP server."""

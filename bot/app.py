@@ -14,6 +14,7 @@ Each close step runs even when an earlier one fails, and running them twice is h
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from telegram import BotCommand, Update
 from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import BaseRequest
@@ -64,6 +66,7 @@ class Infra:
     metrics: Metrics = field(default_factory=default_metrics)
     service_started: bool = False
     http_server: Any = None  # the uvicorn.Server in webhook mode (tests stop it)
+    http_ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once it listens
     closed: bool = False
 
 
@@ -90,6 +93,7 @@ def build_application(
     """
     if settings.telegram_bot_token is None:
         raise ValueError("TELEGRAM_BOT_TOKEN is required to build the application")
+    install_redaction(settings.secret_values())  # also when main() did not set up logging
     base_url, base_file_url = _effective_telegram_urls(settings)
     builder = (
         ApplicationBuilder()
@@ -329,14 +333,25 @@ def run_polling(application: Application) -> None:
     application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
 
 
+class ReadyServer(uvicorn.Server):
+    """uvicorn.Server that sets an event once it listens (tests await it instead of polling)."""
+
+    def __init__(self, config: uvicorn.Config, ready: asyncio.Event) -> None:
+        super().__init__(config)
+        self.ready = ready
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+
 async def serve_webhook(application: Application, settings: Settings) -> None:
     """Webhook mode: one uvicorn server for Telegram and ComfyDeploy; stops on SIGTERM/SIGINT.
 
     uvicorn installs the signal handlers and returns from ``serve()`` on a signal; the
     ``finally`` blocks then stop PTB, the generation service, the client and the database.
     """
-    import uvicorn
-
     from bot.server import create_app
     from handlers.deps import get_services
 
@@ -347,11 +362,6 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
         infra = get_infra(application)
         server_app = create_app(application, settings, services)
         await application.start()
-        await application.bot.set_webhook(
-            url=f"{settings.public_url}/telegram",
-            secret_token=infra.webhook_secret,
-            allowed_updates=Update.ALL_TYPES,
-        )
         config = uvicorn.Config(
             server_app,
             host=settings.listen_host,
@@ -360,9 +370,24 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
             access_log=False,  # access lines would carry per-run webhook tokens
             lifespan="off",
         )
-        log.info("listening on %s:%s", settings.listen_host, settings.listen_port)
-        infra.http_server = uvicorn.Server(config)
-        await infra.http_server.serve()
+        server = infra.http_server = ReadyServer(config, infra.http_ready)
+        serving = asyncio.create_task(server.serve(), name="http-server")
+        ready = asyncio.create_task(infra.http_ready.wait())
+        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if infra.http_ready.is_set():  # listening: only now tell Telegram where to post
+            log.info("listening on %s:%s", settings.listen_host, settings.listen_port)
+            try:
+                await application.bot.set_webhook(
+                    url=f"{settings.public_url}/telegram",
+                    secret_token=infra.webhook_secret,
+                    allowed_updates=Update.ALL_TYPES,
+                )
+            except BaseException:
+                server.should_exit = True
+                await serving
+                raise
+        await serving
     finally:
         try:
             if server_app is not None:

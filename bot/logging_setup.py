@@ -85,9 +85,18 @@ def redaction_filter() -> RedactingFilter:
     return _FILTER
 
 
+# Libraries whose DEBUG output dumps raw request data: aiosqlite logs every SQL statement with
+# its parameters (a freshly generated webhook secret before we can know it, user prompts).
+QUIET_LOGGERS = {"aiosqlite": logging.INFO}
+
+
 def install_redaction(secrets: Iterable[str] = ()) -> RedactingFilter:
     """Add ``secrets`` to the shared filter and attach it to every root handler."""
     _FILTER.add_secrets(secrets)
+    for name, level in QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        if logger.level < level:
+            logger.setLevel(level)
     _install_record_factory()
     for handler in logging.getLogger().handlers:
         if _FILTER not in handler.filters:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -18,8 +18,6 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LabelKey = tuple[tuple[str, str], ...]
-Collector = Callable[[], "Mapping[LabelKey | Mapping[str, str] | None, float] | float"]
-AsyncCollector = Callable[[], Awaitable["Mapping[LabelKey | Mapping[str, str] | None, float]"]]
 
 
 def _key(labels: Mapping[str, str] | LabelKey | None) -> LabelKey:
@@ -30,7 +28,13 @@ def _key(labels: Mapping[str, str] | LabelKey | None) -> LabelKey:
 
 
 def _escape(value: str) -> str:
+    """Label values escape backslash, newline and double quote."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    """HELP text escapes only backslash and newline."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _fmt_value(value: float) -> str:
@@ -129,7 +133,7 @@ class Metrics:
         lines: list[str] = []
         for name in sorted(self._metrics):
             metric = self._metrics[name]
-            lines.append(f"# HELP {name} {_escape(metric.help)}")
+            lines.append(f"# HELP {name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {name} {metric.kind}")
             for key, value in sorted((await self._collect(metric)).items()):
                 lines.append(_series(name, key, value))

@@ -33,6 +33,12 @@ def chat_key(update: object) -> Hashable | None:
     return None
 
 
+def _close(coroutine: Awaitable[Any]) -> None:
+    close = getattr(coroutine, "close", None)
+    if close is not None:
+        close()  # no-op for a coroutine that already ran
+
+
 class _Slot:
     __slots__ = ("lock", "users")
 
@@ -69,6 +75,9 @@ class PerChatUpdateProcessor(BaseUpdateProcessor):
         try:
             async with slot.lock, self._running:
                 await coroutine
+        except asyncio.CancelledError:
+            _close(coroutine)  # cancelled while waiting: never leave an un-awaited coroutine
+            raise
         finally:
             slot.users -= 1
             if slot.users == 0 and self._slots.get(key) is slot:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ FINAL_EDIT_ATTEMPTS = 5
 
 def retry_after_seconds(exc: RetryAfter) -> float:
     """``RetryAfter.retry_after`` is ``int`` or ``timedelta`` depending on PTB settings."""
-    value: Any = exc.retry_after
+    with warnings.catch_warnings():  # the int form is deprecated; both are handled here
+        warnings.simplefilter("ignore")
+        value: Any = exc.retry_after
     if isinstance(value, timedelta):
         return value.total_seconds()
     return float(value)

@@ -231,3 +231,14 @@ def test_invalid_setting_prints_one_line_and_exits_two(tmp_path: Path) -> None:
     assert len(lines) == 1
     assert lines[0].startswith("Invalid setting MAX_IN_FLIGHT:")
     assert TOKEN not in result.stderr + result.stdout
+
+
+def test_env_example_documents_every_setting_and_loads(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    text = example.read_text(encoding="utf-8")
+    names = {
+        line.split("=", 1)[0] for line in text.splitlines() if line and not line.startswith("#")
+    }
+    assert names == set(ENV_VARS)
+    (tmp_path / ".env").write_text(text, encoding="utf-8")
+    assert load_settings() == Settings(_env_file=None)  # the example is the defaults

@@ -123,8 +123,9 @@ class E2E:
         await self.app.process_update(Update.de_json(update, self.app.bot))
         return update
 
-    async def command(self, user: FakeUser, text: str, chat_id: int | None = None,
-                      **kw: Any) -> dict[str, Any]:
+    async def command(
+        self, user: FakeUser, text: str, chat_id: int | None = None, **kw: Any
+    ) -> dict[str, Any]:
         return await self.feed(user.send_command(text, chat_id, queue=False, **kw))
 
     async def tap(self, user: FakeUser, message: FakeMessage, button: str) -> dict[str, Any]:
@@ -133,8 +134,13 @@ class E2E:
         assert answer is not None, "the callback query was not answered"
         return answer
 
-    async def add_deployment(self, type_: str = "MAKE", *, inputs: tuple[str, ...] = MAKE_INPUTS,
-                             timeline: Timeline | None = None) -> str:
+    async def add_deployment(
+        self,
+        type_: str = "MAKE",
+        *,
+        inputs: tuple[str, ...] = MAKE_INPUTS,
+        timeline: Timeline | None = None,
+    ) -> str:
         dep_id = self.cd.add_deployment(inputs=inputs, timeline=timeline)
         await self.storage.deployments.add(type_, dep_id, inputs=list(inputs))
         return dep_id
@@ -149,8 +155,12 @@ class E2E:
             run = await self.storage.runs.get_run(run_id)
             return run.backend_run_id if run else None
 
-        await self.events.wait(lambda: "generation:started" in self.events.names(run_id)
-                               or "generation:failed" in self.events.names(run_id))
+        await self.events.wait(
+            lambda: (
+                "generation:started" in self.events.names(run_id)
+                or "generation:failed" in self.events.names(run_id)
+            )
+        )
         backend = await started()
         assert backend, "the run never reached the backend"
         return backend
@@ -162,9 +172,7 @@ class E2E:
             await self.service.bus.drain()
             if delivery is not None:
                 await delivery.drain()
-            busy = [
-                p.task for p in self.renderer._runs.values() if p.task and not p.task.done()
-            ]
+            busy = [p.task for p in self.renderer._runs.values() if p.task and not p.task.done()]
             if len(busy) <= self.clock.sleepers and not self.service.bus._subs[0].queue:
                 # every flush task is waiting on the fake clock (or none is running)
                 await asyncio.sleep(0)
@@ -175,10 +183,12 @@ class E2E:
     async def finish(self, run_id: str) -> FakeRun:
         backend = await self.backend_id(run_id)
         run = await self.cd.run_to_end(backend)
-        await self.events.wait(lambda: any(
-            n in self.events.names(run_id)
-            for n in ("generation:completed", "generation:failed", "generation:cancelled")
-        ))
+        await self.events.wait(
+            lambda: any(
+                n in self.events.names(run_id)
+                for n in ("generation:completed", "generation:failed", "generation:cancelled")
+            )
+        )
         await self.settle()
         return run
 
@@ -208,7 +218,10 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
 
     def factory(infra: Any) -> GenerationService:
         client = ComfyDeployClient(
-            cd.auth_token, cd.base_url, transport=cd.transport, sleep=instant_sleep,
+            cd.auth_token,
+            cd.base_url,
+            transport=cd.transport,
+            sleep=instant_sleep,
             max_per_second=None,
         )
         infra.client = client
@@ -251,6 +264,7 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
         service_factory=factory,
     )
     await initialize(app)
+    await app.start()  # runs the JobQueue (conversation timeouts); updates are fed directly
     services: Services = app.bot_data[SERVICES_KEY]
     service: GenerationService = holder["service"]
 
@@ -258,8 +272,9 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
         if payload is None:
             return 405
         query = parse_qs(urlsplit(url).query)
-        ok = await service.process_webhook(payload, query.get("t", [None])[0],
-                                           query.get("r", [None])[0])
+        ok = await service.process_webhook(
+            payload, query.get("t", [None])[0], query.get("r", [None])[0]
+        )
         return 200 if ok else 403
 
     cd.webhook_sink = sink
@@ -307,8 +322,11 @@ async def test_make_progress_photo_buttons_and_settled_hold(e2e: E2E) -> None:
     progress = e2e.fake.messages(alice.id)[0]
     assert progress.reply_to_message_id == request["message"]["message_id"]
     assert progress.buttons[0]["callback_data"] == f"r:cx:{run.id}"
-    assert progress.text in (e2e.t("progress.queued", position=1), e2e.t("progress.submitting"),
-                             e2e.t("progress.waiting"))
+    assert progress.text in (
+        e2e.t("progress.queued", position=1),
+        e2e.t("progress.submitting"),
+        e2e.t("progress.waiting"),
+    )
 
     fake_run = await e2e.finish(run.id)
     assert fake_run.status == "success"

@@ -792,6 +792,7 @@ class FakeTelegram:
             "secret_token": secret,
             "allowed_updates": params.get("allowed_updates"),
         }
+        self._touch()
         if str(params.get("drop_pending_updates", "")).lower() == "true":
             self._pending.clear()
         return True
