@@ -104,6 +104,17 @@ def clamp_size(width: int, height: int, lo: int = MIN_SIDE, hi: int = MAX_SIDE) 
     )
 
 
+def _decode_data_uri(value: str) -> bytes | None:
+    """Bytes of a ``data:<mime>;base64,...`` URI; None for anything else or garbage."""
+    head, sep, payload = value.partition(",")
+    if not sep or not head.lower().startswith("data:") or ";base64" not in head.lower():
+        return None
+    try:
+        return base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -116,8 +127,11 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def _open_input(data: bytes | None, size: tuple[int, int] | None = None) -> Image.Image | None:
-    """Decode an input photo; None when absent or undecodable (the preview then ignores it)."""
+def _open_input(data: bytes | str | None) -> Image.Image | None:
+    """Decode an input photo (bytes or a data URI); None when absent or undecodable (the
+    preview then ignores it)."""
+    if isinstance(data, str):
+        data = _decode_data_uri(data)
     if not data:
         return None
     try:
@@ -174,7 +188,7 @@ def _photo_background(
     return Image.blend(image, tint, 0.18).convert("RGBA")
 
 
-def _mark_mask(image: Image.Image, mask_data: bytes | None) -> Image.Image:
+def _mark_mask(image: Image.Image, mask_data: bytes | str | None) -> Image.Image:
     """Blend magenta over the white (repaint) area of the mask and outline it."""
     mask = _open_input(mask_data)
     if mask is None:
@@ -263,8 +277,8 @@ def render_preview(
     seed: int | None,
     width: int,
     height: int,
-    image: bytes | None = None,
-    mask: bytes | None = None,
+    image: bytes | str | None = None,
+    mask: bytes | str | None = None,
     upscale: bool = False,
 ) -> bytes:
     """Render the preview PNG (CPU work: call it through ``asyncio.to_thread``).
@@ -300,17 +314,6 @@ def _as_int(value: Any, default: int | None) -> int | None:
     return int(number) if math.isfinite(number) else default
 
 
-def _decode_data_uri(value: str) -> bytes | None:
-    """Bytes of a ``data:<mime>;base64,...`` URI; None for anything else or garbage."""
-    head, sep, payload = value.partition(",")
-    if not sep or not head.lower().startswith("data:") or ";base64" not in head.lower():
-        return None
-    try:
-        return base64.b64decode(payload, validate=False)
-    except (binascii.Error, ValueError):
-        return None
-
-
 @dataclass(slots=True)
 class _Run:
     id: str
@@ -320,8 +323,8 @@ class _Run:
     seed: int | None
     width: int
     height: int
-    image: bytes | None
-    mask: bytes | None
+    image: bytes | str | None  # bytes of an upload, or a data URI decoded off the loop
+    mask: bytes | str | None
     upscale: bool
     cancelled_step: int | None = None  # step index at which it was cancelled
     failed: bool = False
@@ -382,8 +385,8 @@ class PreviewBackend:
             seed=_as_int(inputs.get("input_seed"), None),
             width=_as_int(inputs.get("input_width"), 1024) or 1024,
             height=_as_int(inputs.get("input_height"), 1024) or 1024,
-            image=self._input_bytes(inputs.get("input_image")),
-            mask=self._input_bytes(inputs.get("input_mask")),
+            image=self._input_ref(inputs.get("input_image")),
+            mask=self._input_ref(inputs.get("input_mask")),
             upscale=_TYPE_BY_DEPLOYMENT.get(deployment_id) == "UPSCALE",
         )
         self._runs[run.id] = run
@@ -454,12 +457,13 @@ class PreviewBackend:
         png = await self._render(run)
         return (png, "image/png") if png is not None else None
 
-    def _input_bytes(self, value: Any) -> bytes | None:
-        """Bytes of an input image: a data URI or one of our own uploads; else ignored."""
+    def _input_ref(self, value: Any) -> bytes | str | None:
+        """An input image: a data URI (decoded later, in the render thread) or the bytes of
+        one of our own uploads; anything else is ignored."""
         if not isinstance(value, str) or not value:
             return None
-        if value.startswith("data:"):
-            return _decode_data_uri(value)
+        if value[:5].lower() == "data:":
+            return value
         prefix = f"{self.base_url}/files/uploads/"
         if value.startswith(prefix):
             upload = self._uploads.get(value.removeprefix(prefix))
@@ -478,7 +482,8 @@ class PreviewBackend:
         if self._step <= 0:
             return _SUCCESS_STEP
         elapsed = max(0.0, self._clock() - run.created_at)
-        return min(_SUCCESS_STEP, int(elapsed / self._step))
+        # The epsilon keeps float noise (1.7999999 steps) from holding a step back.
+        return min(_SUCCESS_STEP, int(elapsed / self._step + 1e-9))
 
     def _raw_state(self, run: _Run) -> tuple[str, float, str | None]:
         if run.failed:
@@ -599,7 +604,8 @@ class PreviewBackend:
                 return
             step = self._step_index(run)
             wait = run.created_at + (step + 1) * self._step - self._clock()
-            await self._sleep(max(0.0, wait))
+            await self._sleep(max(0.0, wait) + 1e-3)  # wake just after the step boundary
+        log.warning("preview run %s: webhook pusher gave up", run.id)
 
 
 class PreviewTransport(httpx.AsyncBaseTransport):

@@ -17,6 +17,7 @@ for ``getUpdates`` (and returns them, for ``Application.process_update`` or webh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.parser
 import email.policy
 import io
@@ -26,7 +27,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -355,6 +356,15 @@ class FakeTelegram:
         from telegram import Bot
 
         return Bot(self.token, request=self.request(), get_updates_request=self.request())
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        """Serve this fake on 127.0.0.1 (free port); yields the Bot API root for
+        ``TELEGRAM_API_URL`` (methods at ``{root}/bot{token}/{method}``)."""
+        from tests.fakes.loopback import asgi_from_httpx_handler, serve_asgi
+
+        async with serve_asgi(asgi_from_httpx_handler(self._handle)) as root:
+            yield root
 
     # ------------------------------------------------------------------ test controls
     def fail_next(
