@@ -395,7 +395,12 @@ class ComfyDeployClient:
         error: str | None = None,
     ) -> None:
         duration_ms = (time.perf_counter() - started) * 1000
-        level = logging.INFO if status is not None and status < 400 else logging.WARNING
+        if status is None or status >= 400:
+            level = logging.WARNING
+        elif method == "GET":
+            level = logging.DEBUG  # status polls: one per run every few seconds
+        else:
+            level = logging.INFO
         log.log(
             level,
             "comfydeploy %s %s status=%s duration_ms=%.1f run_id=%s attempt=%d%s",

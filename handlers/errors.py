@@ -9,7 +9,7 @@ import secrets
 from typing import Any
 
 from telegram import Update
-from telegram.error import Forbidden
+from telegram.error import BadRequest, Forbidden, NetworkError
 
 from generation.errors import (
     ErrorCode,
@@ -71,6 +71,10 @@ async def on_error(update: object, context: Context) -> None:
     ref = secrets.token_hex(4)
     if isinstance(error, GenerationError):
         log.warning("generation error ref=%s code=%s: %s", ref, error.code, error.message)
+    elif update is None and isinstance(error, NetworkError) and not isinstance(error, BadRequest):
+        # getUpdates failing while Telegram is unreachable: PTB retries; one line is enough.
+        log.warning("telegram unreachable ref=%s: %s", ref, error)
+        return
     else:
         log.error("unhandled error ref=%s update=%s", ref, _describe(update), exc_info=error)
     if services is None or not isinstance(update, Update) or isinstance(error, Forbidden):
