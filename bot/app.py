@@ -296,6 +296,8 @@ async def _post_shutdown(application: Application) -> None:
     infra.closed = True
     await _post_stop(application)  # in case stop() was never reached (e.g. start-up failure)
     steps: list[Callable[[], Awaitable[Any]]] = []
+    if infra.service is not None:
+        steps.append(infra.service.bus.aclose)  # subscriber tasks (progress, delivery)
     if infra.client is not None:
         steps.append(infra.client.aclose)
     if infra.storage is not None:
