@@ -26,7 +26,6 @@ import io
 import json
 import mimetypes
 import secrets
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -646,39 +645,15 @@ class FakeComfyDeploy:
     @contextlib.asynccontextmanager
     async def serve(self) -> AsyncIterator[str]:
         """Serve on 127.0.0.1 (free port); yields the base URL ending in ``/api``."""
-        import uvicorn
+        from tests.fakes.loopback import serve_asgi
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)  # connections queue up even before uvicorn accepts them
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.asgi,
-            log_level="warning",
-            lifespan="off",
-            interface="asgi3",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
         previous = self.base_url
-        self.base_url = f"http://127.0.0.1:{port}/api"
-        try:
-            for _ in range(500):  # bounded readiness wait (≤ ~5 s)
-                if server.started or task.done():
-                    break
-                await asyncio.sleep(0.01)
-            if task.done():
-                task.result()
-            yield self.base_url
-        finally:
-            self.base_url = previous
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await task
-            sock.close()
+        async with serve_asgi(self.asgi) as root:
+            self.base_url = f"{root}/api"
+            try:
+                yield self.base_url
+            finally:
+                self.base_url = previous
 
     # ---------------------------------------------------------------- routing
 

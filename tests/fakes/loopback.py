@@ -59,7 +59,12 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
     sock.listen(512)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=2
+        app,
+        log_level="warning",
+        lifespan="off",
+        interface="asgi3",
+        access_log=False,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
