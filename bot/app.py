@@ -4,7 +4,8 @@ translations and handlers into it.
 Lifecycle (PTB calls these around ``run_polling``; the webhook runner calls them itself):
 
 * ``post_init``: open storage, resolve the webhook secret (generated and stored when unset),
-  build the ComfyDeploy client and the :class:`GenerationService`, put :class:`Services` into
+  build the backend (ComfyDeploy client, or the local preview backend — see
+  ``Settings.preview_backend``) and the :class:`GenerationService`, put :class:`Services` into
   ``bot_data``, register handlers, localize the command menu, start the service.
 * ``post_stop``: stop the service (its own tasks; PTB's ``stop()`` never waits for generations).
 * ``post_shutdown``: close the ComfyDeploy client and the database.
@@ -22,17 +23,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import uvicorn
 from telegram import BotCommand, Update
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 from telegram.request import BaseRequest
 
 from bot.config import Settings
 from bot.logging_setup import install_redaction
 from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
+from bot.rate_limit import BotRateLimiter
+from generation.preview import PREVIEW_LABEL
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 
@@ -41,14 +45,13 @@ log = logging.getLogger(__name__)
 # Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
 MENU_COMMANDS = ("make", "i2i", "inpaint", "cancel", "balance", "settings", "help", "start")
 
-# AIORateLimiter(max_retries=0): the limiter keeps us under the overall 30/s and the 20/min per
-# group limits, but a RetryAfter is NOT retried here. A retry inside the limiter pauses *every*
-# request for retry_after seconds, which would freeze all chats because of one progress edit.
-# Progress edits are droppable (the renderer skips them), and result delivery retries itself
-# with tenacity honouring retry_after (handlers/), so the decision stays with the caller.
-RATE_LIMITER_MAX_RETRIES = 0
+# Rate limiting: bot.rate_limit.BotRateLimiter (AIORateLimiter with an evenly spread overall
+# rate; a RetryAfter is retried for that request only, never pausing every chat; progress edits
+# are handed back at once because the renderer drops and supersedes them).
+RATE_LIMITER_MAX_RETRIES = 0  # kept for compatibility; BotRateLimiter decides per endpoint
 MAX_RUNNING_UPDATES = 256
 INFRA_KEY = "infra"
+PREVIEW_WEBHOOK_URL = "http://preview.local/comfydeploy/webhook"  # never fetched: in process
 
 ServiceFactory = Callable[..., Any]
 
@@ -68,6 +71,7 @@ class Infra:
     http_server: Any = None  # the uvicorn.Server in webhook mode (tests stop it)
     http_ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once it listens
     closed: bool = False
+    preview_step_seconds: float | None = None  # preview backend timeline step (None: default)
 
 
 def _effective_telegram_urls(settings: Settings) -> tuple[str, str]:
@@ -83,13 +87,15 @@ def build_application(
     comfy_transport: httpx.AsyncBaseTransport | None = None,
     rate_limit: bool = True,
     service_factory: ServiceFactory | None = None,
+    preview_step_seconds: float | None = None,
 ) -> Application:
     """The fully wired (not yet initialized) application.
 
     ``request``/``get_updates_request`` and ``comfy_transport`` let tests plug in the fake
     Telegram and ComfyDeploy transports; ``rate_limit=False`` drops the AIORateLimiter (tests
     that send many group messages); ``service_factory(infra)`` replaces the real generation
-    service wiring (tests that need a stand-in). All are optional and default to production.
+    service wiring (tests that need a stand-in); ``preview_step_seconds`` speeds up the preview
+    backend's timeline (tests). All are optional and default to production.
     """
     if settings.telegram_bot_token is None:
         raise ValueError("TELEGRAM_BOT_TOKEN is required to build the application")
@@ -106,7 +112,7 @@ def build_application(
         .post_shutdown(_post_shutdown)
     )
     if rate_limit:
-        builder = builder.rate_limiter(AIORateLimiter(max_retries=RATE_LIMITER_MAX_RETRIES))
+        builder = builder.rate_limiter(BotRateLimiter())  # see bot/rate_limit.py
     if request is not None:
         builder = builder.request(request)
     if settings.webhook_mode:
@@ -115,7 +121,11 @@ def build_application(
         builder = builder.get_updates_request(get_updates_request)
     application = builder.build()
 
-    infra = Infra(settings=settings, comfy_transport=comfy_transport)
+    infra = Infra(
+        settings=settings,
+        comfy_transport=comfy_transport,
+        preview_step_seconds=preview_step_seconds,
+    )
     application.bot_data[INFRA_KEY] = infra
     application.bot_data["service_factory"] = service_factory
     application.add_handler(TypeHandler(Update, _count_update), group=-1000)
@@ -158,6 +168,10 @@ def generation_settings(settings: Settings, webhook_secret: str) -> Any:
     from generation.service import GenerationSettings
 
     webhook_url = f"{settings.public_url}/comfydeploy/webhook" if settings.public_url else None
+    if webhook_url is None and settings.preview_backend:
+        # The preview backend pushes its webhooks in process (see _build_preview_backend), so
+        # progress is live without a public URL; polling stays as the backstop.
+        webhook_url = PREVIEW_WEBHOOK_URL
     return GenerationSettings(
         webhook_url=webhook_url,
         webhook_secret=webhook_secret,
@@ -169,26 +183,61 @@ def generation_settings(settings: Settings, webhook_secret: str) -> Any:
     )
 
 
+def _build_preview_backend(infra: Infra) -> Any:
+    """The local preview backend (Pillow placeholders; no GPU, no network)."""
+    from generation.preview import PreviewBackend
+
+    step = infra.preview_step_seconds
+    options: dict[str, Any] = {} if step is None else {"step_seconds": step}
+    return PreviewBackend(fallback_transport=infra.comfy_transport, **options)
+
+
+def _preview_webhook_sink(service: Any) -> Callable[[str, dict[str, Any]], Awaitable[Any]]:
+    """Deliver the preview backend's webhooks straight to the service (no HTTP hop); the
+    per-run token in the URL is still verified by ``process_webhook``."""
+
+    async def sink(url: str, payload: dict[str, Any]) -> None:
+        query = parse_qs(urlsplit(url).query)
+        run_ref = (query.get("r") or [None])[0]
+        token = (query.get("t") or [None])[0]
+        await service.process_webhook(payload, token, run_ref)
+
+    return sink
+
+
 def _build_service(infra: Infra) -> Any:
-    """The real generation module: ComfyDeploy client + GenerationService over storage."""
+    """The real generation module: a backend + GenerationService over storage.
+
+    The backend is ComfyDeploy, or the local preview backend when ``GENERATION_BACKEND`` says
+    so (``auto``: when COMFYDEPLOY_API_KEY is unset)."""
     from generation.client import ComfyDeployClient
     from generation.events import EventBus
     from generation.service import GenerationService
 
     settings = infra.settings
     api_key = settings.comfydeploy_api_key
-    if api_key is None:
-        log.warning(
-            "COMFYDEPLOY_API_KEY is not set: the bot starts, but every generation will fail "
-            "with an authentication error until it is configured"
+    if settings.preview_backend:
+        if api_key is None:
+            log.warning(
+                "COMFYDEPLOY_API_KEY is not set: generations use the local preview backend "
+                "(labelled placeholder images); set it to generate on ComfyDeploy"
+            )
+        else:
+            log.info("GENERATION_BACKEND=preview: generations use the local preview backend")
+        infra.client = _build_preview_backend(infra)
+    else:
+        if api_key is None:
+            log.warning(
+                "COMFYDEPLOY_API_KEY is not set: the bot starts, but every generation will fail "
+                "with an authentication error until it is configured"
+            )
+        infra.client = ComfyDeployClient(
+            api_key=api_key.get_secret_value() if api_key else "",
+            base_url=settings.comfydeploy_api_url,
+            transport=infra.comfy_transport,
         )
-    infra.client = ComfyDeployClient(
-        api_key=api_key.get_secret_value() if api_key else "",
-        base_url=settings.comfydeploy_api_url,
-        transport=infra.comfy_transport,
-    )
     storage = infra.storage
-    return GenerationService(
+    service = GenerationService(
         backend=infra.client,
         runs=storage.runs,
         balances=storage.ledger,
@@ -197,6 +246,24 @@ def _build_service(infra: Infra) -> Any:
         bus=EventBus(),
         settings=generation_settings(settings, infra.webhook_secret),
     )
+    if settings.preview_backend:
+        infra.client.webhook_sink = _preview_webhook_sink(service)
+    return service
+
+
+async def sync_preview_deployments(storage: Any, *, enabled: bool) -> None:
+    """Preview mode: register the preview deployment of every type that has none yet (admins
+    may add more). Otherwise: remove leftover preview deployments, which ComfyDeploy would
+    refuse."""
+    from generation.preview import PREVIEW_DEPLOYMENTS, PREVIEW_INPUTS
+
+    for type_, deployment_id in PREVIEW_DEPLOYMENTS.items():
+        existing = await storage.deployments.get(deployment_id)
+        if enabled and existing is None:
+            await storage.deployments.add(type_, deployment_id, inputs=list(PREVIEW_INPUTS))
+        elif not enabled and existing is not None:
+            await storage.deployments.remove(deployment_id)
+            log.info("removed the preview deployment of %s (not in preview mode)", type_)
 
 
 def handler_config(settings: Settings) -> HandlerConfig:
@@ -273,6 +340,12 @@ async def _post_init(application: Application) -> None:
     if infra.comfy_transport is not None:
         # Output files come from the same (test) ComfyDeploy, so delivery downloads through it.
         services.extras["http_transport"] = infra.comfy_transport
+    preview_transport = getattr(infra.client, "transport", None)
+    if settings.preview_backend and preview_transport is not None:
+        # Preview output files are served in process by the backend's transport.
+        services.extras["http_transport"] = preview_transport
+        services.extras["backend_label"] = PREVIEW_LABEL
+    await sync_preview_deployments(infra.storage, enabled=settings.preview_backend)
     application.bot_data[SERVICES_KEY] = services
     _install_metric_collectors(application, infra)
     _register_handlers(application)
@@ -287,6 +360,15 @@ async def _post_stop(application: Application) -> None:
     if infra.service is not None and infra.service_started:
         infra.service_started = False
         await infra.service.stop()
+        # Graceful stop: deliveries and final progress edits under way finish (bounded) while
+        # the bot and the database are still open; see ProgressRenderer.shutdown.
+        services = application.bot_data.get(SERVICES_KEY)
+        renderer = services.extras.get("progress") if services is not None else None
+        if renderer is not None and hasattr(renderer, "shutdown"):
+            try:
+                await renderer.shutdown()
+            except Exception:
+                log.exception("error while stopping progress rendering and delivery")
 
 
 async def _post_shutdown(application: Application) -> None:
@@ -399,22 +481,8 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
 
 
 def run_local_mode(settings: Settings) -> int:
-    """No TELEGRAM_BOT_TOKEN: explain what to set. (A local web chat will start here later.)"""
-    print(LOCAL_MODE_EXPLANATION)
-    return 0
+    """No TELEGRAM_BOT_TOKEN: the real bot behind an embedded Bot API emulator, talked to
+    from a web chat page (see :mod:`bot.local`). Returns the exit code."""
+    from bot.local.runner import run_local
 
-
-LOCAL_MODE_EXPLANATION = """\
-ComfyDeploy Telegram bot — not configured yet, so it is not connecting to Telegram.
-
-To run the bot, set these environment variables (or put them in a .env file in this folder;
-see .env.example for every setting):
-
-  TELEGRAM_BOT_TOKEN   the token from @BotFather (required)
-  COMFYDEPLOY_API_KEY  your ComfyDeploy API key (without it every generation fails)
-  ADMIN_IDS            comma-separated Telegram user ids allowed to manage the bot
-
-Optional: PUBLIC_URL switches from long polling to webhooks (the bot then listens on
-LISTEN_HOST:LISTEN_PORT); DATABASE_PATH chooses the SQLite file (default data/bot.sqlite3).
-
-Then start it again with:  python -m bot"""
+    return run_local(settings)

@@ -8,12 +8,13 @@ the field name and pydantic's message only, never from the input value.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _WEBHOOK_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+LOCAL_LISTEN_HOST = "127.0.0.1"  # local mode never listens on every interface by default
 SECRET_FIELDS = ("telegram_bot_token", "comfydeploy_api_key", "webhook_secret")
 
 
@@ -48,6 +49,27 @@ class Settings(BaseSettings):
     max_queued_per_user: int = Field(default=5, ge=0)
     max_in_flight: int = Field(default=10, ge=1)
     log_level: str = "INFO"
+    # auto: the local preview backend when COMFYDEPLOY_API_KEY is unset, else ComfyDeploy.
+    generation_backend: Literal["auto", "comfydeploy", "preview"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_listen_host_is_unset(cls, data: Any) -> Any:
+        """``LISTEN_HOST=`` (as in .env.example) means "the default of the mode": 0.0.0.0 for
+        webhooks, 127.0.0.1 for local mode; dropping it keeps it out of ``model_fields_set``."""
+        if isinstance(data, dict):
+            for key in [k for k in data if str(k).lower() == "listen_host"]:
+                value = data[key]
+                if value is None or (isinstance(value, str) and not value.strip()):
+                    data = {k: v for k, v in data.items() if k != key}
+        return data
+
+    @field_validator("generation_backend", mode="before")
+    @classmethod
+    def _norm_backend(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or "auto"
+        return value
 
     @field_validator("admin_ids", mode="before")
     @classmethod
@@ -110,6 +132,25 @@ class Settings(BaseSettings):
     @property
     def webhook_mode(self) -> bool:
         return self.public_url is not None
+
+    @property
+    def local_mode(self) -> bool:
+        """No Telegram token: run the embedded Bot API emulator and the web chat."""
+        return self.telegram_bot_token is None
+
+    @property
+    def preview_backend(self) -> bool:
+        """Generations go to the local preview backend (no ComfyDeploy)."""
+        if self.generation_backend == "auto":
+            return self.comfydeploy_api_key is None
+        return self.generation_backend == "preview"
+
+    @property
+    def local_listen_host(self) -> str:
+        """The web chat's host: LISTEN_HOST when set explicitly, else 127.0.0.1."""
+        if "listen_host" in self.model_fields_set:
+            return self.listen_host
+        return LOCAL_LISTEN_HOST
 
     def secret_values(self) -> list[str]:
         """The plain secret values (for the log redaction filter)."""

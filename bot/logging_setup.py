@@ -16,9 +16,10 @@ from collections.abc import Iterable
 
 REDACTED = "***"
 # Bot API URLs carry the token: https://host/bot<id>:<hash>/method and /file/bot<id>:<hash>/path
-_BOT_TOKEN_IN_URL = re.compile(r"(/bot)(\d+:[A-Za-z0-9_-]+)")
+# (httpx logs URLs with the colon percent-encoded: "/bot123%3AAA...")
+_BOT_TOKEN_IN_URL = re.compile(r"(/bot)(\d+(?::|%3[Aa])[A-Za-z0-9_-]+)")
 # A bare bot token anywhere (id:35-char hash) — catches tokens we were not told about.
-_BARE_BOT_TOKEN = re.compile(r"\b\d{5,}:[A-Za-z0-9_-]{30,}\b")
+_BARE_BOT_TOKEN = re.compile(r"\b\d{5,}(?::|%3[Aa])[A-Za-z0-9_-]{30,}\b")
 
 
 class RedactingFilter(logging.Filter):
@@ -37,11 +38,14 @@ class RedactingFilter(logging.Filter):
         self._secrets.sort(key=len, reverse=True)
 
     def redact(self, text: str) -> str:
+        # Token patterns first: a short secret inside a token must not break the pattern and
+        # leave the rest of the token behind.
+        text = _BOT_TOKEN_IN_URL.sub(rf"\1{REDACTED}", text)
+        text = _BARE_BOT_TOKEN.sub(REDACTED, text)
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        text = _BOT_TOKEN_IN_URL.sub(rf"\1{REDACTED}", text)
-        return _BARE_BOT_TOKEN.sub(REDACTED, text)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -49,7 +53,9 @@ class RedactingFilter(logging.Filter):
         except Exception:  # a broken format string: keep the raw template, still redacted
             message = str(record.msg)
         cleaned = self.redact(message)
-        if cleaned != message:  # keep msg/args untouched when clean (formatters may read args)
+        if cleaned != message or record.args:
+            # Freeze the message now: args may be mutable objects that change after the record
+            # was made (PTB logs the getFile result dict, then puts the token URL into it).
             record.msg = cleaned
             record.args = None
         if record.exc_info and not record.exc_text:

@@ -163,10 +163,13 @@ class ComfyDeployClient:
         max_attempts: int = 4,
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
-        max_concurrency: int = 8,
-        max_per_second: float | None = 10.0,
+        max_concurrency: int = 32,
+        max_per_second: float | None = 100.0,
         sleep: Sleep | None = None,
     ) -> None:
+        # Limits (bench/README.md): ComfyDeploy has no request rate limit of its own (excess
+        # runs just wait as not-started), and 8 at once / 10 per second — polls included —
+        # made create-run calls queue behind the client once ~10 users were active.
         # An empty key is allowed (the bot may start unconfigured): calls then fail with
         # AuthFailedError from the server's 401 instead of crashing at start-up.
         headers = {"Accept": "application/json"}

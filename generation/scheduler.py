@@ -6,8 +6,10 @@ Round-robin across users, each user's requests in FIFO order, with three caps:
 * ``max_active_per_user``: the same, per user (a user at the cap is skipped, keeping its place);
 * ``max_queued_per_user``: waiting requests per user; one more → ``QueueFullError`` at submit.
 
-Workers wait for the next dispatchable item with :meth:`FairScheduler.take` (an
-``asyncio.Event``, no polling). An item stays "active" from ``take`` (or ``mark_active`` for
+Workers wait for the next dispatchable item with :meth:`FairScheduler.take` (no polling). A
+change wakes one waiting worker, and a worker that took an item wakes the next one while items
+are still queued: waking every worker on every change made each submit cost O(workers) wake-ups
+(bench/README.md). An item stays "active" from ``take`` (or ``mark_active`` for
 resumed runs) until ``release``. The scheduler is synchronous apart from ``take``; it does no
 I/O and is safe to call from any coroutine on the loop.
 """
@@ -51,7 +53,7 @@ class FairScheduler:
         self._active: dict[str, int] = {}  # run id → user id
         self._active_per_user: dict[int, int] = {}
         self._published: dict[str, int] = {}
-        self._changed = asyncio.Event()
+        self._waiters: deque[asyncio.Future[None]] = deque()  # workers blocked in take()
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class FairScheduler:
             self._active_per_user[user_id] = left
         else:
             self._active_per_user.pop(user_id, None)
-        self._changed.set()
+        self._wake_one()
         return True
 
     def _pick(self) -> QueueItem | None:
@@ -170,16 +172,31 @@ class FairScheduler:
         return item
 
     async def take(self) -> QueueItem:
-        """Wait for the next dispatchable item (no polling: woken on every change)."""
+        """Wait for the next dispatchable item (no polling: woken on a change)."""
         while True:
             item = self.try_take()
             if item is not None:
+                if self._items:
+                    self._wake_one()  # more queued: let another worker look
                 return item
-            self._changed.clear()
-            await self._changed.wait()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: pass the wake-up on
+                raise
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def _after_change(self) -> None:
-        self._changed.set()
+        self._wake_one()
         if self._on_position is None:
             return
         for index, item in enumerate(self.dispatch_order(), start=1):

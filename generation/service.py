@@ -89,6 +89,9 @@ class GenerationSettings:
     inline_image_max_bytes: int = 4_000_000  # larger inputs go through upload_file
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
     breaker_cooldown: float = 60.0  # seconds before a half-open probe
+    # stop(): seconds in-flight create calls may take to finish (else they end SUBMITTING,
+    # which the next start can only fail as SUBMIT_UNCERTAIN)
+    shutdown_grace: float = 10.0
 
 
 @dataclass(slots=True)
@@ -160,6 +163,8 @@ class GenerationService:
         self._pending: dict[str, _Pending] = {}
         self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
         self._tasks: list[asyncio.Task[None]] = []
+        self._busy: set[asyncio.Task[Any]] = set()  # workers inside dispatch()
+        self._stopping = False
         self._started = False
 
     bus: EventBus
@@ -171,6 +176,7 @@ class GenerationService:
         if self._started:
             return
         self._started = True
+        self._stopping = False
         await self._resume()
         loop = asyncio.get_running_loop()
         workers = max(1, self.settings.max_in_flight)
@@ -180,11 +186,22 @@ class GenerationService:
         self._tasks.append(loop.create_task(self._poll_loop(), name="generation-poller"))
 
     async def stop(self) -> None:
-        """Stop taking work, cancel our tasks cleanly; persisted runs resume on next start."""
+        """Stop taking work, cancel our tasks cleanly; persisted runs resume on next start.
+
+        Workers inside a create call get ``shutdown_grace`` seconds to finish it, so a
+        graceful shutdown leaves every run QUEUED (resubmitted later) or created (tracked
+        later) rather than "may or may not have reached the backend"."""
         self._started = False
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
+        busy = [task for task in tasks if task in self._busy]
         for task in tasks:
-            task.cancel()
+            if task not in busy:
+                task.cancel()
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=max(0.0, self.settings.shutdown_grace))
+            for task in late:
+                task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -388,8 +405,11 @@ class GenerationService:
     # -- workers ------------------------------------------------------------------------------
 
     async def _worker(self) -> None:
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not self._stopping:
             item = await self.scheduler.take()
+            self._busy.add(me)
             try:
                 await self.dispatch(item)
             except asyncio.CancelledError:
@@ -397,6 +417,8 @@ class GenerationService:
             except Exception as exc:
                 log.exception("run %s: dispatch crashed", item.run_id)
                 await self.tracker.fail(item.run_id, BackendError(f"internal error: {exc!r}"))
+            finally:
+                self._busy.discard(me)
 
     async def _poll_loop(self) -> None:
         s = self.settings

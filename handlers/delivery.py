@@ -47,6 +47,7 @@ PHOTO_MAX_RATIO = 20
 CAPTION_LIMIT = int(MessageLimit.CAPTION_LENGTH)  # 1024
 SEND_ATTEMPTS = 4
 DOWNLOAD_ATTEMPTS = 3
+DELIVERED_ITEMS_KEY = "delivered_items"  # RunRecord.meta: items of the result already sent
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([0-9.]+))?>")
 
 
@@ -305,7 +306,7 @@ class Delivery:
         png_as_file = await self._png_as_file(run.user_id)
         caption = self.caption(run, lang)
         base = {"chat_id": run.chat_id, **self._reply_kwargs(run)}
-        plan: list[tuple[str, dict[str, Any]]] = []
+        plan: list[tuple[str, str, dict[str, Any]]] = []  # (item key, method, kwargs)
         original_offer = False
         for index, output in enumerate(outputs):
             try:
@@ -322,21 +323,37 @@ class Delivery:
                     prepared = PreparedPhoto(None, True, name)
                 if prepared.photo is not None:
                     plan.append(
-                        ("send_photo", {"photo": prepared.photo, "filename": prepared.filename})
+                        (
+                            f"{index}:photo",
+                            "send_photo",
+                            {"photo": prepared.photo, "filename": prepared.filename},
+                        )
                     )
                 as_file = png_as_file or prepared.reencoded
                 if as_file and len(data) <= UPLOAD_MAX_BYTES:
-                    plan.append(("send_document", {"document": data, "filename": name}))
+                    plan.append(
+                        (f"{index}:document", "send_document", {"document": data, "filename": name})
+                    )
                 else:
                     original_offer = True
             elif output.media_type is MediaType.ANIMATION:
-                plan.append(("send_animation", {"animation": data, "filename": name}))
+                plan.append(
+                    (f"{index}:animation", "send_animation", {"animation": data, "filename": name})
+                )
             elif output.media_type is MediaType.VIDEO:
-                plan.append(("send_video", {"video": data, "filename": name}))
+                plan.append((f"{index}:video", "send_video", {"video": data, "filename": name}))
             else:
-                plan.append(("send_document", {"document": data, "filename": name}))
+                plan.append(
+                    (f"{index}:document", "send_document", {"document": data, "filename": name})
+                )
+        # Items already delivered before a crash/restart are not sent again (see
+        # _note_delivered); only an item killed between Telegram's answer and our note repeats.
+        done = set((run.meta or {}).get(DELIVERED_ITEMS_KEY) or ())
         sent = 0
-        for position, (method, kwargs) in enumerate(plan):
+        for position, (key, method, kwargs) in enumerate(plan):
+            if key in done:
+                sent += 1
+                continue
             last = position == len(plan) - 1
             extra: dict[str, Any] = {"caption": caption}
             if last:
@@ -346,7 +363,23 @@ class Delivery:
                 sent += 1
             except Exception as exc:
                 log.warning("run %s: %s failed: %s", run.id, method, exc)
+                continue
+            done.add(key)
+            await self._note_delivered(run.id, done)
         return sent
+
+    async def _note_delivered(self, run_id: str, keys: set[str]) -> None:
+        """Record in the run's meta which items reached Telegram, right after each send, so a
+        delivery resumed after a crash sends only the missing ones."""
+        runs = self._services.storage.runs
+        try:
+            current = await runs.get_run(run_id)
+            if current is None:
+                return
+            meta = {**(current.meta or {}), DELIVERED_ITEMS_KEY: sorted(keys)}
+            await runs.update_run(run_id, meta=meta)
+        except Exception:
+            log.warning("run %s: could not record delivery progress", run_id, exc_info=True)
 
     async def send_original(self, run: RunRecord, lang: str) -> int:
         """Send the image outputs of ``run`` as documents (the "original file" button)."""

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 from telegram import Bot, Message
 from telegram.constants import FileSizeLimit
+from telegram.error import BadRequest
 
+from generation.images import MAX_PIXELS, MAX_SIDE_PIXELS
 from generation.request import InputImage
 
 MAX_DOWNLOAD_BYTES = int(FileSizeLimit.FILESIZE_DOWNLOAD)  # 20 MB through getFile
@@ -67,15 +69,27 @@ def has_image(message: Message | None) -> bool:
     return doc is not None and (doc.mime_type or "").lower().startswith("image/")
 
 
+def _too_large() -> MediaError:
+    return MediaError("gen.image_too_large", max_side=MAX_SIDE_PIXELS)
+
+
 def _inspect(data: bytes) -> tuple[str, int, int]:
-    """Decode the header (and verify) in a worker thread: format, width, height."""
+    """Decode the header (and verify) in a worker thread: format, width, height.
+
+    Absurd dimensions and decompression bombs are refused from the header alone, with a
+    message that says so (not "not an image")."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max(width, height) > MAX_SIDE_PIXELS or width * height > MAX_PIXELS:
+                raise _too_large()
             img.verify()
         with Image.open(io.BytesIO(data)) as img:
             fmt = (img.format or "PNG").upper()
             return fmt, img.width, img.height
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise _too_large() from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise MediaError("gen.not_an_image") from exc
 
 
@@ -95,7 +109,14 @@ async def download_image(bot: Bot, ref: ImageRef) -> InputImage:
     """Fetch the file behind ``ref`` into memory as an ``InputImage``."""
     if ref.file_size is not None and ref.file_size > MAX_DOWNLOAD_BYTES:
         raise MediaError("gen.file_too_large", limit_mb=MAX_DOWNLOAD_BYTES // 1_000_000)
-    tg_file = await bot.get_file(ref.file_id)
+    try:
+        tg_file = await bot.get_file(ref.file_id)
+    except BadRequest as exc:  # e.g. no file_size was declared and the file is above 20 MB
+        if "too big" in exc.message.lower():
+            raise MediaError(
+                "gen.file_too_large", limit_mb=MAX_DOWNLOAD_BYTES // 1_000_000
+            ) from exc
+        raise
     if tg_file.file_size is not None and tg_file.file_size > MAX_DOWNLOAD_BYTES:
         raise MediaError("gen.file_too_large", limit_mb=MAX_DOWNLOAD_BYTES // 1_000_000)
     data = bytes(await tg_file.download_as_bytearray())

@@ -157,6 +157,26 @@ class ProgressRenderer:
             Delivery(self._app, self._services, sleep=self._sleep).attach()
         return self
 
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Graceful stop (SIGTERM): give deliveries and final edits already under way
+        ``grace`` seconds to finish, then detach. A delivery cut short stays PENDING in the
+        database and is redone (only its missing items) on the next start."""
+        delivery = self._services.extras.get("delivery")
+
+        async def settle() -> None:
+            await self._services.generation.bus.drain()
+            if delivery is not None:
+                await delivery.drain()
+            await self.drain()
+
+        try:
+            await asyncio.wait_for(settle(), grace)
+        except TimeoutError:
+            log.warning(
+                "shutdown: deliveries still running after %.0f s resume at next start", grace
+            )
+        await self.detach()
+
     async def detach(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
@@ -176,7 +196,10 @@ class ProgressRenderer:
     # -- text -----------------------------------------------------------------------------------
 
     def _t(self, lang: str, key: str, **params: object) -> str:
-        return self._services.i18n.t(lang, key, **params)
+        text = self._services.i18n.t(lang, key, **params)
+        if self._services.extras.get("backend_label"):  # e.g. the local preview backend
+            text = f"{text} · {self._services.i18n.t(lang, 'progress.preview')}"
+        return text
 
     def queued_text(self, lang: str, position: int | None) -> str:
         if position:

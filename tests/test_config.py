@@ -31,6 +31,7 @@ ENV_VARS = (
     "MAX_QUEUED_PER_USER",
     "MAX_IN_FLIGHT",
     "LOG_LEVEL",
+    "GENERATION_BACKEND",
 )
 TOKEN = "987654321:AAHsecretTokenValueForTests_0123456789"
 API_KEY = "cd_live_key_SUPERSECRET_42"
@@ -216,12 +217,71 @@ def _run_bot(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_no_configuration_explains_and_exits_zero(tmp_path: Path) -> None:
-    result = _run_bot(tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "TELEGRAM_BOT_TOKEN" in result.stdout
-    assert "COMFYDEPLOY_API_KEY" in result.stdout
-    assert len(result.stdout.strip().splitlines()) > 3
+def test_no_token_starts_local_mode_with_the_web_chat(tmp_path: Path) -> None:
+    """No TELEGRAM_BOT_TOKEN: local mode prints the URL, the page answers, SIGTERM stops it
+    cleanly (exit 0)."""
+    import signal
+
+    import httpx
+
+    from bot.local.runner import bind_socket
+
+    probe = bind_socket("127.0.0.1", 0)
+    port = probe.getsockname()[1]
+    probe.close()
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(root),
+        "LISTEN_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        for _ in range(50):  # bounded: the banner is among the first lines
+            line = proc.stdout.readline()
+            if not line:
+                break
+            banner += line
+            if "Local mode: open" in line:
+                break
+        assert f"Local mode: open http://127.0.0.1:{port}" in banner, banner
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert page.status_code == 200 and "/static/app.js" in page.text
+        state = httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=10).json()
+        assert state["backend"] == "preview"  # no COMFYDEPLOY_API_KEY either
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert "local mode stopped" in err
+    assert (tmp_path / "data" / "bot.sqlite3").exists()
+
+
+def test_no_token_and_a_busy_port_is_one_line_and_exit_one(tmp_path: Path) -> None:
+    from bot.local.runner import bind_socket
+
+    busy = bind_socket("127.0.0.1", 0)
+    try:
+        result = _run_bot(tmp_path, LISTEN_PORT=str(busy.getsockname()[1]))
+    finally:
+        busy.close()
+    assert result.returncode == 1
+    assert "LISTEN_PORT" in result.stderr.strip().splitlines()[-1]
 
 
 def test_invalid_setting_prints_one_line_and_exits_two(tmp_path: Path) -> None:

@@ -270,6 +270,16 @@ class WebhookRecord:
     error: str | None = None
 
 
+@dataclass(slots=True)
+class _Gate:
+    """A held route: requests wait on ``event``; ``drop`` (set on release) makes the
+    requests held before handling vanish, as if they never arrived."""
+
+    event: asyncio.Event
+    after_handling: bool
+    drop: bool = False
+
+
 @dataclass
 class _Fault:
     remaining: int
@@ -368,6 +378,10 @@ class FakeComfyDeploy:
         self._background: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._transport = httpx.MockTransport(self._handle_httpx)
+        # gates: hold requests of a route (see hold()); counters for tests to wait on
+        self._gates: dict[str, _Gate] = {}
+        self.held: dict[str, int] = {}  # route -> requests waiting at a gate right now
+        self.arrivals: dict[str, int] = {}  # route -> requests that arrived (any outcome)
 
     # ---------------------------------------------------------------- setup
 
@@ -411,6 +425,33 @@ class FakeComfyDeploy:
         "create", "get", "cancel", "upload", "deployments"). With ``after_handling`` the
         request IS processed (a run gets created) and the answer is lost."""
         self._transport_faults.append(_TransportFault(k, exc_type, route, after_handling))
+
+    def hold(self, route: str, *, after_handling: bool = False) -> None:
+        """Hold every request of ``route`` ("create", "get", "files", ...) until
+        :meth:`release`. Before handling, the request has not reached the double (no run is
+        created); with ``after_handling`` it is processed and only the answer waits (a run
+        exists but the caller has not heard of it). ``held[route]`` counts waiting requests."""
+        self._gates[route] = _Gate(asyncio.Event(), after_handling)
+
+    def release(self, route: str | None = None, *, drop: bool = False) -> None:
+        """Open the gate of ``route`` (all gates when None); later requests pass freely."""
+        for name in [route] if route is not None else list(self._gates):
+            gate = self._gates.pop(name, None)
+            if gate is not None:
+                gate.drop = drop
+                gate.event.set()
+
+    async def _pass_gate(self, route: str | None, *, after_handling: bool) -> bool:
+        """Wait at the gate of ``route`` if any; True when the request is to be dropped."""
+        gate = self._gates.get(route or "")
+        if route is None or gate is None or gate.after_handling != after_handling:
+            return False
+        self.held[route] = self.held.get(route, 0) + 1
+        try:
+            await gate.event.wait()
+        finally:
+            self.held[route] -= 1
+        return gate.drop and not after_handling
 
     def file_bytes(self, url: str) -> bytes | None:
         """Bytes behind an output or upload URL of this double (any base)."""
@@ -710,10 +751,15 @@ class FakeComfyDeploy:
             except ValueError:
                 body_json = ...
         route = self._route_name(req)
+        if route is not None:
+            self.arrivals[route] = self.arrivals.get(route, 0) + 1
+        if await self._pass_gate(route, after_handling=False):
+            return _json(503, {"detail": "dropped before it arrived (test gate)"})
         if route == "create":
             self.create_calls.append(body_json)
         resp = self._route(req, route, authorized, body_json)
         resp = await resp if asyncio.iscoroutine(resp) else resp
+        await self._pass_gate(route, after_handling=True)
         seg = req.segments[1:] if req.segments[:1] == ["api"] else req.segments
         self.requests.append(
             RecordedRequest(

@@ -175,6 +175,17 @@ class FakeMessage:
 
 
 @dataclass(slots=True)
+class _Gate:
+    """A held route/method: requests wait on ``event``; ``drop`` (set on release) makes the
+    requests held before handling vanish, as if they never arrived."""
+
+    event: asyncio.Event
+    after_handling: bool
+    drop: bool = False
+    passes: int = 0  # calls still let through before the gate closes
+
+
+@dataclass(slots=True)
 class _Fault:
     status: int
     retry_after: int | None
@@ -334,6 +345,9 @@ class FakeTelegram:
         self._changed = asyncio.Event()
         self._updates_arrived = asyncio.Event()
         self.users: dict[int, FakeUser] = {}
+        # gates: hold calls of a method (see hold())
+        self._gates: dict[str, _Gate] = {}
+        self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
 
     # ------------------------------------------------------------------ wiring helpers
     @property
@@ -367,6 +381,38 @@ class FakeTelegram:
             yield root
 
     # ------------------------------------------------------------------ test controls
+    def hold(self, method: str, *, after_handling: bool = False, pass_first: int = 0) -> None:
+        """Hold every call of ``method`` until :meth:`release`. Before handling the call has
+        no effect yet; with ``after_handling`` it takes effect (a message is stored) and only
+        the answer waits; the first ``pass_first`` calls pass freely. ``held[method]`` counts
+        waiting calls (``wait_for`` sees changes)."""
+        self._gates[method] = _Gate(asyncio.Event(), after_handling, passes=pass_first)
+
+    def release(self, method: str | None = None, *, drop: bool = False) -> None:
+        """Open the gate of ``method`` (all gates when None); later calls pass freely."""
+        for name in [method] if method is not None else list(self._gates):
+            gate = self._gates.pop(name, None)
+            if gate is not None:
+                gate.drop = drop
+                gate.event.set()
+
+    async def _pass_gate(self, method: str, *, after_handling: bool) -> bool:
+        """Wait at the gate of ``method`` if any; True when the call is to be dropped."""
+        gate = self._gates.get(method)
+        if gate is None or gate.after_handling != after_handling:
+            return False
+        if gate.passes > 0:
+            gate.passes -= 1
+            return False
+        self.held[method] = self.held.get(method, 0) + 1
+        self._touch()
+        try:
+            await gate.event.wait()
+        finally:
+            self.held[method] -= 1
+            self._touch()
+        return gate.drop and not after_handling
+
     def fail_next(
         self,
         method: str,
@@ -572,6 +618,9 @@ class FakeTelegram:
         params, files = self._parse(request)
         call = Call(method, params, files)
         self.call_log.append(call)
+        if await self._pass_gate(method, after_handling=False):
+            call.status = 502
+            return ApiError(502, "Bad Gateway: dropped before it arrived (test gate)").response()
         try:
             fault = self._take_fault(method)
             if fault is not None:
@@ -595,6 +644,7 @@ class FakeTelegram:
         except ApiError as exc:
             call.status = exc.code
             return exc.response()
+        await self._pass_gate(method, after_handling=True)
         return httpx.Response(200, json={"ok": True, "result": result})
 
     def _take_fault(self, method: str) -> _Fault | None:

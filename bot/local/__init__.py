@@ -1,0 +1,1 @@
+"""Local mode: the real bot behind an embedded Bot API emulator, with a web chat page."""

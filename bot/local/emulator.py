@@ -1,0 +1,789 @@
+"""An embedded emulator of the Telegram Bot API methods the bot uses (local mode).
+
+The bot talks to it through :attr:`BotApiEmulator.transport`, an ``httpx`` transport that
+answers ``/bot<token>/<method>`` and ``/file/bot<token>/<path>`` in process, so the real PTB
+``Application`` runs unchanged (long polling included) with no socket and no Telegram account.
+The web chat (:mod:`bot.local.webchat`) is the user side: it posts messages, photos and button
+presses here, which become Telegram-shaped updates for ``getUpdates``, and it reads the chat
+back (long-polling :meth:`BotApiEmulator.wait_changed`) to show text, keyboards, live edits and
+the media the bot sent.
+
+It answers like Telegram where the bot could notice a difference: "message is not modified",
+empty texts, unknown messages, callback data of 1-64 bytes, unknown callback queries.
+Memory is bounded: old messages and files are dropped first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.parser
+import email.policy
+import io
+import itertools
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+LOCAL_TOKEN = "1:local"
+BOT_USERNAME = "local_comfy_bot"
+MAX_TEXT = 4096
+MAX_CAPTION = 1024
+MAX_CALLBACK_DATA = 64
+MAX_UPLOAD = 20 * 1024 * 1024
+MAX_MESSAGES_PER_CHAT = 500
+MAX_FILES = 300
+MAX_NOTICES = 20
+TYPING_SECONDS = 5.0
+NOT_MODIFIED = (
+    "message is not modified: specified new message content and reply markup are exactly the "
+    "same as a current content and reply markup of the message"
+)
+MEDIA_KINDS = ("photo", "document", "animation", "video")
+_METHOD_RE = re.compile(r"/bot([^/]+)/([A-Za-z]+)")
+_FILE_RE = re.compile(r"/file/bot([^/]+)/(.+)")
+_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+_CONTENT_TYPES = {**_IMAGE_TYPES, "gif": "image/gif", "mp4": "video/mp4", "webm": "video/webm"}
+
+
+class ApiError(Exception):
+    """An error answer of the Bot API (``ok: false``)."""
+
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+    def response(self) -> httpx.Response:
+        body = {"ok": False, "error_code": self.code, "description": self.description}
+        return httpx.Response(self.code, json=body)
+
+
+def bad_request(description: str) -> ApiError:
+    return ApiError(400, f"Bad Request: {description}")
+
+
+@dataclass(slots=True)
+class StoredFile:
+    file_id: str
+    file_unique_id: str
+    data: bytes
+    file_path: str
+    content_type: str
+
+
+@dataclass(slots=True)
+class Message:
+    """One message of a chat, from the bot or from the local user."""
+
+    message_id: int
+    chat_id: int
+    from_bot: bool
+    sender: dict[str, Any]
+    date: int
+    text: str | None = None
+    caption: str | None = None
+    entities: list[dict[str, Any]] | None = None
+    reply_markup: dict[str, Any] | None = None
+    media_kind: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+    width: int | None = None
+    height: int | None = None
+    reply_to: int | None = None
+    edit_count: int = 0
+    deleted: bool = False
+    media_fields: dict[str, Any] = field(default_factory=dict)  # "photo": [...], ...
+
+
+@dataclass(slots=True)
+class Notice:
+    """A callback answer with text (shown as a toast by the page)."""
+
+    id: int
+    chat_id: int
+    text: str
+    alert: bool
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def command_entities(text: str | None) -> list[dict[str, Any]] | None:
+    """The ``bot_command`` entity Telegram adds to a text/caption starting with ``/cmd``."""
+    if not text or not text.startswith("/"):
+        return None
+    head = text.split(maxsplit=1)[0]
+    if not re.fullmatch(r"/[A-Za-z0-9_]{1,32}(@[A-Za-z0-9_]{1,64})?", head):
+        return None
+    return [{"type": "bot_command", "offset": 0, "length": utf16_len(head)}]
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height of an image (header only: cheap enough for the event loop)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:
+        return None
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
+    """Fields and files (``name -> (filename, bytes)``) of a multipart/form-data body."""
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    msg = parser.parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str | None, bytes]] = {}
+    for part in msg.iter_parts():
+        name = str(part.get_param("name", header="content-disposition"))
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None or part.get_content_type() != "text/plain":
+            files[name] = (filename, payload)
+        else:
+            fields[name] = payload.decode("utf-8")
+    return fields, files
+
+
+def _decode_value(value: str) -> Any:
+    """Form values are strings; nested objects (markup, reply parameters) arrive as JSON."""
+    if value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _int(params: dict[str, Any], name: str, *, required: bool = True) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        if required:
+            raise bad_request(f"{name} is empty")
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise bad_request(f"invalid {name} specified") from None
+
+
+class BotApiEmulator:
+    """The Bot API in process. See the module docstring."""
+
+    def __init__(
+        self,
+        token: str = LOCAL_TOKEN,
+        *,
+        bot_username: str = BOT_USERNAME,
+        bot_name: str = "ComfyDeploy bot",
+        clock: Callable[[], float] = time.monotonic,
+        long_poll_cap: float = 10.0,
+    ) -> None:
+        self.token = token
+        self.bot_user = {
+            "id": int(token.split(":", 1)[0]),
+            "is_bot": True,
+            "first_name": bot_name,
+            "username": bot_username,
+        }
+        self.clock = clock
+        self.long_poll_cap = long_poll_cap
+        self.transport = httpx.MockTransport(self.handle)
+        self.chats: dict[int, dict[str, Any]] = {}
+        self._messages: dict[int, OrderedDict[int, Message]] = {}
+        self._next_id: dict[int, int] = {}
+        self._files: OrderedDict[str, StoredFile] = OrderedDict()
+        self._files_by_path: dict[str, StoredFile] = {}
+        self._file_seq = itertools.count(1)
+        self._updates: list[dict[str, Any]] = []
+        self._update_seq = itertools.count(1)
+        self._updates_arrived = asyncio.Event()
+        self._queries: OrderedDict[str, tuple[int, bool]] = OrderedDict()  # id -> chat, answered
+        self._query_seq = itertools.count(1)
+        self._notices: list[Notice] = []
+        self._notice_seq = itertools.count(1)
+        self._typing_until: dict[int, float] = {}
+        self.commands: dict[str, list[dict[str, Any]]] = {}
+        self.version = 0
+        self._changed = asyncio.Event()
+        self.closing = False  # set at shutdown: long polls answer at once
+
+    # ----------------------------------------------------------------- change notification
+
+    def _touch(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, since: int, max_wait: float) -> int:
+        """Wait (at most ``max_wait`` s) until :attr:`version` moved past ``since``; returns
+        the version."""
+        if self.version != since or max_wait <= 0 or self.closing:
+            return self.version
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max_wait)
+        return self.version
+
+    def close(self) -> None:
+        """Answer every waiting long poll now (and the later ones at once): the web server
+        can then stop without waiting for the page's open requests."""
+        self.closing = True
+        self._updates_arrived.set()
+        self._touch()
+
+    # ----------------------------------------------------------------- the user side
+
+    def _chat(self, chat_id: int, user: dict[str, Any] | None = None) -> dict[str, Any]:
+        chat = self.chats.get(chat_id)
+        if chat is None:
+            chat = {"id": chat_id, "type": "private"}
+            if user is not None:
+                chat["first_name"] = user.get("first_name", "")
+            self.chats[chat_id] = chat
+            self._messages[chat_id] = OrderedDict()
+            self._next_id[chat_id] = 1
+        return chat
+
+    def _push_update(self, payload: dict[str, Any]) -> dict[str, Any]:
+        update = {"update_id": next(self._update_seq), **payload}
+        self._updates.append(update)
+        self._updates_arrived.set()
+        self._touch()
+        return update
+
+    def _user_message(self, user: dict[str, Any], reply_to: int | None, **fields: Any) -> Message:
+        chat_id = int(user["id"])
+        self._chat(chat_id, user)
+        if reply_to is not None:
+            target = self.message(chat_id, reply_to)
+            reply_to = target.message_id if target is not None and not target.deleted else None
+        msg = self._store(
+            Message(
+                message_id=self._new_id(chat_id),
+                chat_id=chat_id,
+                from_bot=False,
+                sender=user,
+                date=int(time.time()),
+                reply_to=reply_to,
+                **fields,
+            )
+        )
+        self._push_update({"message": self.message_dict(msg)})
+        return msg
+
+    def send_text(self, user: dict[str, Any], text: str, *, reply_to: int | None = None) -> Message:
+        """The user sends ``text`` (a leading ``/command`` gets its entity)."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty message")
+        if len(text) > MAX_TEXT:
+            raise ValueError("message is too long")
+        return self._user_message(user, reply_to, text=text, entities=command_entities(text))
+
+    def send_photo(
+        self,
+        user: dict[str, Any],
+        data: bytes,
+        *,
+        caption: str | None = None,
+        filename: str | None = None,
+        as_document: bool = False,
+        reply_to: int | None = None,
+    ) -> Message:
+        """The user sends an image: a photo (like Telegram's compressed photos) or, with
+        ``as_document``, the file as is (what a mask should be)."""
+        if not data:
+            raise ValueError("empty file")
+        if len(data) > MAX_UPLOAD:
+            raise ValueError("file is too big")
+        size = image_size(data)
+        if size is None:
+            raise ValueError("not an image")
+        caption = (caption or "").strip() or None
+        if caption is not None and len(caption) > MAX_CAPTION:
+            raise ValueError("caption is too long")
+        ext = (filename or "").rsplit(".", 1)[-1].lower() if filename and "." in filename else ""
+        ext = ext if ext in _IMAGE_TYPES else "png"
+        stored = self.register_file(data, kind="document" if as_document else "photo", ext=ext)
+        base = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(data),
+        }
+        if as_document:
+            kind = "document"
+            media = {
+                "document": {
+                    **base,
+                    "file_name": filename or f"image.{ext}",
+                    "mime_type": _IMAGE_TYPES[ext],
+                }
+            }
+        else:
+            kind = "photo"
+            media = {"photo": [{**base, "width": size[0], "height": size[1]}]}
+        return self._user_message(
+            user,
+            reply_to,
+            caption=caption,
+            entities=command_entities(caption),
+            media_kind=kind,
+            file_id=stored.file_id,
+            filename=filename,
+            width=size[0],
+            height=size[1],
+            media_fields=media,
+        )
+
+    def press(self, user: dict[str, Any], message_id: int, data: str) -> dict[str, Any]:
+        """The user presses the inline button with ``callback_data == data``."""
+        chat_id = int(user["id"])
+        msg = self.message(chat_id, message_id)
+        if msg is None or msg.deleted:
+            raise LookupError("no such message")
+        buttons = [b for row in (msg.reply_markup or {}).get("inline_keyboard", []) for b in row]
+        if not any(b.get("callback_data") == data for b in buttons):
+            raise LookupError("no such button")
+        query_id = f"{chat_id}{next(self._query_seq):08d}"
+        self._queries[query_id] = (chat_id, False)
+        while len(self._queries) > 200:
+            self._queries.popitem(last=False)
+        return self._push_update(
+            {
+                "callback_query": {
+                    "id": query_id,
+                    "from": user,
+                    "message": self.message_dict(msg),
+                    "chat_instance": str(chat_id),
+                    "data": data,
+                }
+            }
+        )
+
+    # ----------------------------------------------------------------- reading the chat
+
+    def message(self, chat_id: int, message_id: int) -> Message | None:
+        return self._messages.get(chat_id, {}).get(message_id)
+
+    def messages(self, chat_id: int) -> list[Message]:
+        return [m for m in self._messages.get(chat_id, {}).values() if not m.deleted]
+
+    def file(self, file_id: str) -> StoredFile | None:
+        return self._files.get(file_id)
+
+    def notices(self, chat_id: int, after: int = 0) -> list[Notice]:
+        return [n for n in self._notices if n.chat_id == chat_id and n.id > after]
+
+    def typing(self, chat_id: int) -> bool:
+        return self._typing_until.get(chat_id, 0.0) > self.clock()
+
+    def message_dict(self, msg: Message, *, with_reply: bool = True) -> dict[str, Any]:
+        """The message as the Bot API describes it."""
+        out: dict[str, Any] = {
+            "message_id": msg.message_id,
+            "date": msg.date,
+            "chat": self.chats[msg.chat_id],
+            "from": msg.sender,
+        }
+        if msg.text is not None:
+            out["text"] = msg.text
+        if msg.caption is not None:
+            out["caption"] = msg.caption
+        if msg.entities:
+            out["entities" if msg.text is not None else "caption_entities"] = msg.entities
+        if msg.reply_markup:
+            out["reply_markup"] = msg.reply_markup
+        if msg.edit_count:
+            out["edit_date"] = msg.date + msg.edit_count
+        if with_reply and msg.reply_to is not None:
+            target = self.message(msg.chat_id, msg.reply_to)
+            if target is not None:
+                out["reply_to_message"] = self.message_dict(target, with_reply=False)
+        out.update(msg.media_fields)
+        return out
+
+    # ----------------------------------------------------------------- storage
+
+    def _new_id(self, chat_id: int) -> int:
+        n = self._next_id[chat_id]
+        self._next_id[chat_id] = n + 1
+        return n
+
+    def _store(self, msg: Message) -> Message:
+        chat = self._messages[msg.chat_id]
+        chat[msg.message_id] = msg
+        while len(chat) > MAX_MESSAGES_PER_CHAT:
+            chat.popitem(last=False)
+        self._touch()
+        return msg
+
+    def register_file(self, data: bytes, *, kind: str, ext: str) -> StoredFile:
+        n = next(self._file_seq)
+        file_id = f"{kind[:3].upper()}{n:06d}local"
+        stored = StoredFile(
+            file_id=file_id,
+            file_unique_id=f"U{n:06d}",
+            data=data,
+            file_path=f"{kind}s/file_{n}.{ext}",
+            content_type=_CONTENT_TYPES.get(ext, "application/octet-stream"),
+        )
+        self._files[file_id] = stored
+        self._files_by_path[stored.file_path] = stored
+        while len(self._files) > MAX_FILES:
+            _, old = self._files.popitem(last=False)
+            self._files_by_path.pop(old.file_path, None)
+        return stored
+
+    # ----------------------------------------------------------------- transport
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        """Answer one Bot API request (the ``httpx.MockTransport`` handler)."""
+        path = request.url.path
+        if request.method == "GET" and path.startswith("/file/bot"):
+            return self._download(path)
+        match = _METHOD_RE.fullmatch(path)
+        if match is None:
+            return ApiError(404, "Not Found").response()
+        token, method = match.groups()
+        if token != self.token:
+            return ApiError(401, "Unauthorized").response()
+        handler = getattr(self, f"_m_{method}", None)
+        if handler is None:
+            log.warning("local mode: the Bot API emulator does not implement %s", method)
+            return ApiError(404, "Not Found").response()
+        try:
+            params, files = self._parse(request)
+            result = handler(params, files)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except ApiError as exc:
+            return exc.response()
+        return httpx.Response(200, json={"ok": True, "result": result})
+
+    @staticmethod
+    def _parse(request: httpx.Request) -> tuple[dict[str, Any], dict[str, Any]]:
+        content_type = request.headers.get("content-type", "")
+        body = request.content
+        files: dict[str, tuple[str | None, bytes]] = {}
+        if content_type.startswith("multipart/form-data"):
+            raw, files = parse_multipart(content_type, body)
+        elif content_type.startswith("application/json"):
+            try:
+                return json.loads(body or b"{}"), files
+            except ValueError:
+                raise bad_request("can't parse JSON") from None
+        else:
+            raw = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+        return {k: _decode_value(v) for k, v in raw.items()}, files
+
+    def _download(self, path: str) -> httpx.Response:
+        match = _FILE_RE.fullmatch(path)
+        if match is None or match.group(1) != self.token:
+            return ApiError(401, "Unauthorized").response()
+        stored = self._files_by_path.get(match.group(2))
+        if stored is None:
+            return ApiError(404, "Not Found").response()
+        return httpx.Response(
+            200, headers={"content-type": stored.content_type}, content=stored.data
+        )
+
+    # ----------------------------------------------------------------- validation
+
+    def _known_chat(self, params: dict[str, Any]) -> int:
+        chat_id = _int(params, "chat_id")
+        assert chat_id is not None
+        if chat_id not in self.chats:
+            raise bad_request("chat not found")
+        return chat_id
+
+    @staticmethod
+    def _markup(value: Any) -> dict[str, Any] | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, dict):
+            raise bad_request("can't parse reply keyboard markup JSON object")
+        for row in value.get("inline_keyboard", []) or []:
+            for button in row:
+                if not button.get("text"):
+                    raise bad_request("BUTTON_TEXT_INVALID")
+                data = button.get("callback_data")
+                if data is not None and not 1 <= len(str(data).encode()) <= MAX_CALLBACK_DATA:
+                    raise bad_request("BUTTON_DATA_INVALID")
+        return value or None
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        if value is None or not str(value).strip():
+            raise bad_request("message text is empty")
+        if len(str(value)) > MAX_TEXT:
+            raise bad_request("message is too long")
+        return str(value)
+
+    @staticmethod
+    def _caption(value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        if len(str(value)) > MAX_CAPTION:
+            raise bad_request("message caption is too long")
+        return str(value)
+
+    def _reply_to(self, chat_id: int, params: dict[str, Any]) -> int | None:
+        reply = params.get("reply_parameters")
+        target, allow_missing = None, False
+        if isinstance(reply, dict) and reply.get("message_id") is not None:
+            target = int(reply["message_id"])
+            allow_missing = bool(reply.get("allow_sending_without_reply"))
+        elif params.get("reply_to_message_id") not in (None, ""):
+            target = int(params["reply_to_message_id"])
+            allow_missing = str(params.get("allow_sending_without_reply")).lower() == "true"
+        if target is None:
+            return None
+        msg = self.message(chat_id, target)
+        if msg is None or msg.deleted:
+            if allow_missing:
+                return None
+            raise bad_request("message to be replied not found")
+        return target
+
+    def _bot_message(self, chat_id: int, params: dict[str, Any], **fields: Any) -> Message:
+        markup = self._markup(params.get("reply_markup"))
+        reply_to = self._reply_to(chat_id, params)
+        self._typing_until.pop(chat_id, None)
+        return self._store(
+            Message(
+                message_id=self._new_id(chat_id),
+                chat_id=chat_id,
+                from_bot=True,
+                sender=self.bot_user,
+                date=int(time.time()),
+                reply_markup=markup,
+                reply_to=reply_to,
+                **fields,
+            )
+        )
+
+    def _editable(self, params: dict[str, Any]) -> Message:
+        if params.get("inline_message_id"):
+            raise bad_request("MESSAGE_ID_INVALID")
+        chat_id = _int(params, "chat_id")
+        message_id = _int(params, "message_id")
+        assert chat_id is not None and message_id is not None
+        msg = self.message(chat_id, message_id)
+        if msg is None or msg.deleted:
+            raise bad_request("message to edit not found")
+        if not msg.from_bot:
+            raise bad_request("message can't be edited")
+        return msg
+
+    # ----------------------------------------------------------------- methods
+
+    def _m_getMe(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.bot_user,
+            "can_join_groups": False,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    async def _m_getUpdates(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
+        offset = _int(params, "offset", required=False) or 0
+        limit = _int(params, "limit", required=False) or 100
+        timeout = float(params.get("timeout") or 0)
+        if offset:
+            self._updates = [u for u in self._updates if u["update_id"] >= offset]
+        if not self._updates and timeout > 0 and not self.closing:
+            self._updates_arrived.clear()
+            try:
+                await asyncio.wait_for(
+                    self._updates_arrived.wait(), min(timeout, self.long_poll_cap)
+                )
+            except TimeoutError:
+                pass
+        return self._updates[:limit]
+
+    def _m_deleteWebhook(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        if str(params.get("drop_pending_updates", "")).lower() == "true":
+            self._updates.clear()
+        return True
+
+    def _m_getWebhookInfo(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        return {"url": "", "has_custom_certificate": False, "pending_update_count": 0}
+
+    def _m_setMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        commands = params.get("commands")
+        if not isinstance(commands, list):
+            raise bad_request("commands are invalid")
+        self.commands[str(params.get("language_code") or "")] = commands
+        self._touch()
+        return True
+
+    def _m_getMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
+        return self.commands.get(str(params.get("language_code") or ""), [])
+
+    def _m_deleteMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        self.commands.pop(str(params.get("language_code") or ""), None)
+        return True
+
+    def _m_sendMessage(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        chat_id = self._known_chat(params)
+        text = self._text(params.get("text"))
+        return self.message_dict(self._bot_message(chat_id, params, text=text))
+
+    def _m_editMessageText(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        msg = self._editable(params)
+        text = self._text(params.get("text"))
+        if msg.text is None:
+            raise bad_request("there is no text in the message to edit")
+        markup = self._markup(params.get("reply_markup"))
+        if text == msg.text and markup == msg.reply_markup:
+            raise bad_request(NOT_MODIFIED)
+        msg.text, msg.reply_markup = text, markup
+        msg.edit_count += 1
+        self._touch()
+        return self.message_dict(msg)
+
+    def _m_editMessageCaption(
+        self, params: dict[str, Any], files: dict[str, Any]
+    ) -> dict[str, Any]:
+        msg = self._editable(params)
+        if msg.media_kind is None:
+            raise bad_request("there is no caption in the message to edit")
+        caption = self._caption(params.get("caption"))
+        markup = self._markup(params.get("reply_markup"))
+        if caption == msg.caption and markup == msg.reply_markup:
+            raise bad_request(NOT_MODIFIED)
+        msg.caption, msg.reply_markup = caption, markup
+        msg.edit_count += 1
+        self._touch()
+        return self.message_dict(msg)
+
+    def _m_editMessageReplyMarkup(
+        self, params: dict[str, Any], files: dict[str, Any]
+    ) -> dict[str, Any]:
+        msg = self._editable(params)
+        markup = self._markup(params.get("reply_markup"))
+        if markup == msg.reply_markup:
+            raise bad_request(NOT_MODIFIED)
+        msg.reply_markup = markup
+        msg.edit_count += 1
+        self._touch()
+        return self.message_dict(msg)
+
+    def _m_deleteMessage(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        chat_id = _int(params, "chat_id")
+        message_id = _int(params, "message_id")
+        assert chat_id is not None and message_id is not None
+        msg = self.message(chat_id, message_id)
+        if msg is None or msg.deleted:
+            raise bad_request("message to delete not found")
+        msg.deleted = True
+        self._touch()
+        return True
+
+    def _m_answerCallbackQuery(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        query_id = str(params.get("callback_query_id") or "")
+        chat_id, answered = self._queries.get(query_id, (0, True))
+        if answered:  # unknown or already answered
+            raise bad_request(
+                "query is too old and response timeout expired or query ID is invalid"
+            )
+        self._queries[query_id] = (chat_id, True)
+        text = params.get("text")
+        if text:
+            alert = str(params.get("show_alert", "")).lower() == "true"
+            self._notices.append(Notice(next(self._notice_seq), chat_id, str(text)[:200], alert))
+            del self._notices[:-MAX_NOTICES]
+            self._touch()
+        return True
+
+    def _m_sendChatAction(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
+        chat_id = self._known_chat(params)
+        self._typing_until[chat_id] = self.clock() + TYPING_SECONDS
+        self._touch()
+        return True
+
+    def _m_getFile(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        stored = self._files.get(str(params.get("file_id") or ""))
+        if stored is None:
+            raise bad_request("invalid file_id")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(stored.data),
+            "file_path": stored.file_path,
+        }
+
+    def _send_media(self, kind: str, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        chat_id = self._known_chat(params)
+        value = params.get(kind)
+        name = kind
+        if isinstance(value, str) and value.startswith("attach://"):
+            name = value.removeprefix("attach://")
+        filename: str | None = None
+        if name in files:
+            filename, data = files[name]
+            ext = filename.rsplit(".", 1)[-1].lower() if filename and "." in filename else "bin"
+            stored = self.register_file(data, kind=kind, ext=ext)
+        elif isinstance(value, str) and value in self._files:
+            stored = self._files[value]
+        else:
+            raise bad_request("wrong file identifier/HTTP URL specified")
+        caption = self._caption(params.get("caption"))
+        size = image_size(stored.data) if kind == "photo" else None
+        if kind == "photo" and size is None:
+            raise bad_request("IMAGE_PROCESS_FAILED")
+        base = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(stored.data),
+        }
+        width, height = size or (512, 512)
+        media: dict[str, Any]
+        if kind == "photo":
+            media = {"photo": [{**base, "width": width, "height": height}]}
+        elif kind == "document":
+            media = {"document": {**base, "file_name": filename or "file"}}
+        elif kind == "animation":
+            anim = {**base, "width": width, "height": height, "duration": 1}
+            media = {"animation": {**anim, "file_name": filename or "animation.gif"}}
+            media["document"] = dict(base)
+        else:
+            media = {"video": {**base, "width": width, "height": height, "duration": 1}}
+        msg = self._bot_message(
+            chat_id,
+            params,
+            caption=caption,
+            media_kind=kind,
+            file_id=stored.file_id,
+            filename=filename,
+            width=width,
+            height=height,
+            media_fields=media,
+        )
+        return self.message_dict(msg)
+
+    def _m_sendPhoto(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("photo", params, files)
+
+    def _m_sendDocument(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("document", params, files)
+
+    def _m_sendAnimation(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("animation", params, files)
+
+    def _m_sendVideo(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
+        return self._send_media("video", params, files)

@@ -1,0 +1,281 @@
+"""The web chat of local mode: a page where a person talks to the real bot.
+
+Routes (starlette):
+
+* ``GET /`` and ``/static/*`` — the page (plain HTML/JS/CSS, no external resources).
+* ``GET /api/state?since=<version>&wait=<s>&lang=<code>&notice=<id>`` — the chat as JSON; a
+  long poll: it answers once the chat changed after ``since`` (a message, a live edit of the
+  progress message, a callback answer) or after ``wait`` seconds.
+* ``POST /api/send`` ``{"text", "lang", "reply_to"?}`` — a text message (``/command`` too).
+* ``POST /api/upload`` (multipart: ``file``, ``caption``, ``lang``, ``as_file``) — a photo, or
+  with ``as_file`` an image document (masks for /inpaint keep their exact pixels that way).
+* ``POST /api/press`` ``{"message_id", "data", "lang"}`` — press an inline button.
+* ``GET /media/<file_id>`` — a file of the chat (what the bot sent, what the user uploaded).
+* ``GET /healthz``.
+
+Every POST needs the header ``X-Local-Chat: 1`` (a browser sends it cross-origin only after a
+CORS preflight, which is never granted) and, on a loopback bind, the ``Host`` must be
+loopback too (no DNS rebinding): other web pages cannot drive the bot as the local admin.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from bot.local.emulator import MAX_UPLOAD, BotApiEmulator, Message, parse_multipart
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+MAX_WAIT = 25.0
+LOCAL_HEADER = "x-local-chat"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_LANG_RE = re.compile(r"[a-z]{2,3}")
+_SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+        "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+def language_code(value: Any) -> str | None:
+    """The primary subtag of a browser language (``de-AT`` → ``de``); None when unusable."""
+    if not isinstance(value, str):
+        return None
+    primary = value.strip().lower().replace("_", "-").split("-", 1)[0]
+    return primary if _LANG_RE.fullmatch(primary) else None
+
+
+def _snippet(msg: Message) -> str:
+    text = msg.text if msg.text is not None else (msg.caption or "")
+    if not text:
+        text = {"photo": "🖼", "document": "📄", "animation": "🎞", "video": "🎬"}.get(
+            msg.media_kind or "", ""
+        )
+    return text[:80]
+
+
+def message_view(emulator: BotApiEmulator, msg: Message) -> dict[str, Any]:
+    """What the page needs to draw one message."""
+    out: dict[str, Any] = {
+        "id": msg.message_id,
+        "out": not msg.from_bot,
+        "text": msg.text,
+        "caption": msg.caption,
+        "kind": msg.media_kind,
+        "edits": msg.edit_count,
+        "date": msg.date,
+    }
+    if msg.media_kind and msg.file_id:
+        out["media"] = f"/media/{msg.file_id}"
+        out["w"], out["h"] = msg.width, msg.height
+        out["filename"] = msg.filename
+    rows = (msg.reply_markup or {}).get("inline_keyboard") or []
+    if rows:
+        out["buttons"] = [
+            [
+                {k: b[k] for k in ("text", "callback_data", "url") if b.get(k) is not None}
+                for b in row
+            ]
+            for row in rows
+        ]
+    if msg.reply_to is not None:
+        target = emulator.message(msg.chat_id, msg.reply_to)
+        if target is not None and not target.deleted:
+            out["reply_to"] = {"id": target.message_id, "snippet": _snippet(target)}
+    return out
+
+
+def create_webchat_app(
+    emulator: BotApiEmulator,
+    *,
+    user_id: int,
+    first_name: str = "You",
+    backend_label: str | None = None,
+    loopback_only: bool = True,
+) -> Starlette:
+    """The web chat for the single local user ``user_id`` (also the chat id)."""
+
+    def user(lang: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+        code = language_code(lang)
+        if code:
+            out["language_code"] = code
+        return out
+
+    def check_post(request: Request) -> Response | None:
+        if request.headers.get(LOCAL_HEADER) != "1":
+            return JSONResponse({"error": "missing X-Local-Chat header"}, status_code=403)
+        return None
+
+    async def json_body(request: Request) -> dict[str, Any] | None:
+        try:
+            body = await request.json()
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def index(request: Request) -> Response:
+        response = FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+    async def state(request: Request) -> Response:
+        q = request.query_params
+        try:
+            since = int(q.get("since", "-1"))
+            wait = min(MAX_WAIT, max(0.0, float(q.get("wait", "0"))))
+            notice_after = int(q.get("notice", "0"))
+        except ValueError:
+            return JSONResponse({"error": "bad query"}, status_code=400)
+        version = await emulator.wait_changed(since, wait)
+        lang = language_code(q.get("lang")) or ""
+        commands = emulator.commands.get(lang) or emulator.commands.get("", [])
+        return JSONResponse(
+            {
+                "version": version,
+                "bot": {
+                    "name": emulator.bot_user["first_name"],
+                    "username": emulator.bot_user["username"],
+                },
+                "user_id": user_id,
+                "backend": backend_label,
+                "typing": emulator.typing(user_id),
+                "commands": commands,
+                "messages": [message_view(emulator, m) for m in emulator.messages(user_id)],
+                "notices": [
+                    {"id": n.id, "text": n.text, "alert": n.alert}
+                    for n in emulator.notices(user_id, notice_after)
+                ],
+            },
+            headers={"cache-control": "no-store"},
+        )
+
+    async def send(request: Request) -> Response:
+        if (refused := check_post(request)) is not None:
+            return refused
+        body = await json_body(request)
+        if body is None or not isinstance(body.get("text"), str):
+            return JSONResponse({"error": "text is required"}, status_code=400)
+        reply_to = body.get("reply_to")
+        try:
+            msg = emulator.send_text(
+                user(body.get("lang")),
+                body["text"],
+                reply_to=reply_to if isinstance(reply_to, int) else None,
+            )
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"message_id": msg.message_id})
+
+    async def upload(request: Request) -> Response:
+        if (refused := check_post(request)) is not None:
+            return refused
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return JSONResponse({"error": "multipart/form-data expected"}, status_code=400)
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_UPLOAD + 64 * 1024:
+                return JSONResponse({"error": "file is too big"}, status_code=413)
+        # The stdlib parser (like the emulator's): no extra dependency for one small form.
+        fields, files = parse_multipart(content_type, bytes(body))
+        if "file" not in files:
+            return JSONResponse({"error": "file is required"}, status_code=400)
+        filename, data = files["file"]
+        reply_to = fields.get("reply_to", "")
+        try:
+            msg = emulator.send_photo(
+                user(fields.get("lang")),
+                data,
+                caption=fields.get("caption"),
+                filename=filename,
+                as_document=fields.get("as_file") in ("1", "true", "on"),
+                reply_to=int(reply_to) if reply_to.isdigit() else None,
+            )
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"message_id": msg.message_id})
+
+    async def press(request: Request) -> Response:
+        if (refused := check_post(request)) is not None:
+            return refused
+        body = await json_body(request)
+        if body is None or not isinstance(body.get("message_id"), int):
+            return JSONResponse({"error": "message_id is required"}, status_code=400)
+        if not isinstance(body.get("data"), str):
+            return JSONResponse({"error": "data is required"}, status_code=400)
+        try:
+            emulator.press(user(body.get("lang")), body["message_id"], body["data"])
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"ok": True})
+
+    async def media(request: Request) -> Response:
+        stored = emulator.file(request.path_params["file_id"])
+        if stored is None:
+            return PlainTextResponse("not found", status_code=404)
+        headers = {"cache-control": "private, max-age=3600"}
+        if request.query_params.get("download"):
+            ext = stored.file_path.rsplit(".", 1)[-1]
+            headers["content-disposition"] = f'attachment; filename="{stored.file_id}.{ext}"'
+        return Response(stored.data, media_type=stored.content_type, headers=headers)
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    middleware = [Middleware(SecurityHeaders)]
+    if loopback_only:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS)))
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/api/state", state),
+            Route("/api/send", send, methods=["POST"]),
+            Route("/api/upload", upload, methods=["POST"]),
+            Route("/api/press", press, methods=["POST"]),
+            Route("/media/{file_id}", media),
+            Route("/healthz", healthz),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+        ],
+        middleware=middleware,
+    )
+
+
+class SecurityHeaders:
+    """ASGI middleware: a strict CSP (the page loads nothing from elsewhere) and friends."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                for name, value in _SECURITY_HEADERS.items():
+                    if name.encode() not in present:
+                        headers.append((name.encode(), value.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,1 @@
+"""End-to-end harness: the real ``python -m bot`` process against loopback fakes."""

@@ -1,0 +1,378 @@
+"""Local mode in process: the real bot behind the Bot API emulator, driven through the web chat
+API on 127.0.0.1 (no browser), with the preview backend on a fast timeline. Plus the
+emulator's Telegram-like answers and the backend selection. (``python -m bot`` without a token
+is tested in tests/test_config.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from bot.app import build_application, get_infra, initialize, shutdown
+from bot.config import Settings, load_settings
+from bot.local.emulator import BotApiEmulator, command_entities
+from bot.local.runner import LOCAL_USER_ID, LocalRuntime, bind_socket, local_mode
+from bot.local.webchat import language_code
+from generation.client import ComfyDeployClient
+from generation.preview import PREVIEW_DEPLOYMENTS, PreviewBackend
+from handlers.deps import get_services
+
+WAIT = 15.0  # upper bound for one scenario step (never reached when things work)
+HEADERS = {"X-Local-Chat": "1"}
+PROMPT = "a lighthouse at dusk"
+
+
+def make_settings(tmp_path: Path, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_path": str(tmp_path / "bot.sqlite3"),
+        "progress_edit_interval": 0.05,
+        "run_poll_interval": 0.2,
+    }
+    values.update(extra)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
+    sock = bind_socket("127.0.0.1", 0)
+    async with local_mode(make_settings(tmp_path), sock=sock, preview_step_seconds=0.05) as rt:
+        yield rt
+
+
+@pytest.fixture
+async def client(runtime: LocalRuntime) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=runtime.url, headers=HEADERS, timeout=10) as c:
+        yield c
+
+
+class Chat:
+    """Reads the chat through the page's long poll and remembers every state it saw."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.version = -1
+        self.state: dict[str, Any] = {}
+        self.seen_texts: dict[int, list[str]] = {}
+
+    async def send(self, text: str, lang: str = "en") -> int:
+        r = await self.client.post("/api/send", json={"text": text, "lang": lang})
+        assert r.status_code == 200, r.text
+        return r.json()["message_id"]
+
+    async def refresh(self, wait: float = 2.0) -> dict[str, Any]:
+        r = await self.client.get(
+            "/api/state", params={"since": self.version, "wait": wait, "lang": "en"}
+        )
+        assert r.status_code == 200
+        self.state = r.json()
+        self.version = self.state["version"]
+        for m in self.state["messages"]:
+            texts = self.seen_texts.setdefault(m["id"], [])
+            body = m["text"] if m["text"] is not None else m["caption"]
+            if not texts or texts[-1] != body:
+                texts.append(body)
+        return self.state
+
+    async def until(self, predicate: Callable[[list[dict[str, Any]]], Any], what: str) -> Any:
+        """Long-poll until ``predicate(messages)`` is truthy (bounded by WAIT)."""
+        try:
+            async with asyncio.timeout(WAIT):
+                while True:
+                    state = await self.refresh()
+                    if result := predicate(state["messages"]):
+                        return result
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}: {self.state}") from None
+
+
+def bot_photos(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in messages if not m["out"] and m["kind"] == "photo"]
+
+
+def reply_to(message_id: int) -> Callable[[list[dict[str, Any]]], Any]:
+    def find(messages: list[dict[str, Any]]) -> Any:
+        for m in messages:
+            if not m["out"] and (m.get("reply_to") or {}).get("id") == message_id:
+                return m
+        return None
+
+    return find
+
+
+def answer_to(message_id: int) -> Callable[[list[dict[str, Any]]], Any]:
+    """The bot's first message after ``message_id`` (a reply or not)."""
+
+    def find(messages: list[dict[str, Any]]) -> Any:
+        return next((m for m in messages if not m["out"] and m["id"] > message_id), None)
+
+    return find
+
+
+def png_bytes(size: tuple[int, int] = (96, 64), colour: str = "teal") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ the whole flow
+
+
+async def test_make_shows_live_progress_then_the_photo_and_buttons_work(
+    runtime: LocalRuntime, client: httpx.AsyncClient
+) -> None:
+    chat = Chat(client)
+    first = await chat.refresh(wait=0)
+    assert first["backend"] == "preview" and first["messages"] == []
+    assert any(c["command"] == "make" for c in first["commands"])  # the bot's command menu
+
+    request_id = await chat.send(f"/make {PROMPT}")
+    progress = await chat.until(reply_to(request_id), "the progress message")
+    assert "preview" in progress["text"]  # the preview backend is named in the progress text
+
+    photo = (await chat.until(bot_photos, "the photo"))[0]
+    assert PROMPT in photo["caption"]
+    final = next(m for m in chat.state["messages"] if m["id"] == progress["id"])
+    assert final["edits"] >= 1  # the same message was edited in place, not re-sent
+    assert len(chat.seen_texts[progress["id"]]) >= 2, chat.seen_texts[progress["id"]]
+
+    media = await client.get(photo["media"])
+    assert media.status_code == 200 and media.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(media.content)) as image:
+        assert image.size == (photo["w"], photo["h"]) == (1024, 1024)
+
+    # a result button: "again with a new seed" makes a second photo
+    buttons = [b for row in photo["buttons"] for b in row if "callback_data" in b]
+    assert buttons, photo
+    again = next(b for b in buttons if b["callback_data"].startswith("r:ag:"))
+    r = await client.post(
+        "/api/press", json={"message_id": photo["id"], "data": again["callback_data"]}
+    )
+    assert r.status_code == 200, r.text
+    photos = await chat.until(lambda ms: len(bot_photos(ms)) >= 2 and bot_photos(ms), "2nd photo")
+    assert photos[1]["caption"] != photos[0]["caption"]  # a new seed
+
+
+async def test_uploaded_photo_with_i2i_caption_is_transformed(
+    runtime: LocalRuntime, client: httpx.AsyncClient
+) -> None:
+    chat = Chat(client)
+    r = await client.post(
+        "/api/upload",
+        data={"caption": "/i2i as a watercolor", "lang": "en", "as_file": "0"},
+        files={"file": ("cat.png", png_bytes((300, 200)), "image/png")},
+    )
+    assert r.status_code == 200, r.text
+    upload_id = r.json()["message_id"]
+    state = await chat.refresh(wait=0)
+    sent = next(m for m in state["messages"] if m["id"] == upload_id)
+    assert sent["out"] and sent["kind"] == "photo" and (sent["w"], sent["h"]) == (300, 200)
+
+    photo = (await chat.until(bot_photos, "the i2i result"))[0]
+    result = await client.get(photo["media"])
+    with Image.open(io.BytesIO(result.content)) as image:
+        assert image.size == (300, 200)  # rendered from the uploaded photo (its aspect)
+
+
+async def test_local_user_is_an_admin_and_sees_the_preview_deployments(
+    runtime: LocalRuntime, client: httpx.AsyncClient
+) -> None:
+    chat = Chat(client)
+    request_id = await chat.send("/deployments")
+    answer = await chat.until(answer_to(request_id), "the deployments list")
+    assert PREVIEW_DEPLOYMENTS["MAKE"] in answer["text"]
+    services = get_services(runtime.application)
+    assert LOCAL_USER_ID in services.config.admin_ids
+    assert isinstance(get_infra(runtime.application).client, PreviewBackend)
+
+
+async def test_browser_language_reaches_the_bot(
+    runtime: LocalRuntime, client: httpx.AsyncClient
+) -> None:
+    chat = Chat(client)
+    request_id = await chat.send("/help", lang="de-DE")
+    answer = await chat.until(answer_to(request_id), "the help text")
+    i18n = get_services(runtime.application).i18n
+    assert answer["text"].startswith(i18n.t("de", "help.user"))
+    assert i18n.t("de", "help.user") != i18n.t("en", "help.user")
+
+
+async def test_posts_need_the_local_header_and_a_loopback_host(
+    runtime: LocalRuntime,
+) -> None:
+    async with httpx.AsyncClient(base_url=runtime.url, timeout=5) as bare:
+        r = await bare.post("/api/send", json={"text": "/start"})
+        assert r.status_code == 403
+        r = await bare.get("/api/state", headers={"host": "evil.example"})
+        assert r.status_code == 400  # DNS rebinding guard
+        page = await bare.get("/")
+        assert page.status_code == 200 and "app.js" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        for asset in ("/static/app.js", "/static/style.css"):
+            assert (await bare.get(asset)).status_code == 200
+    assert runtime.emulator.messages(LOCAL_USER_ID) == []  # nothing reached the bot
+
+
+async def test_bad_uploads_and_presses_are_refused(
+    runtime: LocalRuntime, client: httpx.AsyncClient
+) -> None:
+    r = await client.post(
+        "/api/upload", files={"file": ("x.png", b"not an image", "image/png")}, data={}
+    )
+    assert r.status_code == 400 and "image" in r.json()["error"]
+    r = await client.post("/api/press", json={"message_id": 99, "data": "zz"})
+    assert r.status_code == 404
+    r = await client.post("/api/send", json={"text": "   "})
+    assert r.status_code == 400
+    assert (await client.get("/media/nope")).status_code == 404
+
+
+# ------------------------------------------------------------------ the emulator itself
+
+
+async def call(emulator: BotApiEmulator, method: str, **params: Any) -> httpx.Response:
+    async with httpx.AsyncClient(transport=emulator.transport) as c:
+        return await c.post(f"http://api.local/bot{emulator.token}/{method}", json=params)
+
+
+async def test_emulator_answers_like_telegram() -> None:
+    emulator = BotApiEmulator()
+    user = {"id": 5, "is_bot": False, "first_name": "U"}
+    emulator.send_text(user, "/start")
+    sent = await call(emulator, "sendMessage", chat_id=5, text="hello")
+    message_id = sent.json()["result"]["message_id"]
+    same = await call(emulator, "editMessageText", chat_id=5, message_id=message_id, text="hello")
+    assert same.status_code == 400 and "not modified" in same.json()["description"]
+    edited = await call(emulator, "editMessageText", chat_id=5, message_id=message_id, text="hi")
+    assert edited.json()["result"]["edit_date"]
+    assert (await call(emulator, "sendMessage", chat_id=6, text="x")).status_code == 400
+    assert (await call(emulator, "sendMessage", chat_id=5, text=" ")).status_code == 400
+    too_long = {"inline_keyboard": [[{"text": "b", "callback_data": "x" * 65}]]}
+    r = await call(emulator, "sendMessage", chat_id=5, text="k", reply_markup=too_long)
+    assert r.status_code == 400
+    r = await call(emulator, "answerCallbackQuery", callback_query_id="123")
+    assert r.status_code == 400
+    wrong_token = await httpx.AsyncClient(transport=emulator.transport).post(
+        "http://api.local/bot2:other/getMe"
+    )
+    assert wrong_token.status_code == 401
+    updates = (await call(emulator, "getUpdates", offset=0, timeout=0)).json()["result"]
+    assert updates[0]["message"]["entities"][0]["type"] == "bot_command"
+
+
+async def test_emulator_long_polls_and_serves_uploaded_files() -> None:
+    emulator = BotApiEmulator(long_poll_cap=5)
+    user = {"id": 5, "is_bot": False, "first_name": "U"}
+    waiting = asyncio.create_task(call(emulator, "getUpdates", timeout=5))
+    await asyncio.sleep(0)  # let the poll start waiting
+    assert not waiting.done()
+    msg = emulator.send_photo(user, png_bytes(), caption="/i2i x")
+    updates = (await asyncio.wait_for(waiting, 5)).json()["result"]
+    photo = updates[0]["message"]["photo"][-1]
+    assert updates[0]["message"]["caption_entities"][0]["length"] == 4
+    info = (await call(emulator, "getFile", file_id=photo["file_id"])).json()["result"]
+    async with httpx.AsyncClient(transport=emulator.transport) as c:
+        data = await c.get(f"http://api.local/file/bot{emulator.token}/{info['file_path']}")
+    assert data.content == png_bytes() and msg.file_id == photo["file_id"]
+    # a callback on a button that does not exist is refused; on one that does, it queues
+    with pytest.raises(LookupError):
+        emulator.press(user, msg.message_id, "nope")
+
+
+async def test_wait_changed_returns_on_change_or_after_the_wait() -> None:
+    emulator = BotApiEmulator()
+    version = emulator.version
+    assert await emulator.wait_changed(version, 0.01) == version  # nothing changed
+    waiter = asyncio.create_task(emulator.wait_changed(version, 5))
+    await asyncio.sleep(0)
+    emulator.send_text({"id": 1, "is_bot": False, "first_name": "U"}, "hi")
+    assert await asyncio.wait_for(waiter, 5) > version
+    # at shutdown every long poll (the page's and the bot's) answers at once
+    waiter = asyncio.create_task(emulator.wait_changed(emulator.version, 30))
+    poll = asyncio.create_task(call(emulator, "getUpdates", offset=10**6, timeout=30))
+    await asyncio.sleep(0)
+    emulator.close()
+    await asyncio.wait_for(asyncio.gather(waiter, poll), 5)
+    assert await emulator.wait_changed(emulator.version, 30) == emulator.version
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("de-AT", "de"), ("pt_BR", "pt"), ("EN", "en"), ("", None), ("1x", None), (None, None)],
+)
+def test_language_code(raw: Any, expected: str | None) -> None:
+    assert language_code(raw) == expected
+
+
+def test_command_entities() -> None:
+    assert command_entities("/make@bot x") == [{"type": "bot_command", "offset": 0, "length": 9}]
+    assert command_entities("make x") is None
+    assert command_entities("/ nope") is None
+
+
+# ------------------------------------------------------------------ settings and wiring
+
+
+@pytest.mark.parametrize(
+    ("backend", "key", "preview"),
+    [
+        ("auto", None, True),
+        ("auto", "k", False),
+        ("preview", "k", True),
+        ("comfydeploy", None, False),
+    ],
+)
+def test_backend_selection(backend: str, key: str | None, preview: bool) -> None:
+    settings = Settings(_env_file=None, generation_backend=backend, comfydeploy_api_key=key)
+    assert settings.preview_backend is preview
+
+
+def test_local_mode_listens_on_loopback_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LISTEN_HOST", raising=False)
+    assert load_settings(_env_file=None).local_listen_host == "127.0.0.1"
+    monkeypatch.setenv("LISTEN_HOST", "")
+    assert load_settings(_env_file=None).local_listen_host == "127.0.0.1"
+    assert load_settings(_env_file=None).listen_host == "0.0.0.0"  # webhook mode default
+    monkeypatch.setenv("LISTEN_HOST", "0.0.0.0")
+    assert load_settings(_env_file=None).local_listen_host == "0.0.0.0"
+
+
+async def test_preview_setting_with_a_token_uses_the_preview_backend(tmp_path: Path) -> None:
+    emulator = BotApiEmulator(token="42:TestToken")
+    from telegram.request import HTTPXRequest
+
+    def request() -> HTTPXRequest:
+        return HTTPXRequest(httpx_kwargs={"transport": emulator.transport})
+
+    async def start(**extra: Any) -> Any:
+        settings = make_settings(tmp_path, telegram_bot_token=emulator.token, **extra)
+        app = build_application(settings, request=request(), get_updates_request=request())
+        await initialize(app)
+        return app
+
+    app = await start(generation_backend="preview", comfydeploy_api_key="real-key")
+    try:
+        services = get_services(app)
+        assert isinstance(get_infra(app).client, PreviewBackend)
+        assert services.extras["backend_label"] == "preview"
+        assert services.extras["http_transport"] is get_infra(app).client.transport
+        stored = await services.storage.deployments.list_deployments("MAKE")
+        assert [d.deployment_id for d in stored] == [PREVIEW_DEPLOYMENTS["MAKE"]]
+    finally:
+        await shutdown(app)
+    # back on ComfyDeploy: the preview deployments are removed, nothing is labelled preview
+    app = await start(generation_backend="comfydeploy", comfydeploy_api_key="real-key")
+    try:
+        services = get_services(app)
+        assert isinstance(get_infra(app).client, ComfyDeployClient)
+        assert "backend_label" not in services.extras
+        assert await services.storage.deployments.list_deployments() == []
+    finally:
+        await shutdown(app)
