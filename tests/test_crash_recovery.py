@@ -30,7 +30,6 @@ import pytest
 from tests.e2e.harness import USER_ID, BotWorld, bot_world
 from tests.fakes.comfydeploy import Timeline
 
-
 LOCALE = json.loads((Path(__file__).resolve().parents[1] / "locales" / "en.json").read_text())
 DONE = LOCALE["progress.done"]
 FAILED_UNCERTAIN = LOCALE["progress.failed"].format(reason=LOCALE["error.SUBMIT_UNCERTAIN"])
@@ -161,9 +160,7 @@ async def test_kill_while_running_progress_picks_up(tmp_path: Path) -> None:
         backend = await world.wait_backend_run()
         await world.cd.advance(backend.id, steps=5)  # queued, started, running, 2 ticks
         await world.wait_run(lambda r: r["progress"] > 0.5, what="progress in the database")
-        running = LOCALE["progress.running_status"].format(
-            percent=57, status="Executing KSampler"
-        )
+        running = LOCALE["progress.running_status"].format(percent=57, status="Executing KSampler")
         await _wait_progress(world, run, running)
         await world.kill()
 

@@ -198,12 +198,22 @@ def updates(draw: st.DrawFn, env: E2E, counter: list[int]) -> dict[str, Any]:
         data = draw(st.sampled_from(CALLBACK_PREFIXES)) + draw(st.text(max_size=40))
         query_id = f"fz{counter[0]}"
         env.fake.callback_queries[query_id] = {"answered": False, "user_id": user_id}
+        # buttons only exist on the bot's own messages: the query's message is one of those
+        bot_message = FakeMessage(
+            message_id=env.fake._new_message_id(chat["id"]),
+            chat_id=chat["id"],
+            from_bot=True,
+            sender=env.fake.bot_user,
+            date=1_700_000_000,
+            text=draw(st.text(min_size=1, max_size=30)),
+        )
+        env.fake._store(bot_message)
         update["callback_query"] = {
             "id": query_id,
             "from": user,
             "chat_instance": "1",
             "data": data.encode()[:64].decode(errors="ignore"),
-            "message": message,
+            "message": env.fake.message_dict(bot_message),
         }
     elif kind == "edited_message":
         message["edit_date"] = 1_700_000_001

@@ -14,7 +14,7 @@ LOCALE = json.loads((Path(__file__).resolve().parents[1] / "locales" / "en.json"
 DONE = LOCALE["progress.done"]
 PRICE = 5
 BALANCE = 20
-EXIT_WITHIN = 40.0  # seconds; the grace periods inside the bot are 10 s at most
+EXIT_WITHIN = 15.0  # seconds; the grace periods inside the bot are 10 s at most
 
 
 async def _stopping(world: BotWorld) -> None:
@@ -80,7 +80,7 @@ async def test_sigterm_lets_the_create_call_in_flight_finish(tmp_path: Path) -> 
         await world.make("a lighthouse at dusk")
         await world.wait_run(lambda r: r["status"] == "submitting" and r["progress_message_id"])
         await wait_until(lambda: world.cd.held.get("create"), what="create held")
-        world.proc.terminate()
+        world.sigterm()
         await _stopping(world)
         world.cd.release()
         assert await world.terminate(EXIT_WITHIN) == 0
@@ -105,7 +105,7 @@ async def test_sigterm_finishes_the_delivery_under_way(tmp_path: Path) -> None:
         backend = await world.wait_backend_run()
         await world.cd.run_to_end(backend.id)
         await world.tg.wait_for(lambda: world.tg.held.get("sendPhoto"), what="sendPhoto held")
-        world.proc.terminate()
+        world.sigterm()
         await _stopping(world)
         world.tg.release()
         assert await world.terminate(EXIT_WITHIN) == 0

@@ -88,6 +88,7 @@ class BotWorld:
     env: dict[str, str] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
+    sigterm_sent: bool = False
 
     @property
     def db_path(self) -> str:
@@ -119,7 +120,8 @@ class BotWorld:
         }
         env.pop("PUBLIC_URL", None)
         self.starts += 1
-        log = open(self.tmp / f"bot-{self.starts}.log", "wb")  # noqa: SIM115 - child owns it
+        self.sigterm_sent = False
+        log = open(self.tmp / f"bot-{self.starts}.log", "wb")  # noqa: ASYNC230 - tiny, local
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -145,11 +147,17 @@ class BotWorld:
         self.proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(self.proc.wait(), 10)
 
-    async def terminate(self, timeout: float = 15.0) -> int:  # noqa: ASYNC109
-        """SIGTERM and wait (bounded) for the exit code."""
+    def sigterm(self) -> None:
+        """Send SIGTERM once (a second one would interrupt the graceful shutdown)."""
         assert self.proc is not None
-        if self.proc.returncode is None:
+        if self.proc.returncode is None and not self.sigterm_sent:
+            self.sigterm_sent = True
             self.proc.send_signal(signal.SIGTERM)
+
+    async def terminate(self, timeout: float = 15.0) -> int:  # noqa: ASYNC109
+        """SIGTERM (unless already sent) and wait (bounded) for the exit code."""
+        assert self.proc is not None
+        self.sigterm()
         try:
             return await asyncio.wait_for(self.proc.wait(), timeout)
         except TimeoutError:
