@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import uvicorn
 from telegram import BotCommand, Update
-from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, Defaults, TypeHandler
 from telegram.request import BaseRequest
 
 from bot.config import Settings
@@ -107,6 +107,8 @@ def build_application(
         .base_url(base_url)
         .base_file_url(base_file_url)
         .concurrent_updates(PerChatUpdateProcessor(max_running=MAX_RUNNING_UPDATES))
+        # A reply to a message the user deleted meanwhile is still sent, not an error.
+        .defaults(Defaults(allow_sending_without_reply=True))
         .post_init(_post_init)
         .post_stop(_post_stop)
         .post_shutdown(_post_shutdown)

@@ -558,3 +558,12 @@ async def test_again_on_i2i_result_asks_for_the_photo(e2e: E2E) -> None:
     answer = await e2e.tap(alice, photo, f"r:ag:{run.id}")
     assert answer["text"] == e2e.t("result.again_needs_photo") and answer["show_alert"]
     assert len(e2e.cd.create_calls) == 1
+
+
+async def test_reply_to_a_deleted_command_is_still_sent(e2e: E2E) -> None:
+    """The user deletes their command before the bot answers: the answer still arrives."""
+    alice = e2e.fake.user(1099)
+    update = alice.send_command("/make", None, queue=False)
+    e2e.fake.message(alice.id, update["message"]["message_id"]).deleted = True
+    await e2e.feed(update)
+    assert e2e.fake.last_message(alice.id).text == e2e.t("gen.make_usage")
