@@ -101,6 +101,15 @@ async def submit(
     has been told why)."""
     services = get_services(context)
     lang = caller.lang
+    if message.from_user is not None and not message.from_user.is_bot:
+        seen = await services.storage.runs.find_run_for_message(
+            caller.user_id, message.chat_id, message.message_id
+        )
+        if seen is not None:  # the same message again (redelivered after a restart)
+            log.info("message %s already started run %s", message.message_id, seen.id)
+            if seen.progress_message_id is None and not seen.is_terminal:
+                await show_progress_message(message, services, seen, lang)
+            return seen
     prompt = (prompt or "").strip()
     if len(prompt) > MAX_PROMPT_LENGTH:
         await reply(

@@ -229,6 +229,19 @@ class RunRepository:
             f"SELECT * FROM runs WHERE {where} ORDER BY created_at DESC, rowid DESC", params
         )
 
+    async def find_run_for_message(
+        self, user_id: int, chat_id: int, message_id: int
+    ) -> RunRecord | None:
+        """The run a user's chat message already started (``meta.reply_to_message_id``), so a
+        message seen again after a crash (Telegram redelivers unconfirmed updates) does not
+        start a second generation."""
+        return await self._one(
+            "SELECT * FROM runs WHERE user_id = ? AND chat_id = ?"
+            " AND json_extract(meta, '$.reply_to_message_id') = ?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (user_id, chat_id, message_id),
+        )
+
     async def count_by_status(self) -> dict[str, int]:
         async with self._db.read() as conn:
             rows = await conn.execute_fetchall(

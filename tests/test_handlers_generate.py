@@ -567,3 +567,16 @@ async def test_reply_to_a_deleted_command_is_still_sent(e2e: E2E) -> None:
     e2e.fake.message(alice.id, update["message"]["message_id"]).deleted = True
     await e2e.feed(update)
     assert e2e.fake.last_message(alice.id).text == e2e.t("gen.make_usage")
+
+
+async def test_same_message_twice_starts_one_run(e2e: E2E) -> None:
+    """Telegram redelivers updates that were not confirmed before a crash: one run only."""
+    await e2e.add_deployment()
+    alice = e2e.fake.user(1098)
+    update = alice.send_command("/make a fox", None, queue=False)
+    await e2e.feed(update)
+    await e2e.feed(update)
+    runs = await e2e.storage.runs.list_user_runs(alice.id, active_only=False)
+    assert len(runs) == 1
+    progress = [m for m in e2e.fake.messages(alice.id) if m.reply_to_message_id]
+    assert len(progress) == 1

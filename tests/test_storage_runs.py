@@ -254,3 +254,20 @@ async def test_repositories_implement_generation_ports(storage: Storage) -> None
             ], f"{type(repo).__name__}.{name} does not match {protocol.__name__}"
             assert inspect.iscoroutinefunction(getattr(repo, name))
     assert dataclasses.is_dataclass(await storage.runs.create_run(_run()))
+
+
+async def test_find_run_for_message(storage) -> None:  # type: ignore[no-untyped-def]
+    from generation.models import RunRecord
+
+    run = RunRecord(
+        id="a" * 32,
+        user_id=5,
+        chat_id=-9,
+        type="MAKE",
+        request={},
+        meta={"reply_to_message_id": 77},
+    )
+    await storage.runs.create_run(run)
+    assert (await storage.runs.find_run_for_message(5, -9, 77)).id == run.id
+    assert await storage.runs.find_run_for_message(5, -9, 78) is None
+    assert await storage.runs.find_run_for_message(6, -9, 77) is None
