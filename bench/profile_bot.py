@@ -13,8 +13,7 @@ import sys
 from typing import Any
 
 
-def main() -> int:
-    out = sys.argv[1] if len(sys.argv) > 1 else "bot.prof"
+def run_profiled(out: str) -> int:
     from bot.__main__ import main as bot_main
 
     profiler = cProfile.Profile()
@@ -31,6 +30,10 @@ def main() -> int:
     finally:
         profiler.disable()
         profiler.dump_stats(out)
+
+
+def main() -> int:
+    return run_profiled(sys.argv[1] if len(sys.argv) > 1 else "bot.prof")
 
 
 if __name__ == "__main__":

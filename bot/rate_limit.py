@@ -30,6 +30,8 @@ from typing import Any
 from telegram.error import RetryAfter
 from telegram.ext import AIORateLimiter
 
+from handlers.progress import retry_after_seconds
+
 log = logging.getLogger(__name__)
 
 OVERALL_PER_SECOND = 29  # a little under Telegram's 30/s, spread evenly
@@ -39,10 +41,6 @@ RETRY_MARGIN = 0.1
 DROPPABLE_ENDPOINTS = frozenset(
     {"editMessageText", "editMessageCaption", "editMessageReplyMarkup", "answerCallbackQuery"}
 )
-
-
-def _retry_after_seconds(exc: RetryAfter) -> float:
-    return exc._retry_after.total_seconds()  # the public attribute warns about its type
 
 
 class BotRateLimiter(AIORateLimiter):
@@ -111,10 +109,10 @@ class BotRateLimiter(AIORateLimiter):
                     kwargs=kwargs,
                 )
             except RetryAfter as exc:
-                self._block(chat_id, _retry_after_seconds(exc))
+                self._block(chat_id, retry_after_seconds(exc))
                 if attempt >= attempts:
                     raise
-                delay = _retry_after_seconds(exc) + RETRY_MARGIN
+                delay = retry_after_seconds(exc) + RETRY_MARGIN
                 log.info("%s: flood control, retrying in %.1f s", endpoint, delay)
                 await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
