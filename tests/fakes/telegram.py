@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.parser
-import email.policy
-import io
-import itertools
 import json
 import math
 import re
@@ -30,24 +26,25 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 
+# The Bot API semantics live in the local-mode emulator's core; this module adds the test side.
+from bot.local.emulator import MAX_CALLBACK_DATA as MAX_CALLBACK_DATA
+from bot.local.emulator import MAX_CAPTION as MAX_CAPTION
+from bot.local.emulator import MAX_TEXT as MAX_TEXT
+from bot.local.emulator import NOT_MODIFIED as _NOT_MODIFIED
+from bot.local.emulator import ApiError, BotApiCore, _int, bad_request, image_size, utf16_len
+
 DEFAULT_TOKEN = "123456789:AAFakeTokenForTestsOnly_abcdefghijklm"
 
-MAX_TEXT = 4096
-MAX_CAPTION = 1024
-MAX_CALLBACK_DATA = 64
 MAX_CALLBACK_ANSWER = 200
 PHOTO_UPLOAD_LIMIT = 10 * 1024 * 1024
 FILE_UPLOAD_LIMIT = 50 * 1024 * 1024
 FILE_DOWNLOAD_LIMIT = 20 * 1024 * 1024
 
-NOT_MODIFIED = (
-    "Bad Request: message is not modified: specified new message content and reply markup are "
-    "exactly the same as a current content and reply markup of the message"
-)
+NOT_MODIFIED = f"Bad Request: {_NOT_MODIFIED}"
+
 CHAT_ACTIONS = {
     "typing",
     "upload_photo",
@@ -64,30 +61,6 @@ CHAT_ACTIONS = {
 _COMMAND_RE = re.compile(r"^[a-z0-9_]{1,32}$")
 _SECRET_TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 MEDIA_KINDS = ("photo", "document", "animation", "video", "sticker")
-
-
-class ApiError(Exception):
-    """An error answer of the fake Bot API."""
-
-    def __init__(self, code: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-        self.retry_after = retry_after
-
-    def response(self) -> httpx.Response:
-        body: dict[str, Any] = {
-            "ok": False,
-            "error_code": self.code,
-            "description": self.description,
-        }
-        if self.retry_after is not None:
-            body["parameters"] = {"retry_after": self.retry_after}
-        return httpx.Response(self.code, json=body)
-
-
-def bad_request(description: str) -> ApiError:
-    return ApiError(400, f"Bad Request: {description}")
 
 
 @dataclass(slots=True)
@@ -155,6 +128,22 @@ class FakeMessage:
     edit_count: int = 0
     deleted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reply_to(self) -> int | None:  # the core's name
+        return self.reply_to_message_id
+
+    @reply_to.setter
+    def reply_to(self, value: int | None) -> None:
+        self.reply_to_message_id = value
+
+    @property
+    def media_fields(self) -> dict[str, Any]:  # the core's name
+        return self.extra
+
+    @media_fields.setter
+    def media_fields(self, value: dict[str, Any]) -> None:
+        self.extra = value
 
     @property
     def buttons(self) -> list[dict[str, Any]]:
@@ -251,56 +240,13 @@ _LIMITED_METHODS = {
 }
 
 
-def _parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
-    parser = email.parser.BytesParser(policy=email.policy.HTTP)
-    msg = parser.parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
-    fields: dict[str, str] = {}
-    files: dict[str, tuple[str | None, bytes]] = {}
-    for part in msg.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
-        filename = part.get_filename()
-        if filename is not None or part.get_content_type() not in ("text/plain",):
-            files[str(name)] = (filename, payload)
-        else:
-            fields[str(name)] = payload.decode("utf-8")
-    return fields, files
+class FakeTelegram(BotApiCore):
+    """The fake Bot API: the core's semantics plus the test controls. See the module
+    docstring."""
 
-
-def _decode_value(value: str) -> Any:
-    """Form values are strings; nested objects arrive JSON-encoded."""
-    if value[:1] in ("{", "["):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _int(params: dict[str, Any], name: str, *, required: bool = True) -> int | None:
-    value = params.get(name)
-    if value is None or value == "":
-        if required:
-            raise bad_request(f"{name} is empty" if name != "chat_id" else "chat_id is empty")
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise bad_request(f"invalid {name} specified") from None
-
-
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except Exception:
-        return None
-
-
-class FakeTelegram:
-    """The fake Bot API. See the module docstring."""
+    message_cls = FakeMessage
+    can_join_groups = True
+    accepts_urls = True
 
     def __init__(
         self,
@@ -313,52 +259,32 @@ class FakeTelegram:
         strict_images: bool = True,
         auto_queue: bool = True,
     ) -> None:
-        self.token = token
-        self.bot_id = int(token.split(":", 1)[0])
-        self.bot_username = bot_username
-        self.clock = clock
-        self.long_poll_cap = long_poll_cap
+        super().__init__(
+            token,
+            bot_username=bot_username,
+            bot_name="Fake Bot",
+            clock=clock,
+            long_poll_cap=long_poll_cap,
+            auto_queue=auto_queue,
+        )
         self.strict_images = strict_images
-        self.auto_queue = auto_queue
         self.flood: FloodControl | None = (
             FloodControl() if flood_control is True else (flood_control or None)
         )
         self.transport = httpx.MockTransport(self._handle)
-
-        self.chats: dict[int, FakeChat] = {}
-        self._messages: dict[int, dict[int, FakeMessage]] = {}
-        self._next_message_id: dict[int, int] = {}
-        self.files: dict[str, FakeFile] = {}
-        self._files_by_path: dict[str, FakeFile] = {}
-        self._file_seq = itertools.count(1)
+        self.files: dict[str, FakeFile] = self._files
         self.call_log: list[Call] = []
-        self.commands: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.webhook: dict[str, Any] | None = None
-        self.callback_queries: dict[str, dict[str, Any]] = {}  # id -> {"answered": bool, ...}
-        self._cq_seq = itertools.count(1)
-        self._pending: list[dict[str, Any]] = []
-        self._update_seq = itertools.count(1)
         self._faults: dict[str, deque[_Fault]] = {}
         self._buckets: dict[int, _TokenBucket] = {}
         self._group_windows: dict[int, _Window] = {}
         self._overall = _Window(30, 1.0)
-        self._changed = asyncio.Event()
-        self._updates_arrived = asyncio.Event()
         self.users: dict[int, FakeUser] = {}
         # gates: hold calls of a method (see hold())
         self._gates: dict[str, _Gate] = {}
         self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
 
     # ------------------------------------------------------------------ wiring helpers
-    @property
-    def bot_user(self) -> dict[str, Any]:
-        return {
-            "id": self.bot_id,
-            "is_bot": True,
-            "first_name": "Fake Bot",
-            "username": self.bot_username,
-        }
-
     def request(self, **kwargs: Any) -> Any:
         """A PTB ``HTTPXRequest`` bound to this fake."""
         from telegram.request import HTTPXRequest
@@ -442,9 +368,7 @@ class FakeTelegram:
             chat = FakeChat(
                 chat_id, type_, title=title or (None if type_ == "private" else "Group")
             )
-            self.chats[chat_id] = chat
-            self._messages[chat_id] = {}
-            self._next_message_id[chat_id] = 1
+            self._open_chat(chat_id, chat)
         return chat
 
     def group(self, chat_id: int = -1001234567890, title: str = "Test group") -> FakeChat:
@@ -468,20 +392,6 @@ class FakeTelegram:
         chat.username = username
         return user
 
-    def register_file(self, data: bytes, *, kind: str = "file", ext: str = "bin") -> FakeFile:
-        n = next(self._file_seq)
-        file_id = f"FAKE{kind.upper()}{n:06d}"
-        fake_file = FakeFile(
-            file_id=file_id,
-            file_unique_id=f"U{n:06d}",
-            data=data,
-            file_path=f"{kind}s/file_{n}.{ext}",
-            size=len(data),
-        )
-        self.files[file_id] = fake_file
-        self._files_by_path[fake_file.file_path] = fake_file
-        return fake_file
-
     # ------------------------------------------------------------------ queries
     def messages(self, chat_id: int, *, include_user: bool = False) -> list[FakeMessage]:
         """The bot's messages in a chat, oldest first (with ``include_user`` also the users')."""
@@ -495,9 +405,6 @@ class FakeTelegram:
         msgs = self.messages(chat_id, include_user=include_user)
         return msgs[-1] if msgs else None
 
-    def message(self, chat_id: int, message_id: int) -> FakeMessage | None:
-        return self._messages.get(chat_id, {}).get(message_id)
-
     def calls(self, method: str | None = None) -> list[Call]:
         return [c for c in self.call_log if method is None or c.method == method]
 
@@ -506,7 +413,7 @@ class FakeTelegram:
 
     @property
     def pending_updates(self) -> list[dict[str, Any]]:
-        return list(self._pending)
+        return list(self._updates)
 
     async def wait_for(
         self,
@@ -553,69 +460,19 @@ class FakeTelegram:
 
         return await self.wait_for(find, timeout=timeout, what=f"a message {contains!r}")
 
-    # ------------------------------------------------------------------ updates
-    def push_update(self, payload: dict[str, Any], *, queue: bool | None = None) -> dict[str, Any]:
-        """Give ``payload`` (without ``update_id``) an id; queue it for getUpdates."""
-        update = {"update_id": next(self._update_seq), **payload}
-        if self.auto_queue if queue is None else queue:
-            self._pending.append(update)
-            self._updates_arrived.set()
-        return update
-
     # ------------------------------------------------------------------ state changes
-    def _touch(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _store(self, msg: FakeMessage) -> FakeMessage:
-        self._messages[msg.chat_id][msg.message_id] = msg
-        self._touch()
-        return msg
-
     def _new_message_id(self, chat_id: int) -> int:
-        n = self._next_message_id[chat_id]
-        self._next_message_id[chat_id] = n + 1
-        return n
-
-    def message_dict(self, msg: FakeMessage, *, with_reply: bool = True) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "message_id": msg.message_id,
-            "date": msg.date,
-            "chat": self.chats[msg.chat_id].to_dict(),
-            "from": msg.sender,
-        }
-        if msg.text is not None:
-            out["text"] = msg.text
-        if msg.entities:
-            out["entities" if msg.text is not None else "caption_entities"] = msg.entities
-        if msg.caption is not None:
-            out["caption"] = msg.caption
-        if msg.reply_markup:
-            out["reply_markup"] = msg.reply_markup
-        if msg.message_thread_id is not None:
-            out["message_thread_id"] = msg.message_thread_id
-            out["is_topic_message"] = True
-        if msg.edit_count:
-            out["edit_date"] = msg.date + msg.edit_count
-        if with_reply and msg.reply_to_message_id is not None:
-            target = self.message(msg.chat_id, msg.reply_to_message_id)
-            if target is not None:
-                out["reply_to_message"] = self.message_dict(target, with_reply=False)
-        out.update(msg.extra)
-        return out
+        return self._new_id(chat_id)
 
     # ------------------------------------------------------------------ transport
     async def _handle(self, request: httpx.Request) -> httpx.Response:
-        path = request.url.path
-        if request.method == "GET" and path.startswith("/file/bot"):
-            return self._download(path)
-        match = re.fullmatch(r"/bot([^/]+)/([A-Za-z]+)", path)
-        if match is None:
-            return ApiError(404, "Not Found").response()
-        token, method = match.groups()
-        if token != self.token:
-            return ApiError(401, "Unauthorized").response()
-        params, files = self._parse(request)
+        return await self.handle(request)
+
+    async def _answer(
+        self, request: httpx.Request, method: str, params: dict[str, Any], files: dict[str, Any]
+    ) -> httpx.Response:
+        """The core's answer wrapped in the test controls: call log, gates, scripted faults
+        and flood control."""
         call = Call(method, params, files)
         self.call_log.append(call)
         if await self._pass_gate(method, after_handling=False):
@@ -633,14 +490,9 @@ class FakeTelegram:
                         fault.retry_after,
                     )
                 raise ApiError(fault.status, fault.description or "Scripted failure")
-            handler = getattr(self, f"_m_{method}", None)
-            if handler is None:
-                raise ApiError(404, "Not Found")
             if method in _LIMITED_METHODS:
                 self._flood_check(params)
-            result = handler(params, files)
-            if asyncio.iscoroutine(result):
-                result = await result
+            result = await self._call(method, params, files)
         except ApiError as exc:
             call.status = exc.code
             return exc.response()
@@ -650,29 +502,6 @@ class FakeTelegram:
     def _take_fault(self, method: str) -> _Fault | None:
         queue = self._faults.get(method)
         return queue.popleft() if queue else None
-
-    def _parse(self, request: httpx.Request) -> tuple[dict[str, Any], dict[str, Any]]:
-        content_type = request.headers.get("content-type", "")
-        body = request.content
-        raw: dict[str, str]
-        files: dict[str, tuple[str | None, bytes]] = {}
-        if content_type.startswith("multipart/form-data"):
-            raw, files = _parse_multipart(content_type, body)
-        elif content_type.startswith("application/json"):
-            data = json.loads(body or b"{}")
-            return data, files
-        else:
-            raw = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
-        return {k: _decode_value(v) for k, v in raw.items()}, files
-
-    def _download(self, path: str) -> httpx.Response:
-        match = re.fullmatch(r"/file/bot([^/]+)/(.+)", path)
-        if match is None or match.group(1) != self.token:
-            return ApiError(401, "Unauthorized").response()
-        fake_file = self._files_by_path.get(match.group(2))
-        if fake_file is None:
-            return ApiError(404, "Not Found").response()
-        return httpx.Response(200, content=fake_file.data)
 
     # ------------------------------------------------------------------ flood control
     def _flood_check(self, params: dict[str, Any]) -> None:
@@ -701,114 +530,69 @@ class FakeTelegram:
         if chat_id is not None and chat_id < 0:
             self._group_windows[chat_id].add(now)
 
-    # ------------------------------------------------------------------ validation helpers
-    def _chat(self, params: dict[str, Any]) -> FakeChat:
-        chat_id = _int(params, "chat_id")
-        assert chat_id is not None
-        chat = self.chats.get(chat_id)
-        if chat is None:
-            raise bad_request("chat not found")
-        return chat
+    # ------------------------------------------------------------------ the core's hooks
+    def _chat_dict(self, chat_id: int) -> dict[str, Any]:
+        return self.chats[chat_id].to_dict()
 
-    @staticmethod
-    def _check_markup(markup: Any) -> dict[str, Any] | None:
-        if markup is None or markup == "":
-            return None
-        if not isinstance(markup, dict):
-            raise bad_request("can't parse reply keyboard markup JSON object")
-        for row in markup.get("inline_keyboard", []) or []:
-            for button in row:
-                if not button.get("text"):
-                    raise bad_request("BUTTON_TEXT_INVALID")
-                data = button.get("callback_data")
-                if data is not None:
-                    size = len(str(data).encode("utf-8"))
-                    if size < 1 or size > MAX_CALLBACK_DATA:
-                        raise bad_request("BUTTON_DATA_INVALID")
-        return markup
-
-    @staticmethod
-    def _check_text(text: Any) -> str:
-        if text is None or not str(text).strip():
-            raise bad_request("message text is empty")
-        text = str(text)
-        if len(text) > MAX_TEXT:
-            raise bad_request("message is too long")
-        return text
-
-    @staticmethod
-    def _check_caption(caption: Any) -> str | None:
-        if caption is None or caption == "":
-            return None
-        caption = str(caption)
-        if len(caption) > MAX_CAPTION:
-            raise bad_request("message caption is too long")
-        return caption
-
-    def _reply_target(self, chat: FakeChat, params: dict[str, Any]) -> int | None:
-        reply = params.get("reply_parameters")
-        allow_missing = False
-        target: int | None = None
-        if isinstance(reply, dict):
-            target = int(reply["message_id"])
-            allow_missing = bool(reply.get("allow_sending_without_reply"))
-        elif params.get("reply_to_message_id") not in (None, ""):
-            target = int(params["reply_to_message_id"])
-            allow_missing = str(params.get("allow_sending_without_reply")).lower() == "true"
-        if target is None:
-            return None
-        msg = self.message(chat.id, target)
-        if msg is None or msg.deleted:
-            if allow_missing:
-                return None
-            raise bad_request("message to be replied not found")
-        return target
-
-    def _new_bot_message(
-        self, chat: FakeChat, params: dict[str, Any], **fields: Any
-    ) -> FakeMessage:
-        markup = self._check_markup(params.get("reply_markup"))
-        reply_to = self._reply_target(chat, params)
-        thread = _int(params, "message_thread_id", required=False)
-        entities = params.get("entities") or params.get("caption_entities")
-        return self._store(
-            FakeMessage(
-                message_id=self._new_message_id(chat.id),
-                chat_id=chat.id,
-                from_bot=True,
-                sender=self.bot_user,
-                date=int(time.time()),
-                reply_markup=markup,
-                reply_to_message_id=reply_to,
-                message_thread_id=thread,
-                parse_mode=params.get("parse_mode") or None,
-                entities=entities if isinstance(entities, list) else None,
-                **fields,
-            )
+    def _new_file(self, n: int, data: bytes, kind: str, ext: str) -> FakeFile:
+        return FakeFile(
+            file_id=f"FAKE{kind.upper()}{n:06d}",
+            file_unique_id=f"U{n:06d}",
+            data=data,
+            file_path=f"{kind}s/file_{n}.{ext}",
+            size=len(data),
         )
 
-    def _editable(self, params: dict[str, Any]) -> FakeMessage:
-        if params.get("inline_message_id"):
-            raise bad_request("MESSAGE_ID_INVALID")
-        chat_id = _int(params, "chat_id")
-        message_id = _int(params, "message_id")
-        assert chat_id is not None and message_id is not None
-        msg = self.message(chat_id, message_id)
-        if msg is None or msg.deleted:
-            raise bad_request("message to edit not found")
-        if not msg.from_bot:
-            raise bad_request("message can't be edited")
-        return msg
+    def message_dict(self, msg: FakeMessage, *, with_reply: bool = True) -> dict[str, Any]:
+        out = super().message_dict(msg, with_reply=with_reply)
+        if msg.message_thread_id is not None:
+            out["message_thread_id"] = msg.message_thread_id
+            out["is_topic_message"] = True
+        return out
 
-    # ------------------------------------------------------------------ methods
-    def _m_getMe(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    def _bot_fields(self, params: dict[str, Any]) -> dict[str, Any]:
+        entities = params.get("entities") or params.get("caption_entities")
         return {
-            **self.bot_user,
-            "can_join_groups": True,
-            "can_read_all_group_messages": False,
-            "supports_inline_queries": False,
+            "message_thread_id": _int(params, "message_thread_id", required=False),
+            "parse_mode": params.get("parse_mode") or None,
+            "entities": entities if isinstance(entities, list) else None,
         }
 
+    def _text_edit_fields(self, params: dict[str, Any]) -> dict[str, Any]:
+        entities = params.get("entities")
+        return {
+            "entities": entities if isinstance(entities, list) else None,
+            "parse_mode": params.get("parse_mode") or None,
+        }
+
+    def _media_size(self, kind: str, data: bytes | None, ref: str | None) -> tuple[int, int] | None:
+        """Upload size limits; with ``strict_images`` a photo upload must be a valid image."""
+        if data is None or ref is not None:
+            return None
+        if len(data) > (PHOTO_UPLOAD_LIMIT if kind == "photo" else FILE_UPLOAD_LIMIT):
+            raise bad_request(f"{'photo' if kind == 'photo' else 'file'} is too big")
+        if kind != "photo" or not self.strict_images:
+            return None
+        size = image_size(data)
+        if size is None:
+            raise bad_request("IMAGE_PROCESS_FAILED")
+        width, height = size
+        if width + height > 10000 or max(width, height) > 20 * min(width, height):
+            raise bad_request("PHOTO_INVALID_DIMENSIONS")
+        return size
+
+    def _media_file(
+        self, kind: str, data: bytes | None, filename: str | None, ref: str | None
+    ) -> FakeFile | None:
+        if data is None:
+            return None
+        ext = filename.rsplit(".", 1)[-1] if filename and "." in filename else "bin"
+        return self.register_file(data, kind=kind, ext=ext)
+
+    def _media_message_fields(self, data: bytes | None, ref: str | None) -> dict[str, Any]:
+        return {"media": data if ref is None else None, "media_ref": ref, "mime_type": None}
+
+    # ------------------------------------------------------------------ stricter methods
     async def _m_getUpdates(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
         if self.webhook is not None:
             raise ApiError(
@@ -816,26 +600,11 @@ class FakeTelegram:
                 "Conflict: can't use getUpdates method while webhook is active; "
                 "use deleteWebhook to delete the webhook first",
             )
-        offset = _int(params, "offset", required=False) or 0
-        limit = _int(params, "limit", required=False) or 100
-        timeout = float(params.get("timeout") or 0)
-        if offset:
-            self._pending = [u for u in self._pending if u["update_id"] >= offset]
-        if not self._pending and timeout > 0:
-            self._updates_arrived.clear()
-            try:
-                await asyncio.wait_for(
-                    self._updates_arrived.wait(), min(timeout, self.long_poll_cap)
-                )
-            except TimeoutError:
-                pass
-        return self._pending[:limit]
+        return await super()._m_getUpdates(params, files)
 
     def _m_deleteWebhook(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
         self.webhook = None
-        if str(params.get("drop_pending_updates", "")).lower() == "true":
-            self._pending.clear()
-        return True
+        return super()._m_deleteWebhook(params, files)
 
     def _m_setWebhook(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
         url = params.get("url") or ""
@@ -854,21 +623,20 @@ class FakeTelegram:
         }
         self._touch()
         if str(params.get("drop_pending_updates", "")).lower() == "true":
-            self._pending.clear()
+            self._updates.clear()
         return True
 
     def _m_getWebhookInfo(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
         info: dict[str, Any] = {
             "url": (self.webhook or {}).get("url", ""),
             "has_custom_certificate": False,
-            "pending_update_count": len(self._pending),
+            "pending_update_count": len(self._updates),
         }
         if self.webhook and self.webhook.get("allowed_updates"):
             info["allowed_updates"] = self.webhook["allowed_updates"]
         return info
 
-    @staticmethod
-    def _commands_key(params: dict[str, Any]) -> tuple[str, str]:
+    def _commands_key(self, params: dict[str, Any]) -> tuple[str, str]:
         scope = params.get("scope") or {"type": "default"}
         return (json.dumps(scope, sort_keys=True), str(params.get("language_code") or ""))
 
@@ -885,204 +653,35 @@ class FakeTelegram:
         language = str(params.get("language_code") or "")
         if language and not re.fullmatch(r"[a-z]{2}", language):
             raise bad_request("invalid language code specified")
-        self.commands[self._commands_key(params)] = commands
-        return True
-
-    def _m_getMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
-        return self.commands.get(self._commands_key(params), [])
-
-    def _m_deleteMyCommands(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
-        self.commands.pop(self._commands_key(params), None)
-        return True
-
-    def _m_sendMessage(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
-        chat = self._chat(params)
-        text = self._check_text(params.get("text"))
-        return self.message_dict(self._new_bot_message(chat, params, text=text))
-
-    def _m_editMessageText(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
-        msg = self._editable(params)
-        text = self._check_text(params.get("text"))
-        if msg.text is None:
-            raise bad_request("there is no text in the message to edit")
-        markup = self._check_markup(params.get("reply_markup"))
-        if text == msg.text and markup == msg.reply_markup:
-            raise bad_request(NOT_MODIFIED.removeprefix("Bad Request: "))
-        msg.text = text
-        msg.reply_markup = markup
-        entities = params.get("entities")
-        msg.entities = entities if isinstance(entities, list) else None
-        msg.parse_mode = params.get("parse_mode") or None
-        msg.edit_count += 1
-        self._touch()
-        return self.message_dict(msg)
-
-    def _m_editMessageCaption(
-        self, params: dict[str, Any], files: dict[str, Any]
-    ) -> dict[str, Any]:
-        msg = self._editable(params)
-        if msg.media_kind is None:
-            raise bad_request("there is no caption in the message to edit")
-        caption = self._check_caption(params.get("caption"))
-        markup = self._check_markup(params.get("reply_markup"))
-        if caption == msg.caption and markup == msg.reply_markup:
-            raise bad_request(NOT_MODIFIED.removeprefix("Bad Request: "))
-        msg.caption = caption
-        msg.reply_markup = markup
-        msg.edit_count += 1
-        self._touch()
-        return self.message_dict(msg)
+        return super()._m_setMyCommands(params, files)
 
     def _m_editMessageReplyMarkup(
         self, params: dict[str, Any], files: dict[str, Any]
     ) -> dict[str, Any]:
         msg = self._editable(params)
-        markup = self._check_markup(params.get("reply_markup"))
-        if markup == msg.reply_markup or (not markup and not msg.reply_markup):
-            raise bad_request(NOT_MODIFIED.removeprefix("Bad Request: "))
-        msg.reply_markup = markup
-        msg.edit_count += 1
-        self._touch()
-        return self.message_dict(msg)
-
-    def _m_deleteMessage(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
-        chat_id = _int(params, "chat_id")
-        message_id = _int(params, "message_id")
-        assert chat_id is not None and message_id is not None
-        msg = self.message(chat_id, message_id)
-        if msg is None or msg.deleted:
-            raise bad_request("message to delete not found")
-        msg.deleted = True
-        self._touch()
-        return True
+        if not self._markup(params.get("reply_markup")) and not msg.reply_markup:
+            raise bad_request(_NOT_MODIFIED)  # removing a keyboard the message has not
+        return super()._m_editMessageReplyMarkup(params, files)
 
     def _m_answerCallbackQuery(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
-        query_id = str(params.get("callback_query_id") or "")
-        query = self.callback_queries.get(query_id)
-        if query is None or query["answered"]:
-            raise bad_request(
-                "query is too old and response timeout expired or query ID is invalid"
-            )
         text = params.get("text")
-        if text is not None and len(str(text)) > MAX_CALLBACK_ANSWER:
-            raise bad_request("MESSAGE_TOO_LONG")
-        query.update(
-            answered=True,
-            text=text,
-            show_alert=str(params.get("show_alert", "")).lower() == "true",
-        )
-        self._touch()
-        return True
+        query = self.callback_queries.get(str(params.get("callback_query_id") or ""))
+        if query is not None and not query["answered"]:
+            if text is not None and len(str(text)) > MAX_CALLBACK_ANSWER:
+                raise bad_request("MESSAGE_TOO_LONG")
+        return super()._m_answerCallbackQuery(params, files)
 
     def _m_sendChatAction(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
-        self._chat(params)
+        self._known_chat(params)
         if params.get("action") not in CHAT_ACTIONS:
             raise bad_request("wrong parameter action in request")
         return True
 
     def _m_getFile(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
         fake_file = self.files.get(str(params.get("file_id") or ""))
-        if fake_file is None:
-            raise bad_request("invalid file_id")
-        if fake_file.size > FILE_DOWNLOAD_LIMIT:
+        if fake_file is not None and fake_file.size > FILE_DOWNLOAD_LIMIT:
             raise bad_request("file is too big")
-        return {
-            "file_id": fake_file.file_id,
-            "file_unique_id": fake_file.file_unique_id,
-            "file_size": fake_file.size,
-            "file_path": fake_file.file_path,
-        }
-
-    # media ----------------------------------------------------------------
-    def _media_input(
-        self, kind: str, params: dict[str, Any], files: dict[str, Any]
-    ) -> tuple[bytes | None, str | None, str | None]:
-        """(uploaded bytes, filename, reference) for the ``kind`` parameter."""
-        value = params.get(kind)
-        name = kind
-        if isinstance(value, str) and value.startswith("attach://"):
-            name = value.removeprefix("attach://")
-        if name in files:
-            filename, data = files[name]
-            return data, filename, None
-        if not value:
-            raise bad_request(f"there is no {kind} in the request")
-        value = str(value)
-        if value.startswith(("http://", "https://")):
-            return None, None, value
-        known = self.files.get(value)
-        if known is None:
-            raise bad_request("wrong file identifier/HTTP URL specified")
-        return known.data, None, value
-
-    def _send_media(self, kind: str, params: dict[str, Any], files: dict[str, Any]) -> Any:
-        chat = self._chat(params)
-        data, filename, ref = self._media_input(kind, params, files)
-        caption = self._check_caption(params.get("caption"))
-        limit = PHOTO_UPLOAD_LIMIT if kind == "photo" else FILE_UPLOAD_LIMIT
-        width = height = None
-        if data is not None and ref is None:
-            if len(data) > limit:
-                raise bad_request(f"{'photo' if kind == 'photo' else 'file'} is too big")
-            if kind == "photo" and self.strict_images:
-                size = _image_size(data)
-                if size is None:
-                    raise bad_request("IMAGE_PROCESS_FAILED")
-                width, height = size
-                if width + height > 10000 or max(width, height) > 20 * min(width, height):
-                    raise bad_request("PHOTO_INVALID_DIMENSIONS")
-        ext = (filename or "").rsplit(".", 1)[-1] if filename and "." in filename else "bin"
-        fake_file = (
-            self.register_file(data or b"", kind=kind, ext=ext) if data is not None else None
-        )
-        msg = self._new_bot_message(
-            chat,
-            params,
-            caption=caption,
-            media_kind=kind,
-            media=data if ref is None else None,
-            media_ref=ref,
-            filename=filename,
-            mime_type=None,
-            file_id=fake_file.file_id if fake_file else ref,
-            width=width,
-            height=height,
-        )
-        msg.extra = self._media_fields(msg, fake_file)
-        return self.message_dict(msg)
-
-    @staticmethod
-    def _media_fields(msg: FakeMessage, fake_file: FakeFile | None) -> dict[str, Any]:
-        base = {
-            "file_id": msg.file_id or "URL",
-            "file_unique_id": fake_file.file_unique_id if fake_file else "UURL",
-        }
-        if fake_file:
-            base["file_size"] = fake_file.size
-        dims = {"width": msg.width or 512, "height": msg.height or 512}
-        if msg.media_kind == "photo":
-            return {"photo": [{**base, **dims}]}
-        if msg.media_kind == "document":
-            doc = {**base, "file_name": msg.filename or "file"}
-            return {"document": doc}
-        if msg.media_kind == "animation":
-            anim = {**base, **dims, "duration": 1, "file_name": msg.filename or "animation.gif"}
-            return {"animation": anim, "document": dict(base)}
-        if msg.media_kind == "video":
-            return {"video": {**base, **dims, "duration": 1}}
-        return {}
-
-    def _m_sendPhoto(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
-        return self._send_media("photo", params, files)
-
-    def _m_sendDocument(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
-        return self._send_media("document", params, files)
-
-    def _m_sendAnimation(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
-        return self._send_media("animation", params, files)
-
-    def _m_sendVideo(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
-        return self._send_media("video", params, files)
+        return super()._m_getFile(params, files)
 
 
 class FakeUser:
@@ -1123,16 +722,8 @@ class FakeUser:
         reply_id = reply_to.message_id if isinstance(reply_to, FakeMessage) else reply_to
         if reply_id is not None and self.fake.message(chat_id, reply_id) is None:
             raise AssertionError(f"no message {reply_id} in chat {chat_id} to reply to")
-        msg = self.fake._store(
-            FakeMessage(
-                message_id=self.fake._new_message_id(chat.id),
-                chat_id=chat.id,
-                from_bot=False,
-                sender=self.to_dict(),
-                date=int(time.time()),
-                reply_to_message_id=reply_id,
-                **fields,
-            )
+        msg = self.fake._add_message(
+            chat.id, from_bot=False, sender=self.to_dict(), reply_to=reply_id, **fields
         )
         return self.fake.push_update({"message": self.fake.message_dict(msg)}, queue=queue)
 
@@ -1158,7 +749,7 @@ class FakeUser:
         if not text.startswith("/"):
             raise ValueError("a command starts with '/'")
         length = len(text.split(maxsplit=1)[0])
-        entity = {"type": "bot_command", "offset": 0, "length": _utf16_len(text[:length])}
+        entity = {"type": "bot_command", "offset": 0, "length": utf16_len(text[:length])}
         return self._message(chat_id, reply_to, queue, text=text, entities=[entity])
 
     def send_photo(
@@ -1172,7 +763,7 @@ class FakeUser:
     ) -> dict[str, Any]:
         """A photo as Telegram delivers it: a list of PhotoSizes (largest last)."""
         fake_file = self.fake.register_file(data, kind="photo", ext="jpg")
-        size = _image_size(data) or (512, 512)
+        size = image_size(data) or (512, 512)
         sizes = [
             {
                 "file_id": fake_file.file_id,
@@ -1299,23 +890,7 @@ class FakeUser:
                 break
         else:
             raise AssertionError(f"no button {button!r}; buttons: {current.button_texts}")
-        query_id = f"{self.id}{next(self.fake._cq_seq):08d}"
-        self.fake.callback_queries[query_id] = {
-            "answered": False,
-            "user_id": self.id,
-            "data": data,
-            "message_id": current.message_id,
-        }
-        payload = {
-            "callback_query": {
-                "id": query_id,
-                "from": self.to_dict(),
-                "message": self.fake.message_dict(current),
-                "chat_instance": str(abs(current.chat_id)),
-                "data": data,
-            }
-        }
-        return self.fake.push_update(payload, queue=queue)
+        return self.fake._callback_query(self.to_dict(), current, data, queue=queue)
 
     def callback_answer(self, update: dict[str, Any]) -> dict[str, Any] | None:
         """How the bot answered the callback query of ``update`` (None if it did not)."""
@@ -1323,14 +898,10 @@ class FakeUser:
         return query if query and query["answered"] else None
 
 
-def _utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
 def _caption_command_entity(caption: str | None) -> list[dict[str, Any]] | None:
     if caption and caption.startswith("/"):
         length = len(caption.split(maxsplit=1)[0])
-        return [{"type": "bot_command", "offset": 0, "length": _utf16_len(caption[:length])}]
+        return [{"type": "bot_command", "offset": 0, "length": utf16_len(caption[:length])}]
     return None
 
 
