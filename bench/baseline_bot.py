@@ -80,7 +80,9 @@ async def main() -> None:
     async with application:
         await application.start()
         serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
+        for _ in range(1000):  # bounded readiness wait (≤ 10 s)
+            if server.started or serving.done():
+                break
             await asyncio.sleep(0.01)
         if not serving.done():
             await application.bot.set_webhook(f"{env['PUBLIC_URL']}/telegram", secret_token=secret)

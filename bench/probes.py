@@ -68,7 +68,7 @@ class BenchComfyDeploy(FakeComfyDeploy):
     def __init__(self, probes: Probes, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.probes = probes
-        self.keep_history = True
+        self.finished: list[str] = []  # run ids whose timeline has played out
 
     def _create(self, body: Any) -> _Resp:
         now = time.perf_counter()
@@ -93,10 +93,7 @@ class BenchComfyDeploy(FakeComfyDeploy):
     async def _finish(self, run: FakeRun) -> None:
         await asyncio.sleep(0)  # let the create answer go out first
         await self.run_to_end(run.id)
-        if not self.keep_history:  # memory runs: keep the double's own state small
-            self.runs.pop(run.id, None)
-            for name in [n for n in self.files if n.startswith(run.id)]:
-                self.files.pop(name, None)
+        self.finished.append(run.id)
 
     async def _deliver(self, run: FakeRun, payloads: list[dict[str, Any]], *, final: bool) -> None:
         if final and run.status == "success":
@@ -105,11 +102,18 @@ class BenchComfyDeploy(FakeComfyDeploy):
                 self.probes.mark("success", tag, time.perf_counter())
         await super()._deliver(run, payloads, final=final)
 
-    def trim(self) -> None:
-        """Drop request logs (they grow with every call)."""
+    def trim(self, keep: int = 1000) -> None:
+        """Drop request logs, and runs and output files of all but the ``keep`` most recently
+        finished runs (their outputs may still be downloading), so long runs stay small."""
         self.requests.clear()
         self.create_calls.clear()
         self.webhooks_sent.clear()
+        old, self.finished = self.finished[:-keep], self.finished[-keep:]
+        for run_id in old:
+            self.runs.pop(run_id, None)
+        dropped = set(old)
+        for name in [n for n in self.files if n.split("_", 1)[0] in dropped]:
+            self.files.pop(name, None)
 
 
 class BenchTelegram(FakeTelegram):

@@ -85,9 +85,7 @@ class Phase:
 class Target:
     """A running program under test (the bot or the baseline) and how to talk to it."""
 
-    def __init__(
-        self, kind: str, bench: Bench, proc: asyncio.subprocess.Process, url: str
-    ) -> None:
+    def __init__(self, kind: str, bench: Bench, proc: asyncio.subprocess.Process, url: str) -> None:
         self.kind = kind
         self.bench = bench
         self.proc = proc
@@ -205,7 +203,8 @@ class Bench:
             if target.proc.returncode is not None:
                 break
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"{target.kind} did not start; log:\n{log_path.read_text()[-3000:]}")
+        tail = await asyncio.to_thread(log_path.read_text)
+        raise RuntimeError(f"{target.kind} did not start; log:\n{tail[-3000:]}")
 
     async def _add_deployment(self, target: Target) -> None:
         admin = self.user(ADMIN_ID)
@@ -218,7 +217,7 @@ class Bench:
     # -- load -----------------------------------------------------------------------------
 
     async def one(
-        self, target: Target, user: FakeUser, phase: Phase, timeout: float = TIMEOUT
+        self, target: Target, user: FakeUser, phase: Phase, wait_s: float = TIMEOUT
     ) -> bool:
         """One /make: record overhead (and delivery for the bot); False on a timeout."""
         tag = next(self.tags)
@@ -226,8 +225,8 @@ class Bench:
         done = self.probes.wait("done", tag)
         try:
             sent = await target.make(user, tag)
-            created_at = await asyncio.wait_for(created, timeout)
-            done_at = await asyncio.wait_for(done, timeout)
+            created_at = await asyncio.wait_for(created, wait_s)
+            done_at = await asyncio.wait_for(done, wait_s)
         except (TimeoutError, httpx.HTTPError):
             phase.failures += 1
             self.probes.forget(tag)
@@ -246,13 +245,13 @@ class Bench:
         users: int,
         per_user: int,
         first_user: int = 1000,
-        timeout: float = TIMEOUT,
+        wait_s: float = TIMEOUT,
     ) -> Phase:
         phase = Phase(name)
 
         async def run_user(user: FakeUser) -> None:
             for _ in range(per_user):
-                await self.one(target, user, phase, timeout)
+                await self.one(target, user, phase, wait_s)
 
         started = time.perf_counter()
         await asyncio.gather(*(run_user(self.user(first_user + i)) for i in range(users)))
@@ -321,7 +320,7 @@ class Bench:
         self.tg.limited.clear()
         try:
             phase = await self.closed_loop(
-                target, "flood", users, 1, first_user=30_000, timeout=15.0
+                target, "flood", users, 1, first_user=30_000, wait_s=15.0
             )
             await self.quiesce(target, 3.0)
         finally:
@@ -331,31 +330,37 @@ class Bench:
         return phase
 
     async def memory(self, target: Target, checkpoints: tuple[int, ...], users: int) -> Phase:
-        """Closed loop until each checkpoint of completed generations; VmRSS at each."""
+        """``users`` closed-loop users until each checkpoint of completed generations; VmRSS
+        of the process at each checkpoint, after in-flight work has settled."""
         phase = Phase("memory")
-        self.cd.keep_history = False
         samples: dict[int, float] = {0: target.rss()}
-        done = 0
+        issued = 0
         started = time.perf_counter()
-        ids = itertools.cycle(range(40_000, 40_000 + users * 4))
-        for checkpoint in checkpoints:
-            while done < checkpoint:
-                batch = min(users, checkpoint - done)
-                part = Phase("part")
-                await asyncio.gather(
-                    *(self.one(target, self.user(next(ids)), part) for _ in range(batch))
-                )
-                done += part.count + part.failures
-                phase.failures += part.failures
-                if done % 1000 < batch:
+
+        async def user_loop(user: FakeUser, checkpoint: int) -> None:
+            nonlocal issued
+            while issued < checkpoint:
+                issued += 1
+                if issued % 1000 == 0:
                     self.tg.trim()
                     self.cd.trim()
+                await self.one(target, user, phase)
+
+        for checkpoint in checkpoints:
+            await asyncio.gather(
+                *(user_loop(self.user(40_000 + i), checkpoint) for i in range(users))
+            )
             await self.quiesce(target, 2.0 if target.is_bot else 0.3)
             samples[checkpoint] = target.rss()
-            print(f"  {target.kind:8} after {checkpoint:6} generations: {samples[checkpoint]:.1f} MB")
+            print(
+                f"  {target.kind:8} after {checkpoint:6} generations: "
+                f"{samples[checkpoint]:.1f} MB ({time.perf_counter() - started:.0f} s, "
+                f"failures {phase.failures})",
+                flush=True,
+            )
         phase.wall = time.perf_counter() - started
         phase.extra["rss"] = samples
-        self.cd.keep_history = True
+        phase.overhead.clear()  # not a latency phase
         return phase
 
     # -- the whole run --------------------------------------------------------------------
@@ -431,7 +436,8 @@ def machine() -> str:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-    return f"{os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB RAM, Python {platform.python_version()}"
+    gib = mem_kb / 1024 / 1024
+    return f"{os.cpu_count()} cores, {gib:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def commit() -> str:
@@ -508,13 +514,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     for checkpoint in args.checkpoints:
         vb = mb.extra["rss"].get(checkpoint, math.nan) if mb else math.nan
         vs = msb.extra["rss"].get(checkpoint, math.nan) if msb else math.nan
-        rows.append((f"RSS after {checkpoint:,} generations", f"{vb:.1f} MB", f"{vs:.1f} MB", "—", ""))
+        rows.append(
+            (f"RSS after {checkpoint:,} generations", f"{vb:.1f} MB", f"{vs:.1f} MB", "—", "")
+        )
     if mb and len(args.checkpoints) >= 2:
         first, last = args.checkpoints[0], args.checkpoints[-1]
         growth = mb.extra["rss"][last] - mb.extra["rss"][first]
-        growth_s = (
-            msb.extra["rss"][last] - msb.extra["rss"][first] if msb else math.nan
-        )
+        growth_s = msb.extra["rss"][last] - msb.extra["rss"][first] if msb else math.nan
         met = "yes" if growth < 10 else "NO"
         rows.append(
             (
@@ -592,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     results = asyncio.run(Bench(args).main())
-    print(f"\n== results ({'quick' if args.quick else 'full'} run, {time.perf_counter() - started:.0f} s) ==")
+    print(
+        f"\n== results ({'quick' if args.quick else 'full'} run, "
+        f"{time.perf_counter() - started:.0f} s) =="
+    )
     print(f"date {time.strftime('%Y-%m-%d')}, machine: {machine()}, commit {commit()}\n")
     for line in report(results, args):
         print(line)
