@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -430,6 +432,22 @@ class ReadyServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             self.ready.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Like uvicorn's, but without re-raising the signal once serving stops: uvicorn would
+        kill the process before ``serve_webhook``'s clean shutdown (PTB, the generation
+        service, the database) runs."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 async def serve_webhook(application: Application, settings: Settings) -> None:

@@ -119,3 +119,64 @@ async def test_sigterm_finishes_the_delivery_under_way(tmp_path: Path) -> None:
         assert await world.terminate(EXIT_WITHIN) == 0
         assert len(world.photos()) == 1
         await _ledger(world, BALANCE - PRICE)
+
+
+async def test_sigterm_in_webhook_mode_shuts_down_cleanly(tmp_path: Path) -> None:
+    """Webhook mode: uvicorn owns the signals; SIGTERM must still run the whole shutdown
+    (PTB, the generation service, the database) and exit 0, not die on a re-raised signal."""
+    import asyncio
+    import os
+    import signal
+    import socket
+    import sys
+
+    from tests.e2e.harness import REPO_ROOT, START_TIMEOUT
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with bot_world(tmp_path) as world:
+        env = {
+            **os.environ,
+            "TELEGRAM_BOT_TOKEN": world.tg.token,
+            "TELEGRAM_API_URL": world.tg_root,
+            "COMFYDEPLOY_API_KEY": world.cd.auth_token,
+            "COMFYDEPLOY_API_URL": world.cd_base,
+            "DATABASE_PATH": world.db_path,
+            "PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "LISTEN_HOST": "127.0.0.1",
+            "LISTEN_PORT": str(port),
+            "LOG_LEVEL": "INFO",
+        }
+        log_path = tmp_path / "webhook-bot.log"
+        with open(log_path, "wb") as log:  # noqa: ASYNC230 - tiny, local
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot",
+                env=env,
+                cwd=str(REPO_ROOT),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+        try:
+            await wait_until(
+                lambda: world.tg.calls("setWebhook") or proc.returncode is not None,
+                timeout=START_TIMEOUT,
+                what="the bot to register its webhook",
+            )
+            assert proc.returncode is None, log_path.read_text()
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(EXIT_WITHIN):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        text = log_path.read_text()
+        assert code == 0, text
+        assert "Traceback" not in text, text
+        assert "Application is stopping" in text, text
+        # The database was closed cleanly: SQLite removes the WAL file on the last close.
+        assert not os.path.exists(world.db_path + "-wal"), text  # noqa: ASYNC240
