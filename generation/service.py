@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from generation.errors import (
     AuthFailedError,
@@ -100,6 +100,7 @@ class _Pending:
 
     request: GenerationRequest
     balance: int | None = None
+    run: RunRecord | None = None  # the record as created (spares dispatch a re-read)
 
 
 def request_from_record(data: Mapping[str, Any]) -> GenerationRequest:
@@ -287,10 +288,10 @@ class GenerationService:
             self._reserved[user_id] -= 1
             if self._reserved[user_id] <= 0:
                 del self._reserved[user_id]
-        self._pending[run.id] = _Pending(request, context.balance)
+        self._pending[run.id] = _Pending(request, context.balance, run)
         # Publishes GenerationQueued (via _publish_position) for this run and any that moved.
         self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
-        log.info("run %s queued: type=%s user=%s", run.id, run.type, run.user_id)
+        log.debug("run %s queued: type=%s user=%s", run.id, run.type, run.user_id)
         return run
 
     async def check_status(self, run_id: str) -> RunRecord:
@@ -437,8 +438,13 @@ class GenerationService:
         """Submit one run taken from the queue (what a worker does with each item).
 
         Public so tests and tools can drive dispatch without background workers."""
-        run = await self.runs.get_run(item.run_id)
         pending = self._pending.get(item.run_id)
+        # A pending entry exists only while the run is queued (finishing a run drops it), so
+        # the record kept from ``generate`` is current enough here; ``_submit_to`` re-reads it
+        # under the run's lock before anything is written.
+        run = pending.run if pending is not None else None
+        if run is None:
+            run = await self.runs.get_run(item.run_id)
         if run is None or run.status is not RunStatus.QUEUED or pending is None:
             self.scheduler.release(item.run_id)
             if run is not None and run.status is RunStatus.QUEUED:
@@ -448,10 +454,10 @@ class GenerationService:
         try:
             resolved = validate_request(request)
             image_values = await self._image_values(request)
-            balance = pending.balance
-            if balance is None:
-                balance = await self.balances.get_balance(run.user_id)
             loras = [entry for entry in await self.loras.list_loras() if entry.enabled]
+            balance = pending.balance
+            if balance is None and loras:  # the balance only gates LoRAs (min_balance)
+                balance = await self.balances.get_balance(run.user_id)
         except GenerationError as exc:
             await self.tracker.fail(run.id, exc)
             return
@@ -481,7 +487,7 @@ class GenerationService:
         deployment: DeploymentConfig,
         image_values: dict[str, str],
         loras: list[Any],
-        balance: int,
+        balance: int | None,
     ) -> GenerationError | None:
         """Try one deployment. Returns the error to fail over on, or None when done."""
         dep_id = deployment.deployment_id
@@ -502,10 +508,7 @@ class GenerationService:
         record["applied_loras"] = list(built.applied_loras)
         now = self.clock()
         async with self.tracker.lock(run.id):
-            current = await self.runs.get_run(run.id)
-            if current is None or current.is_terminal:
-                return None  # cancelled while we prepared
-            await self.runs.update_run(
+            submitting = await self._update_if_active(
                 run.id,
                 status=RunStatus.SUBMITTING,
                 deployment_id=dep_id,
@@ -514,6 +517,8 @@ class GenerationService:
                 deadline_at=now + self.settings.run_deadline,
                 updated_at=now,
             )
+            if submitting is None:
+                return None  # cancelled while we prepared
         hook = None
         if self.settings.webhook_url:
             hook = webhook_url(self.settings.webhook_url, run.id, self.settings.webhook_secret)
@@ -535,6 +540,17 @@ class GenerationService:
         await self.selector.record_success(dep_id)
         await self._after_create(run, backend_run_id, dep_id)
         return None
+
+    async def _update_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
+        """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock).
+        One statement when the store offers ``update_run_if_active`` (SQLite storage)."""
+        conditional = getattr(self.runs, "update_run_if_active", None)
+        if conditional is not None:
+            return cast(RunRecord | None, await conditional(run_id, **changes))
+        current = await self.runs.get_run(run_id)
+        if current is None or current.is_terminal:
+            return None
+        return await self.runs.update_run(run_id, **changes)
 
     async def _after_create(self, run: RunRecord, backend_run_id: str, dep_id: str) -> None:
         async with self.tracker.lock(run.id):

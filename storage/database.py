@@ -97,6 +97,15 @@ class Database:
             else:
                 await self._conn.execute("COMMIT")
 
+    async def write_one(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """One statement as its own transaction (SQLite autocommit), rows it returns included.
+
+        As atomic and durable as :meth:`write` with a single statement, in one thread hop
+        instead of three (``BEGIN``, the statement, ``COMMIT``): for the hot single-row writes."""
+        async with self._lock:
+            self._check_open()
+            return list(await self._conn.execute_fetchall(sql, params))
+
     async def _rollback(self) -> None:
         try:
             await self._conn.execute("ROLLBACK")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from typing import Any
 
@@ -50,10 +51,25 @@ def _config(row: aiosqlite.Row) -> DeploymentConfig:
 
 
 class DeploymentRepository:
-    """Implements :class:`generation.ports.DeploymentStore`."""
+    """Implements :class:`generation.ports.DeploymentStore`.
+
+    The list is read on every generation and changed only through this repository, so it is
+    cached in memory: admin writes drop the cache, and the health counters written after each
+    create call are applied to the cached entries as well as to the table."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._cache: tuple[DeploymentConfig, ...] | None = None  # all, by type, created_at
+
+    def _patch_cache(self, deployment_id: str, **changes: Any) -> None:
+        if self._cache is None:
+            return
+        self._cache = tuple(
+            dataclasses.replace(d, **{k: f(d) for k, f in changes.items()})
+            if d.deployment_id == deployment_id
+            else d
+            for d in self._cache
+        )
 
     async def add(
         self,
@@ -85,6 +101,7 @@ class DeploymentRepository:
                 )
             except sqlite3.IntegrityError:
                 raise DuplicateError(f"deployment {deployment_id!r} already exists") from None
+        self._cache = None
         return DeploymentConfig(
             deployment_id=deployment_id, type=type_, role=role, weight=weight, inputs=names
         )
@@ -94,13 +111,15 @@ class DeploymentRepository:
             cur = await conn.execute(
                 "DELETE FROM deployments WHERE deployment_id = ?", (deployment_id,)
             )
-            return cur.rowcount == 1
+        self._cache = None
+        return cur.rowcount == 1
 
     async def get(self, deployment_id: str) -> DeploymentConfig | None:
         async with self._db.read() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,)
             )
+        self._cache = None
         return _config(rows[0]) if rows else None
 
     async def set_enabled(self, deployment_id: str, enabled: bool) -> DeploymentConfig:
@@ -125,36 +144,46 @@ class DeploymentRepository:
             rows = await conn.execute_fetchall(
                 "SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,)
             )
+        self._cache = None
         return _config(rows[0])
 
     async def list_deployments(self, type_: str | None = None) -> list[DeploymentConfig]:
         """All deployments (enabled or not), for one type or all; oldest first."""
-        async with self._db.read() as conn:
-            if type_ is None:
+        if self._cache is None:
+            async with self._db.read() as conn:
                 rows = await conn.execute_fetchall(
                     "SELECT * FROM deployments ORDER BY type, created_at, rowid"
                 )
-            else:
-                rows = await conn.execute_fetchall(
-                    "SELECT * FROM deployments WHERE type = ? ORDER BY created_at, rowid",
-                    (type_.strip().upper(),),
-                )
-        return [_config(r) for r in rows]
+            self._cache = tuple(_config(r) for r in rows)
+        if type_ is None:
+            return list(self._cache)
+        wanted = type_.strip().upper()
+        return [d for d in self._cache if d.type == wanted]
 
     async def record_success(self, deployment_id: str) -> None:
         """Unknown ids are ignored: a deployment may be removed while a run is in flight."""
-        async with self._db.write() as conn:
-            await conn.execute(
-                "UPDATE deployments SET success_count = success_count + 1,"
-                " consecutive_failures = 0 WHERE deployment_id = ?",
-                (deployment_id,),
-            )
+        await self._db.write_one(
+            "UPDATE deployments SET success_count = success_count + 1,"
+            " consecutive_failures = 0 WHERE deployment_id = ?",
+            (deployment_id,),
+        )
+        self._patch_cache(
+            deployment_id,
+            success_count=lambda d: d.success_count + 1,
+            consecutive_failures=lambda d: 0,
+        )
 
     async def record_failure(self, deployment_id: str) -> None:
-        async with self._db.write() as conn:
-            await conn.execute(
-                "UPDATE deployments SET failure_count = failure_count + 1,"
-                " consecutive_failures = consecutive_failures + 1, last_failure_at = ?"
-                " WHERE deployment_id = ?",
-                (self._db.clock(), deployment_id),
-            )
+        now = self._db.clock()
+        await self._db.write_one(
+            "UPDATE deployments SET failure_count = failure_count + 1,"
+            " consecutive_failures = consecutive_failures + 1, last_failure_at = ?"
+            " WHERE deployment_id = ?",
+            (now, deployment_id),
+        )
+        self._patch_cache(
+            deployment_id,
+            failure_count=lambda d: d.failure_count + 1,
+            consecutive_failures=lambda d: d.consecutive_failures + 1,
+            last_failure_at=lambda d: now,
+        )

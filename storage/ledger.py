@@ -51,9 +51,9 @@ class Hold:
 
 
 async def _fetch_balances(conn: aiosqlite.Connection, user_id: int) -> tuple[int, int] | None:
-    async with conn.execute("SELECT balance, held FROM users WHERE id = ?", (user_id,)) as cur:
-        row = await cur.fetchone()
-    return None if row is None else (int(row[0]), int(row[1]))
+    # execute_fetchall: one round trip to the DB thread (a cursor takes three).
+    rows = await conn.execute_fetchall("SELECT balance, held FROM users WHERE id = ?", (user_id,))
+    return None if not rows else (int(rows[0][0]), int(rows[0][1]))
 
 
 async def append_movement(
@@ -79,9 +79,8 @@ async def place_hold(
     conn: aiosqlite.Connection, user_id: int, amount: int, run_id: str, *, now: float
 ) -> None:
     """Check the available balance and record a hold (caller owns the transaction)."""
-    async with conn.execute("SELECT 1 FROM holds WHERE run_id = ?", (run_id,)) as cur:
-        if await cur.fetchone() is not None:
-            raise DuplicateError(f"a hold for run {run_id!r} already exists")
+    if await conn.execute_fetchall("SELECT 1 FROM holds WHERE run_id = ?", (run_id,)):
+        raise DuplicateError(f"a hold for run {run_id!r} already exists")
     balances = await _fetch_balances(conn, user_id)
     available = 0 if balances is None else balances[0] - balances[1]
     if available < amount:
@@ -236,13 +235,12 @@ class LedgerRepository:
     async def _resolve(self, run_id: str, outcome: ChargeState) -> bool:
         now = self._db.clock()
         async with self._db.write() as conn:
-            async with conn.execute(
+            rows = await conn.execute_fetchall(
                 "SELECT user_id, amount FROM holds WHERE run_id = ? AND state = 'open'", (run_id,)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
+            )
+            if not rows:
                 return False
-            user_id, amount = int(row[0]), int(row[1])
+            user_id, amount = int(rows[0][0]), int(rows[0][1])
             await conn.execute(
                 "UPDATE holds SET state = ?, resolved_at = ? WHERE run_id = ? AND state = 'open'",
                 (outcome.value, now, run_id),

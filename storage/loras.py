@@ -63,10 +63,15 @@ def _entry(row: aiosqlite.Row) -> LoraEntry:
 
 
 class LoraRepository:
-    """Implements :class:`generation.ports.LoraStore`. Names are unique case-insensitively."""
+    """Implements :class:`generation.ports.LoraStore`. Names are unique case-insensitively.
+
+    The catalogue is read on every generation and changed only through this repository's
+    write methods (admin commands), so :meth:`list_loras` is cached in memory and every write
+    method drops the cache."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._cache: tuple[LoraEntry, ...] | None = None
 
     async def add(
         self,
@@ -103,6 +108,7 @@ class LoraRepository:
                 )
             except sqlite3.IntegrityError:
                 raise DuplicateError(f"LoRA {name!r} already exists") from None
+        self._cache = None
         return LoraEntry(
             name=name,
             triggers=words,
@@ -115,7 +121,8 @@ class LoraRepository:
     async def remove(self, name: str) -> bool:
         async with self._db.write() as conn:
             cur = await conn.execute("DELETE FROM loras WHERE name = ?", (name,))
-            return cur.rowcount == 1
+        self._cache = None
+        return cur.rowcount == 1
 
     async def get(self, name: str) -> LoraEntry | None:
         async with self._db.read() as conn:
@@ -131,13 +138,16 @@ class LoraRepository:
             if cur.rowcount != 1:
                 raise NotFoundError(f"unknown LoRA {name!r}")
             rows = await conn.execute_fetchall("SELECT * FROM loras WHERE name = ?", (name,))
+        self._cache = None
         return _entry(rows[0])
 
     async def list_loras(self) -> list[LoraEntry]:
         """The whole catalogue, disabled entries included, by name."""
-        async with self._db.read() as conn:
-            rows = await conn.execute_fetchall("SELECT * FROM loras ORDER BY name")
-        return [_entry(r) for r in rows]
+        if self._cache is None:
+            async with self._db.read() as conn:
+                rows = await conn.execute_fetchall("SELECT * FROM loras ORDER BY name")
+            self._cache = tuple(_entry(r) for r in rows)
+        return list(self._cache)
 
     async def count(self) -> int:
         async with self._db.read() as conn:

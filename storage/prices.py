@@ -1,4 +1,8 @@
-"""Credits each generation type costs. Unset types cost 0, so a new bot works for everyone."""
+"""Credits each generation type costs. Unset types cost 0, so a new bot works for everyone.
+
+The table is read on every generation and written only by admins through :meth:`set`, so it
+is cached in memory after the first read; :meth:`set` drops the cache, so no caller can forget
+to. (The bot is the database's only writer.)"""
 
 from __future__ import annotations
 
@@ -9,13 +13,11 @@ from storage.validation import require_int, require_text
 class PriceRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._cache: dict[str, int] | None = None
 
     async def get(self, type_: str) -> int:
-        async with self._db.read() as conn:
-            rows = await conn.execute_fetchall(
-                "SELECT credits FROM prices WHERE type = ?", (str(type_).strip().upper(),)
-            )
-        return int(rows[0][0]) if rows else 0
+        prices = await self.all()
+        return prices.get(str(type_).strip().upper(), 0)
 
     async def set(self, type_: str, credits: int) -> None:
         type_ = require_text(type_, "type", max_length=64).upper()
@@ -27,8 +29,13 @@ class PriceRepository:
                 " updated_at = excluded.updated_at",
                 (type_, credits, self._db.clock()),
             )
+        self._cache = None
 
     async def all(self) -> dict[str, int]:
-        async with self._db.read() as conn:
-            rows = await conn.execute_fetchall("SELECT type, credits FROM prices ORDER BY type")
-        return {r[0]: int(r[1]) for r in rows}
+        cache = self._cache
+        if cache is None:
+            async with self._db.read() as conn:
+                rows = await conn.execute_fetchall("SELECT type, credits FROM prices ORDER BY type")
+            cache = {r[0]: int(r[1]) for r in rows}
+            self._cache = cache
+        return dict(cache)

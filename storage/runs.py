@@ -172,6 +172,12 @@ class RunRepository:
         if stamps:
             run = dataclasses.replace(run, **stamps)
         params = _encode_record(run)  # validates before anything is written
+        if hold_amount == 0:  # a single INSERT: its own transaction, one round trip
+            try:
+                await self._db.write_one(_INSERT, params)
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"run {run.id!r} already exists") from None
+            return run
         async with self._db.write() as conn:
             if hold_amount > 0:
                 await place_hold(conn, run.user_id, hold_amount, run.id, now=now)
@@ -187,20 +193,29 @@ class RunRepository:
         Raises ``NotFoundError`` (a ``KeyError``) for an unknown run and ``ValidationError``
         (a ``ValueError``) for an unknown field or a bad value.
         """
+        rows = await self._update("", changes, run_id)
+        if not rows:
+            raise NotFoundError(f"unknown run {run_id!r}")
+        return _record(rows[0])
+
+    async def update_run_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
+        """Like :meth:`update_run`, but only while the run is not terminal; ``None`` (nothing
+        written) for a terminal or unknown run. Check and write are one statement."""
+        rows = await self._update(f" AND status NOT IN ({_TERMINAL_SQL})", changes, run_id)
+        return _record(rows[0]) if rows else None
+
+    async def _update(self, condition: str, changes: dict[str, Any], run_id: str) -> list[Any]:
         bad = set(changes) - RUN_UPDATABLE_FIELDS
         if bad:
             raise ValidationError(f"fields not updatable: {', '.join(sorted(bad))}")
         changes.setdefault("updated_at", self._db.clock())
         encoded = {name: _ENCODERS[name](value) for name, value in changes.items()}
         assignments = ", ".join(f"{name} = ?" for name in encoded)  # names are whitelisted
-        async with self._db.write() as conn:
-            cur = await conn.execute(
-                f"UPDATE runs SET {assignments} WHERE id = ?", (*encoded.values(), run_id)
-            )
-            if cur.rowcount != 1:
-                raise NotFoundError(f"unknown run {run_id!r}")
-            rows = await conn.execute_fetchall("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return _record(rows[0])
+        params = (*encoded.values(), run_id, *(_TERMINAL if condition else ()))
+        # One statement (UPDATE ... RETURNING) in autocommit: one round trip to the DB thread.
+        return await self._db.write_one(
+            f"UPDATE runs SET {assignments} WHERE id = ?{condition} RETURNING *", params
+        )
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))

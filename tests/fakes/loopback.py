@@ -55,6 +55,10 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit TCP_NODELAY. asyncio sets it only on sockets whose proto is
+    # IPPROTO_TCP (not this one's 0): without it every response written in two parts (head,
+    # body) waits ~40 ms for the client's delayed ACK (Nagle).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(512)
     port = sock.getsockname()[1]
