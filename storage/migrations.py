@@ -126,7 +126,13 @@ CREATE TABLE prices (
 """
 
 # (number, SQL). Numbers start at 1 and increase by one.
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+# v2: find the run a chat message started (redelivered updates) without scanning a user's runs.
+_V2 = """
+CREATE INDEX runs_by_request_message
+    ON runs(user_id, chat_id, json_extract(meta, '$.reply_to_message_id'));
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """

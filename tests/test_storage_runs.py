@@ -271,3 +271,13 @@ async def test_find_run_for_message(storage) -> None:  # type: ignore[no-untyped
     assert (await storage.runs.find_run_for_message(5, -9, 77)).id == run.id
     assert await storage.runs.find_run_for_message(5, -9, 78) is None
     assert await storage.runs.find_run_for_message(6, -9, 77) is None
+
+
+async def test_find_run_for_message_uses_the_index(storage) -> None:  # type: ignore[no-untyped-def]
+    async with storage.db.read() as conn:
+        plan = await conn.execute_fetchall(
+            "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE user_id = ? AND chat_id = ?"
+            " AND json_extract(meta, '$.reply_to_message_id') = ?",
+            (1, 1, 1),
+        )
+    assert "runs_by_request_message" in " ".join(str(tuple(row)) for row in plan)
