@@ -119,7 +119,6 @@ class DeploymentRepository:
             rows = await conn.execute_fetchall(
                 "SELECT * FROM deployments WHERE deployment_id = ?", (deployment_id,)
             )
-        self._cache = None
         return _config(rows[0]) if rows else None
 
     async def set_enabled(self, deployment_id: str, enabled: bool) -> DeploymentConfig:
