@@ -3,41 +3,27 @@
 half-open probe → closed), a full outage (every user told in their language, holds released,
 ledger consistent) and recovery without a restart.
 
-Real ``Application`` + real ``GenerationService`` + real SQLite storage + both fakes. Also home
-of :func:`build_harness`, the configurable variant of ``make_e2e`` the other hardening tests
-share (service clock, rate limiter, real or fake progress clock, extra settings).
+Real ``Application`` + real ``GenerationService`` + real SQLite storage + both fakes, built by
+``tests.test_handlers_generate.build_harness``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from bot.app import build_application, initialize, shutdown
-from bot.config import Settings
-from generation.client import ComfyDeployClient
-from generation.events import EventBus
 from generation.models import ChargeState, RunStatus
-from generation.service import GenerationService, GenerationSettings
-from handlers.deps import SERVICES_KEY, Services
-from handlers.progress import ProgressRenderer
-from tests.fakes.comfydeploy import FakeComfyDeploy, _Resp
-from tests.fakes.telegram import FakeTelegram
+from tests.fakes.comfydeploy import _Resp
 from tests.test_handlers_generate import (
     E2E,
-    HOOK,
     MAKE_INPUTS,
-    Events,
     FakeClock,
-    instant_sleep,
+    build_harness,
 )
-
-ADMIN_ID = 42
 
 
 class Sleeps:
@@ -48,108 +34,6 @@ class Sleeps:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-
-
-async def build_harness(
-    tmp_path: Path,
-    *,
-    fake: FakeTelegram | None = None,
-    cd: FakeComfyDeploy | None = None,
-    service_clock: Callable[[], float] | None = None,
-    client_sleep: Callable[[float], Any] = instant_sleep,
-    rate_limit: bool = False,
-    fake_progress_clock: bool = True,
-    generation: dict[str, Any] | None = None,
-    **settings_overrides: Any,
-) -> tuple[E2E, Callable[[], Any]]:
-    """Like ``make_e2e``, with knobs: the service/breaker clock, the client's backoff sleep,
-    the production rate limiter, a real-time progress renderer, GenerationSettings fields."""
-    fake = fake or FakeTelegram()
-    cd = cd or FakeComfyDeploy()
-    holder: dict[str, Any] = {}
-
-    def factory(infra: Any) -> GenerationService:
-        client = ComfyDeployClient(
-            cd.auth_token,
-            cd.base_url,
-            transport=cd.transport,
-            sleep=client_sleep,
-            max_per_second=None,
-        )
-        infra.client = client
-        storage = infra.storage
-        options: dict[str, Any] = {
-            "webhook_url": HOOK,
-            "webhook_secret": infra.webhook_secret,
-            "poll_interval": 3600.0,
-            "webhook_poll_interval": 3600.0,
-            "max_in_flight": settings.max_in_flight,
-            "max_active_per_user": settings.max_active_per_user,
-            "max_queued_per_user": settings.max_queued_per_user,
-        }
-        options.update(generation or {})
-        kwargs: dict[str, Any] = {}
-        if service_clock is not None:
-            kwargs["clock"] = service_clock
-        service = GenerationService(
-            backend=client,
-            runs=storage.runs,
-            balances=storage.ledger,
-            deployments=storage.deployments,
-            loras=storage.loras,
-            bus=EventBus(),
-            settings=GenerationSettings(**options),
-            **kwargs,
-        )
-        holder["service"] = service
-        return service
-
-    options: dict[str, Any] = {
-        "telegram_bot_token": fake.token,
-        "database_path": str(tmp_path / "bot.sqlite3"),
-        "progress_edit_interval": 0.0,
-        "comfydeploy_api_key": cd.auth_token,
-        "admin_ids": str(ADMIN_ID),
-    }
-    options.update(settings_overrides)
-    settings = Settings(_env_file=None, **options)
-    app = build_application(
-        settings,
-        request=fake.request(),
-        get_updates_request=fake.request(),
-        comfy_transport=cd.transport,
-        rate_limit=rate_limit,
-        service_factory=factory,
-    )
-    await initialize(app)
-    await app.start()
-    services: Services = app.bot_data[SERVICES_KEY]
-    service: GenerationService = holder["service"]
-
-    async def sink(url: str, payload: dict[str, Any] | None) -> int:
-        if payload is None:
-            return 405
-        query = parse_qs(urlsplit(url).query)
-        ok = await service.process_webhook(
-            payload, query.get("t", [None])[0], query.get("r", [None])[0]
-        )
-        return 200 if ok else 403
-
-    cd.webhook_sink = sink
-    clock = FakeClock()
-    if fake_progress_clock:
-        await services.extras["progress"].detach()
-        ProgressRenderer(app, services, clock=clock, sleep=clock.sleep).attach()
-    env = E2E(fake, cd, app, services, service, clock, Events(service.bus))
-
-    async def close() -> None:
-        progress = services.extras.get("progress")
-        if progress is not None:
-            await progress.detach()
-        await shutdown(app)
-        await cd.aclose()
-
-    return env, close
 
 
 @pytest.fixture

@@ -28,8 +28,7 @@ from telegram.request import HTTPXRequest
 
 from tests.fakes.comfydeploy import Timeline
 from tests.fakes.telegram import FakeTelegram, FloodControl
-from tests.test_backend_faults import build_harness
-from tests.test_handlers_generate import E2E
+from tests.test_handlers_generate import E2E, build_harness
 
 USERS = 100
 LIMIT_SECONDS = 25.0

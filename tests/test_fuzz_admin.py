@@ -9,16 +9,14 @@ ledger stays consistent (balances equal the ledger's sum) whatever the admin did
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_backend_faults import ADMIN_ID, build_harness
-from tests.test_fuzz_updates import ErrorRecords, _describe
-from tests.test_handlers_generate import E2E
+from tests.test_fuzz_updates import _describe, fuzz_session
+from tests.test_handlers_generate import ADMIN_ID, E2E
 
 EXAMPLES = 1000
 OUTSIDER = 9001
@@ -51,13 +49,8 @@ async def _state(env: E2E) -> tuple[Any, ...]:
 
 
 def test_random_admin_arguments(tmp_path: Path) -> None:
-    loop = asyncio.new_event_loop()
-    errors = ErrorRecords()
-    root = logging.getLogger()
-    root.addHandler(errors)
-    env, close = loop.run_until_complete(build_harness(tmp_path))
     ran = [0]
-    try:
+    with fuzz_session(tmp_path) as (loop, env, errors):
         admin = env.fake.user(ADMIN_ID)
         outsider = env.fake.user(OUTSIDER)
         loop.run_until_complete(env.add_deployment())
@@ -93,7 +86,3 @@ def test_random_admin_arguments(tmp_path: Path) -> None:
         assert ran[0] >= EXAMPLES
         assert loop.run_until_complete(env.storage.ledger.check_consistency()) == []
         print(f"\nfuzzed admin commands: {ran[0]} examples")
-    finally:
-        root.removeHandler(errors)
-        loop.run_until_complete(close())
-        loop.close()

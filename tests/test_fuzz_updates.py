@@ -14,8 +14,10 @@ run in seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,7 @@ from telegram import Update
 
 from tests.fakes.comfydeploy import Timeline
 from tests.fakes.telegram import FakeMessage
-from tests.test_backend_faults import ADMIN_ID, build_harness
-from tests.test_handlers_generate import E2E, MAKE_INPUTS
+from tests.test_handlers_generate import ADMIN_ID, E2E, MAKE_INPUTS, build_harness
 
 EXAMPLES = 1000
 
@@ -57,6 +58,23 @@ class ErrorRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
+
+
+@contextlib.contextmanager
+def fuzz_session(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, E2E, ErrorRecords]]:
+    """One event loop and one end-to-end harness for all examples of a fuzz target (hypothesis'
+    ``@given`` runs synchronously), with every ERROR record of any logger collected."""
+    loop = asyncio.new_event_loop()
+    errors = ErrorRecords()
+    root = logging.getLogger()
+    root.addHandler(errors)
+    env, close = loop.run_until_complete(build_harness(tmp_path))
+    try:
+        yield loop, env, errors
+    finally:
+        root.removeHandler(errors)
+        loop.run_until_complete(close())
+        loop.close()
 
 
 def _png(w: int, h: int) -> bytes:
@@ -228,14 +246,9 @@ def updates(draw: st.DrawFn, env: E2E, counter: list[int]) -> dict[str, Any]:
 
 
 def test_random_updates_never_crash_the_bot(tmp_path: Path) -> None:
-    loop = asyncio.new_event_loop()
-    errors = ErrorRecords()
-    root = logging.getLogger()
-    root.addHandler(errors)
-    env, close = loop.run_until_complete(build_harness(tmp_path))
     counter = [0]
     ran = [0]
-    try:
+    with fuzz_session(tmp_path) as (loop, env, errors):
 
         async def setup() -> None:
             await env.add_deployment(timeline=Timeline.stall())
@@ -272,7 +285,3 @@ def test_random_updates_never_crash_the_bot(tmp_path: Path) -> None:
         loop.run_until_complete(env.settle())
         assert loop.run_until_complete(env.storage.ledger.check_consistency()) == []
         print(f"\nfuzzed updates: {ran[0]} examples")
-    finally:
-        root.removeHandler(errors)
-        loop.run_until_complete(close())
-        loop.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ from bot.config import Settings
 from bot.server import COMFYDEPLOY_PATH, create_app
 from generation.tokens import webhook_token
 from tests.fakes.comfydeploy import Timeline
-from tests.test_backend_faults import build_harness
-from tests.test_fuzz_updates import ErrorRecords, _describe
+from tests.test_fuzz_updates import _describe, fuzz_session
 
 EXAMPLES = 1000
 STATUSES = [
@@ -87,13 +85,8 @@ def payloads(backend_ids: list[str]) -> st.SearchStrategy[Any]:
 
 
 def test_random_webhook_payloads_change_nothing_they_should_not(tmp_path: Path) -> None:
-    loop = asyncio.new_event_loop()
-    errors = ErrorRecords()
-    root = logging.getLogger()
-    root.addHandler(errors)
-    env, close = loop.run_until_complete(build_harness(tmp_path))
     ran = [0]
-    try:
+    with fuzz_session(tmp_path) as (loop, env, errors):
         secret = env.services.extras["webhook_secret"]
         app = create_app(
             env.app, Settings(_env_file=None, public_url="http://bot.test"), env.services
@@ -171,7 +164,3 @@ def test_random_webhook_payloads_change_nothing_they_should_not(tmp_path: Path) 
         assert ran[0] >= EXAMPLES
         assert loop.run_until_complete(env.storage.ledger.check_consistency()) == []
         print(f"\nfuzzed webhooks: {ran[0]} examples, {len(terminal)} runs ended by them")
-    finally:
-        root.removeHandler(errors)
-        loop.run_until_complete(close())
-        loop.close()

@@ -211,9 +211,25 @@ def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
     return buf.getvalue()
 
 
-async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Callable[[], Any]]:
-    fake = FakeTelegram()
-    cd = FakeComfyDeploy()
+ADMIN_ID = 42
+
+
+async def build_harness(
+    tmp_path: Path,
+    *,
+    fake: FakeTelegram | None = None,
+    cd: FakeComfyDeploy | None = None,
+    service_clock: Callable[[], float] | None = None,
+    client_sleep: Callable[[float], Any] = instant_sleep,
+    rate_limit: bool = False,
+    fake_progress_clock: bool = True,
+    generation: dict[str, Any] | None = None,
+    **settings_overrides: Any,
+) -> tuple[E2E, Callable[[], Any]]:
+    """Like ``make_e2e``, with knobs: the service/breaker clock, the client's backoff sleep,
+    the production rate limiter, a real-time progress renderer, GenerationSettings fields."""
+    fake = fake or FakeTelegram()
+    cd = cd or FakeComfyDeploy()
     holder: dict[str, Any] = {}
 
     def factory(infra: Any) -> GenerationService:
@@ -221,11 +237,24 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
             cd.auth_token,
             cd.base_url,
             transport=cd.transport,
-            sleep=instant_sleep,
+            sleep=client_sleep,
             max_per_second=None,
         )
         infra.client = client
         storage = infra.storage
+        options: dict[str, Any] = {
+            "webhook_url": HOOK,
+            "webhook_secret": infra.webhook_secret,
+            "poll_interval": 3600.0,
+            "webhook_poll_interval": 3600.0,
+            "max_in_flight": settings.max_in_flight,
+            "max_active_per_user": settings.max_active_per_user,
+            "max_queued_per_user": settings.max_queued_per_user,
+        }
+        options.update(generation or {})
+        kwargs: dict[str, Any] = {}
+        if service_clock is not None:
+            kwargs["clock"] = service_clock
         service = GenerationService(
             backend=client,
             runs=storage.runs,
@@ -233,15 +262,8 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
             deployments=storage.deployments,
             loras=storage.loras,
             bus=EventBus(),
-            settings=GenerationSettings(
-                webhook_url=HOOK,
-                webhook_secret=infra.webhook_secret,
-                poll_interval=3600.0,
-                webhook_poll_interval=3600.0,
-                max_in_flight=settings.max_in_flight,
-                max_active_per_user=settings.max_active_per_user,
-                max_queued_per_user=settings.max_queued_per_user,
-            ),
+            settings=GenerationSettings(**options),
+            **kwargs,
         )
         holder["service"] = service
         return service
@@ -251,7 +273,7 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
         "database_path": str(tmp_path / "bot.sqlite3"),
         "progress_edit_interval": 0.0,
         "comfydeploy_api_key": cd.auth_token,
-        "admin_ids": "42",
+        "admin_ids": str(ADMIN_ID),
     }
     options.update(settings_overrides)
     settings = Settings(_env_file=None, **options)
@@ -260,11 +282,11 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
         request=fake.request(),
         get_updates_request=fake.request(),
         comfy_transport=cd.transport,
-        rate_limit=False,
+        rate_limit=rate_limit,
         service_factory=factory,
     )
     await initialize(app)
-    await app.start()  # runs the JobQueue (conversation timeouts); updates are fed directly
+    await app.start()
     services: Services = app.bot_data[SERVICES_KEY]
     service: GenerationService = holder["service"]
 
@@ -278,18 +300,25 @@ async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Call
         return 200 if ok else 403
 
     cd.webhook_sink = sink
-    # Swap the renderer for one on a fake clock (the composition root attached a real one).
-    await services.extras["progress"].detach()
     clock = FakeClock()
-    ProgressRenderer(app, services, clock=clock, sleep=clock.sleep).attach()
+    if fake_progress_clock:
+        await services.extras["progress"].detach()
+        ProgressRenderer(app, services, clock=clock, sleep=clock.sleep).attach()
     env = E2E(fake, cd, app, services, service, clock, Events(service.bus))
 
     async def close() -> None:
-        await services.extras["progress"].detach()
+        progress = services.extras.get("progress")
+        if progress is not None:
+            await progress.detach()
         await shutdown(app)
         await cd.aclose()
 
     return env, close
+
+
+async def make_e2e(tmp_path: Path, **settings_overrides: Any) -> tuple[E2E, Callable[[], Any]]:
+    """The default end-to-end harness (see :func:`build_harness` for the knobs)."""
+    return await build_harness(tmp_path, **settings_overrides)
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from bot.server import COMFYDEPLOY_PATH, create_app
 from generation.models import ChargeState, DeliveryState, RunStatus
 from generation.tokens import webhook_token
 from tests.fakes.comfydeploy import Timeline
-from tests.test_backend_faults import build_harness
-from tests.test_handlers_generate import E2E
+from tests.test_handlers_generate import E2E, build_harness
 
 
 class Hooks:
