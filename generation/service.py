@@ -178,6 +178,9 @@ class GenerationService:
             return
         self._started = True
         self._stopping = False
+        set_sink = getattr(self.backend, "set_update_sink", None)
+        if set_sink is not None:
+            set_sink(self._on_backend_update)
         await self._resume()
         loop = asyncio.get_running_loop()
         workers = max(1, self.settings.max_in_flight)
@@ -220,8 +223,16 @@ class GenerationService:
         if status is RunStatus.QUEUED:
             await self._resume_queued(run)
         elif status is RunStatus.SUBMITTING or (not status.is_terminal and not run.backend_run_id):
-            # The create call may or may not have reached the backend: never resubmit.
-            await self.tracker.fail(run.id, SubmitUncertainError("interrupted while submitting"))
+            # The create call may or may not have reached the backend: never resubmit. A
+            # backend that names its runs after ours can tell whether it got this one.
+            found = await self._find_submitted(run)
+            if found is None:
+                await self.tracker.fail(
+                    run.id, SubmitUncertainError("interrupted while submitting")
+                )
+            else:
+                self.scheduler.mark_active(run.id, run.user_id)
+                await self._after_create(run, found, run.deployment_id or "")
         elif not status.is_terminal:
             self.scheduler.mark_active(run.id, run.user_id)
             self.tracker.track(run)
@@ -236,6 +247,22 @@ class GenerationService:
                     await self.balances.release_hold(run.id)
         elif run.charge_state is ChargeState.HELD:
             await self.balances.release_hold(run.id)
+
+    async def _find_submitted(self, run: RunRecord) -> str | None:
+        find = getattr(self.backend, "find_submitted", None)
+        if find is None or not run.deployment_id:
+            return None
+        try:
+            return cast(str | None, await find(run.deployment_id, run.id))
+        except GenerationError as exc:
+            log.warning("run %s: looking up the interrupted submit failed: %r", run.id, exc)
+            return None
+
+    async def _on_backend_update(self, backend_run_id: str) -> None:
+        """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now."""
+        run = await self.runs.get_run_by_backend_id(backend_run_id)
+        if run is not None and self.tracker.is_tracked(run.id):
+            await self.tracker.poll_once(run.id)
 
     async def _resume_queued(self, run: RunRecord) -> None:
         pending = self._pending.get(run.id)
@@ -524,7 +551,11 @@ class GenerationService:
             hook = webhook_url(self.settings.webhook_url, run.id, self.settings.webhook_secret)
         try:
             backend_run_id = await self.backend.create_run(
-                dep_id, built.inputs, webhook=hook, webhook_intermediate_status=True
+                dep_id,
+                built.inputs,
+                webhook=hook,
+                webhook_intermediate_status=True,
+                run_ref=run.id,
             )
         except _FAILOVER_ERRORS as exc:
             log.warning("run %s: deployment %s failed: %s", run.id, dep_id, exc.code.value)

@@ -18,6 +18,7 @@ from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
 from storage.users import User, UserRepository, UserSettings
+from storage.workflows import WorkflowRepository
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
@@ -38,4 +39,5 @@ __all__ = [
     "UserRepository",
     "UserSettings",
     "ValidationError",
+    "WorkflowRepository",
 ]

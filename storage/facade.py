@@ -15,6 +15,7 @@ from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
 from storage.users import UserRepository
+from storage.workflows import WorkflowRepository
 
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 
@@ -35,6 +36,7 @@ class Storage:
         self.runs = RunRepository(db)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.workflows = WorkflowRepository(db, self.deployments)
 
     @classmethod
     async def open(

@@ -132,7 +132,21 @@ CREATE INDEX runs_by_request_message
     ON runs(user_id, chat_id, json_extract(meta, '$.reply_to_message_id'));
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+# v4: self-hosted ComfyUI workflows. A workflow is a deployment row (backend 'comfyui', id
+# 'workflow:<name>') so selection, weights, enable/disable and health reuse the deployment
+# machinery; its graph and input map live in ``workflows`` and go with the row.
+_V4 = """
+ALTER TABLE deployments ADD COLUMN backend TEXT NOT NULL DEFAULT 'comfydeploy';
+CREATE TABLE workflows (
+    deployment_id  TEXT PRIMARY KEY REFERENCES deployments(deployment_id) ON DELETE CASCADE,
+    name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    graph          TEXT NOT NULL,
+    input_map      TEXT NOT NULL DEFAULT '[]',
+    created_at     REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (4, _V4)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """
