@@ -247,15 +247,14 @@ def _title_widget(node: Mapping[str, Any], kind: str) -> str | list[str] | None:
         if isinstance(inputs.get("image"), str):
             return "image"
         kind = "text"
-    matches = [
-        name
-        for name, value in inputs.items()
-        if not is_link(value)
-        and (
-            _value_kind(value) == kind
-            or (kind == "float" and _value_kind(value) == "int" and name not in SEED_WIDGETS)
-        )
-    ]
+    literals = {name: value for name, value in inputs.items() if not is_link(value)}
+    matches = [name for name, value in literals.items() if _value_kind(value) == kind]
+    if kind == "float" and not matches:  # a float widget may hold an integral number
+        matches = [
+            name
+            for name, value in literals.items()
+            if _value_kind(value) == "int" and name not in SEED_WIDGETS
+        ]
     if len(matches) == 1:
         return matches[0]
     return matches or None

@@ -348,7 +348,8 @@ class FakeComfyUI:
                     await ws.close(code=1011)
 
     def pause(self) -> None:
-        """Hold the worker before its next node (a running prompt stays running)."""
+        """Hold the worker before its next node: a prompt taken from the queue is running
+        (``/queue`` lists it so) but executes nothing until :meth:`resume`."""
         self.gate.clear()
 
     def resume(self) -> None:
@@ -807,9 +808,6 @@ class FakeComfyUI:
             while not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
-            await self.gate.wait()
-            if not self.queue:
-                continue
             self.queue.sort(key=lambda j: j.number)
             job = self.queue.pop(0)
             self.running = job
@@ -887,8 +885,7 @@ class FakeComfyUI:
             for node_id in order:
                 if node_id in cached:
                     continue
-                await self.gate.wait()
-                if self._interrupt:
+                if self._interrupt:  # checked at node boundaries
                     raise _Interrupted()
                 self.current_node = node_id
                 self.started_nodes += 1
@@ -901,14 +898,11 @@ class FakeComfyUI:
                     "executing",
                     {"node": node_id, "display_node": node_id, "prompt_id": pid},
                 )
+                await self.gate.wait()  # the node "runs" until resumed
                 result, ui = await self._run_node(job, node_id, values)
                 values[node_id] = result
                 self.cache[keys[node_id]] = {"values": result, "ui": ui}
                 executed.append(node_id)
-                states[node_id] = _state(pid, node_id, 1.0, 1.0, "finished")
-                await self._emit(
-                    client, "progress_state", {"prompt_id": pid, "nodes": copy.deepcopy(states)}
-                )
                 if ui is not None:
                     outputs[node_id] = ui
                     await self._emit(
@@ -916,6 +910,10 @@ class FakeComfyUI:
                         "executed",
                         {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid},
                     )
+                states[node_id] = _state(pid, node_id, 1.0, 1.0, "finished")
+                await self._emit(
+                    client, "progress_state", {"prompt_id": pid, "nodes": copy.deepcopy(states)}
+                )
                 await asyncio.sleep(0)
         except _Interrupted:
             await note(
