@@ -162,6 +162,7 @@ class GenerationService:
             on_finished=self._on_finished,
         )
         self._pending: dict[str, _Pending] = {}
+        self._early_updates: dict[str, None] = {}  # backend run ids pushed before tracked
         self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[Any]] = set()  # workers inside dispatch()
@@ -259,10 +260,15 @@ class GenerationService:
             return None
 
     async def _on_backend_update(self, backend_run_id: str) -> None:
-        """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now."""
+        """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now. A push
+        that arrives before the create call returned is kept and applied once tracked."""
         run = await self.runs.get_run_by_backend_id(backend_run_id)
         if run is not None and self.tracker.is_tracked(run.id):
             await self.tracker.poll_once(run.id)
+            return
+        self._early_updates[backend_run_id] = None
+        while len(self._early_updates) > 1000:
+            del self._early_updates[next(iter(self._early_updates))]
 
     async def _resume_queued(self, run: RunRecord) -> None:
         pending = self._pending.get(run.id)
@@ -613,6 +619,8 @@ class GenerationService:
             )
         )
         log.info("run %s submitted: deployment=%s backend=%s", run.id, dep_id, backend_run_id)
+        if self._early_updates.pop(backend_run_id, 0) is None:
+            await self.tracker.poll_once(run.id)
 
     async def _image_values(self, request: GenerationRequest) -> dict[str, str]:
         """Prepare every input image of ``request`` (off the event loop) and turn it into a

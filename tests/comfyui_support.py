@@ -93,6 +93,13 @@ class Harness:
 
     async def wait(self, kind: type, run_id: str, seconds: float = 10.0) -> Any:
         """The first event of ``kind`` for ``run_id`` (bounded wait on the bus)."""
+        try:
+            return await self._wait(kind, run_id, seconds)
+        except TimeoutError:
+            seen = [(type(e).__name__, e.run_id[:8]) for e in self.events]
+            raise TimeoutError(f"no {kind.__name__} for {run_id[:8]}; events: {seen}") from None
+
+    async def _wait(self, kind: type, run_id: str, seconds: float) -> Any:
         async with asyncio.timeout(seconds):
             while True:
                 for event in self.events:

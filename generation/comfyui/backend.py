@@ -222,14 +222,19 @@ class ComfyUIBackend:
         for server in await self._candidates():
             try:
                 graph = await self._prepare(server, workflow.graph, inputs, images, prompt_id)
+                # Known before the POST: the prompt may run and end before the answer arrives.
+                self._remember(server, prompt_id, graph)
                 await server.client.submit(graph, client_id=self.client_id, prompt_id=prompt_id)
             except BackendUnavailableError as exc:
+                self._forget(server, prompt_id)
                 self._record_failure(server)
                 log.warning("comfyui %s: submit failed (%s); trying the next", server.label, exc)
                 last = exc
                 continue
+            except GenerationError:
+                self._forget(server, prompt_id)
+                raise
             self._record_success(server)
-            self._remember(server, prompt_id, graph)
             log.info(
                 "comfyui %s: prompt %s queued (workflow %s)",
                 server.label,

@@ -84,8 +84,12 @@ class EventStream:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # bounded: a close handshake with a server that stopped answering must not hang
+            # the bot's shutdown (the connection's own close_timeout is 2 s)
+            await asyncio.wait({task}, timeout=5.0)
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.exception()
         self._set_connected(False)
 
     def _set_connected(self, value: bool) -> None:
@@ -139,10 +143,13 @@ class EventStream:
                 self._on_connect()
             while True:
                 try:
-                    frame = await asyncio.wait_for(ws.recv(), self._recv_timeout)
+                    async with asyncio.timeout(self._recv_timeout):
+                        frame = await ws.recv()
                 except TimeoutError:
+                    # silence: is the server still there? A missing pong ends the session.
                     pong = await ws.ping()
-                    await asyncio.wait_for(pong, self._ping_timeout)
+                    async with asyncio.timeout(self._ping_timeout):
+                        await pong
                     continue
                 if isinstance(frame, bytes):
                     continue

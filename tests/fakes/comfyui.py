@@ -264,6 +264,7 @@ class FakeComfyUI:
         self.started_nodes = 0
         self.ws_connects = 0
         self.ws_upgrade_headers: list[dict[str, str]] = []
+        self.worker_errors: list[str] = []
 
     # -- process state (lost on restart) ----------------------------------------------------
 
@@ -275,6 +276,7 @@ class FakeComfyUI:
         self.temp: dict[str, bytes] = {}
         self.cache: dict[str, Any] = {}  # node key → node result (outputs + ui)
         self.sockets: dict[str, set[WebSocket]] = {}
+        self._outboxes: dict[WebSocket, asyncio.Queue[str | None]] = {}
         self._interrupt = False
         self._numbers = itertools.count()
         self._counters: dict[str, int] = {}
@@ -323,10 +325,7 @@ class FakeComfyUI:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for sockets in list(self.sockets.values()):
-            for ws in list(sockets):
-                with contextlib.suppress(Exception):
-                    await ws.close(code=1001)
+        await self._close_sockets(1001)
         if self._server is not None:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
@@ -342,10 +341,14 @@ class FakeComfyUI:
 
     async def drop_websockets(self) -> None:
         """Close every WebSocket (the server stays up): clients must reconnect."""
+        await self._close_sockets(1011)
+
+    async def _close_sockets(self, code: int) -> None:
         for sockets in list(self.sockets.values()):
             for ws in list(sockets):
                 with contextlib.suppress(Exception):
-                    await ws.close(code=1011)
+                    # bounded: a peer that is already gone never answers the close
+                    await asyncio.wait_for(ws.close(code=code), 1.0)
 
     def pause(self) -> None:
         """Hold the worker before its next node: a prompt taken from the queue is running
@@ -362,7 +365,12 @@ class FakeComfyUI:
             if job is not None and (prompt_id is None or job.prompt_id == prompt_id):
                 return job.prompt_id
             await asyncio.sleep(0.005)
-        raise TimeoutError(f"no running prompt {prompt_id or ''}")
+        raise TimeoutError(
+            f"no running prompt {prompt_id or ''}:"
+            f" running={self.running and self.running.prompt_id}"
+            f" queue={[j.prompt_id for j in self.queue]} done={self.executed_prompts}"
+            f" errors={self.worker_errors}"
+        )
 
     async def wait_idle(self, seconds: float = 5.0) -> None:
         for _ in range(int(seconds / 0.005)):
@@ -433,7 +441,10 @@ class FakeComfyUI:
         client_id = ws.query_params.get("clientId") or uuid.uuid4().hex
         await ws.accept()
         self.ws_connects += 1
+        outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._outboxes[ws] = outbox
         self.sockets.setdefault(client_id, set()).add(ws)
+        sender = asyncio.create_task(self._sender(ws, outbox))
         try:
             await self._send(
                 ws,
@@ -464,11 +475,28 @@ class FakeComfyUI:
             pass
         finally:
             self.sockets.get(client_id, set()).discard(ws)
+            self._outboxes.pop(ws, None)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+
+    @staticmethod
+    async def _sender(ws: WebSocket, outbox: asyncio.Queue[str | None]) -> None:
+        """Frames leave in order from one task, so no HTTP handler waits on a socket."""
+        while True:
+            text = await outbox.get()
+            if text is None:
+                return
+            try:
+                await ws.send_text(text)
+            except Exception:
+                return
 
     async def _send(self, ws: WebSocket, client_id: str, kind: str, data: dict[str, Any]) -> None:
         self.events.setdefault(client_id, []).append({"type": kind, "data": data})
-        with contextlib.suppress(Exception):
-            await ws.send_text(json.dumps({"type": kind, "data": data}))
+        outbox = self._outboxes.get(ws)
+        if outbox is not None:
+            outbox.put_nowait(json.dumps({"type": kind, "data": data}))
 
     async def _emit(self, client_id: str | None, kind: str, data: dict[str, Any]) -> None:
         """To the prompt's client only (``send_sync(..., client_id)``); None → broadcast."""
@@ -479,7 +507,7 @@ class FakeComfyUI:
         )
         if client_id is not None and not targets:
             self.events.setdefault(client_id, []).append({"type": kind, "data": data})
-        for cid, ws in list(targets):
+        for cid, ws in targets:
             await self._send(ws, cid, kind, data)
 
     def _remaining(self) -> int:
@@ -814,6 +842,8 @@ class FakeComfyUI:
             self._interrupt = False
             try:
                 await self._execute(job)
+            except Exception as exc:  # a bug in the double: keep serving, tell the test
+                self.worker_errors.append(repr(exc))
             finally:
                 self.running = None
                 self.current_node = None
