@@ -87,6 +87,7 @@ class GenerationSettings:
     max_active_per_user: int = 2
     max_queued_per_user: int = 5
     inline_image_max_bytes: int = 4_000_000  # larger inputs go through upload_file
+    lora_weight_max: float = 2.0  # every LoRA weight sent is clamped to ±this (LORA_WEIGHT_MAX)
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
     breaker_cooldown: float = 60.0  # seconds before a half-open probe
     # stop(): seconds in-flight create calls may take to finish (else they end SUBMITTING,
@@ -457,7 +458,7 @@ class GenerationService:
             loras = [entry for entry in await self.loras.list_loras() if entry.enabled]
             balance = pending.balance
             if balance is None and loras:  # the balance only gates LoRAs (min_balance)
-                balance = await self.balances.get_balance(run.user_id)
+                balance = await self._balance_before_hold(run)
         except GenerationError as exc:
             await self.tracker.fail(run.id, exc)
             return
@@ -499,6 +500,7 @@ class GenerationService:
                 loras=loras,
                 balance=balance,
                 image_values=image_values,
+                lora_weight_max=self.settings.lora_weight_max,
             )
         except GenerationError as exc:
             await self.tracker.fail(run.id, exc)
@@ -506,6 +508,8 @@ class GenerationService:
         record = request.to_record()
         record["final_prompt"] = built.final_prompt
         record["applied_loras"] = list(built.applied_loras)
+        if built.kept_loras:
+            record["kept_loras"] = list(built.kept_loras)
         now = self.clock()
         async with self.tracker.lock(run.id):
             submitting = await self._update_if_active(
@@ -540,6 +544,14 @@ class GenerationService:
         await self.selector.record_success(dep_id)
         await self._after_create(run, backend_run_id, dep_id)
         return None
+
+    async def _balance_before_hold(self, run: RunRecord) -> int:
+        """The user's available balance as it was before this run's own hold: a user exactly
+        at a LoRA's ``min_balance`` who pays for this run still gets the LoRA."""
+        available = await self.balances.get_balance(run.user_id)
+        if run.charge_state is ChargeState.HELD:
+            available += run.price
+        return available
 
     async def _update_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
         """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock).
