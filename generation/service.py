@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qsl, urlsplit
 
 from generation.errors import (
     AuthFailedError,
@@ -88,6 +89,10 @@ class GenerationSettings:
     max_queued_per_user: int = 5
     inline_image_max_bytes: int = 4_000_000  # larger inputs go through upload_file
     lora_weight_max: float = 2.0  # every LoRA weight sent is clamped to ±this (LORA_WEIGHT_MAX)
+    max_outputs_per_run: int = 16  # outputs kept per run (MAX_OUTPUTS_PER_RUN)
+    max_queued_total: int = 1000  # queued runs of all users together (MAX_QUEUED_TOTAL)
+    # seconds an uncertain create (webhook mode) waits for its run's webhook to be adopted
+    adopt_window: float = 300.0
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
     breaker_cooldown: float = 60.0  # seconds before a half-open probe
     # stop(): seconds in-flight create calls may take to finish (else they end SUBMITTING,
@@ -161,6 +166,8 @@ class GenerationService:
             bus=self.bus,
             clock=clock,
             on_finished=self._on_finished,
+            max_outputs=s.max_outputs_per_run,
+            webhook_is_ours=self._webhook_is_ours,
         )
         self._pending: dict[str, _Pending] = {}
         self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
@@ -345,7 +352,9 @@ class GenerationService:
     ) -> bool:
         """Apply a ComfyDeploy webhook. ``run_ref``/``token`` are the ``r``/``t`` query
         parameters of our webhook URL. Returns False (and changes nothing) when the call is
-        forged, unknown or malformed. Makes no backend call: it answers fast."""
+        forged, unknown or malformed. A reported success is confirmed with ``GET /run/{id}``
+        before anything is delivered, and a backend run the run does not track is checked the
+        same way (adopted or cancelled), so the HTTP layer runs this in a task of its own."""
         secret = self.settings.webhook_secret
         if not run_ref or not verify_webhook_token(secret, run_ref, token):
             log.warning("webhook rejected: bad token")
@@ -359,11 +368,25 @@ class GenerationService:
         except Exception as exc:
             log.warning("webhook rejected for run %s: %r", run_ref, exc)
             return False
-        if run.backend_run_id and snapshot.backend_run_id != run.backend_run_id:
-            log.warning("webhook rejected for run %s: backend run id mismatch", run_ref)
-            return False
+        if run.backend_run_id is None or snapshot.backend_run_id != run.backend_run_id:
+            # A backend run we do not track reports to this run's URL: a create whose answer
+            # was lost (adopted when the run has none yet) or a duplicate (cancelled).
+            return await self.tracker.foreign_webhook(run.id, snapshot.backend_run_id)
+        if snapshot.status is RunStatus.SUCCESS:
+            if not run.is_terminal:
+                await self.tracker.confirm(run.id, run.backend_run_id)
+            return True
         await self.tracker.apply(run.id, snapshot, source="webhook")
         return True
+
+    def _webhook_is_ours(self, run_id: str, url: str | None) -> bool:
+        """Is ``url`` the webhook URL we gave ``run_id`` (same run ref, valid token)?"""
+        if not url:
+            return False
+        query = dict(parse_qsl(urlsplit(url).query))
+        return query.get("r") == run_id and verify_webhook_token(
+            self.settings.webhook_secret, run_id, query.get("t")
+        )
 
     def queue_position(self, run_id: str) -> int | None:
         return self.scheduler.position(run_id)
@@ -534,7 +557,18 @@ class GenerationService:
             log.warning("run %s: deployment %s failed: %s", run.id, dep_id, exc.code.value)
             await self.selector.record_failure(dep_id)
             return exc
-        except (AuthFailedError, InvalidInputError, SubmitUncertainError) as exc:
+        except SubmitUncertainError as exc:
+            await self.selector.record_failure(dep_id)
+            if hook is None:  # polling mode: nothing could ever find that run; fail clearly
+                await self.tracker.fail(run.id, exc)
+                return None
+            # Webhook mode: a run created by a lost attempt reports to this run's URL and is
+            # adopted then (tracker.foreign_webhook); until the window ends the run waits.
+            self._pending.pop(run.id, None)
+            self.tracker.await_adoption(run.id, self.clock() + self.settings.adopt_window)
+            log.warning("run %s: create on %s uncertain; waiting for its webhook", run.id, dep_id)
+            return None
+        except (AuthFailedError, InvalidInputError) as exc:
             await self.tracker.fail(run.id, exc)
             return None
         except GenerationError as exc:
@@ -569,10 +603,16 @@ class GenerationService:
             current = await self.runs.get_run(run.id)
             if current is None:
                 return
+            orphan = current.backend_run_id not in (None, backend_run_id)
             if current.is_terminal:
-                cancelled_meanwhile = current.status is RunStatus.CANCELLED
+                # Cancelled meanwhile, or ended (e.g. as uncertain) without this backend run:
+                # nobody will deliver it, so it must not keep running.
+                unused = current.status is RunStatus.CANCELLED or orphan
+                unused = unused or current.backend_run_id is None
+            elif orphan:
+                unused = True  # a run adopted from an earlier attempt's webhook is the one
             else:
-                cancelled_meanwhile = False
+                unused = False
                 changes: dict[str, Any] = {"updated_at": self.clock()}
                 if current.backend_run_id != backend_run_id:
                     changes["backend_run_id"] = backend_run_id
@@ -580,9 +620,10 @@ class GenerationService:
                     changes["status"] = RunStatus.WAITING
                 current = await self.runs.update_run(run.id, **changes)
                 self.tracker.track(current)
+        if unused:
+            await self.tracker.cancel_orphan(run.id, backend_run_id)
+            return
         if current.is_terminal:
-            if cancelled_meanwhile and current.backend_run_id in (None, backend_run_id):
-                await self._cancel_backend(run.id, backend_run_id)
             return
         self.bus.publish(
             GenerationStarted(

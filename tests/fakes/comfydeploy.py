@@ -372,6 +372,7 @@ class FakeComfyDeploy:
         self.upload_limit = UPLOAD_LIMIT
         # faults
         self._create_faults: list[_Fault] = []
+        self._lost_answers: list[_Fault] = []
         self._get_faults: list[_Fault] = []
         self._transport_faults: list[_TransportFault] = []
         self._seq = 0
@@ -409,6 +410,11 @@ class FakeComfyDeploy:
     def fail_next_creates(self, k: int, status: int = 500) -> None:
         """The next ``k`` create calls answer ``status``; no run is created."""
         self._create_faults.append(_Fault(k, status))
+
+    def lose_next_create_answers(self, k: int, status: int = 504) -> None:
+        """The next ``k`` create calls DO queue their run (webhooks and all), then answer
+        ``status`` as a gateway does when it gives up waiting (e.g. Cloudflare's 504)."""
+        self._lost_answers.append(_Fault(k, status))
 
     def fail_next_gets(self, k: int, status: int = 500) -> None:
         self._get_faults.append(_Fault(k, status))
@@ -879,6 +885,11 @@ class FakeComfyDeploy:
             seq=self._seq,
         )
         self.runs[run.id] = run
+        lost = self._take(self._lost_answers)
+        if lost is not None:
+            return _Resp(
+                lost.status, b"<html><body>504 Gateway Time-out</body></html>", "text/html"
+            )
         return _json(200, {"run_id": run.id})
 
     def _get(self, run_id: str, query: dict[str, str], loc: list[str]) -> _Resp:
