@@ -187,7 +187,7 @@ class SafeFetcher:
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise OutputRefusedError("output larger than the size limit", size=int(declared))
         buf = bytearray()
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes():  # decoded: the cap also stops gzip bombs
             buf += chunk
             if len(buf) > limit:
                 raise OutputRefusedError("output larger than the size limit")
