@@ -6,6 +6,7 @@ Flow of one generation::
       validate (type registry: prompt? image? mask?)      → InvalidInputError(field=...)
       a deployment exists for the type?                   → NoDeploymentsAvailableError
       per-user queued cap                                  → QueueFullError
+      global queued cap (MAX_QUEUED_TOTAL)                 → QueueBusyError
       draw the concrete seed, persist the run + hold price → InsufficientBalanceError
       enqueue in the fair queue; publish GenerationQueued
       return the RunRecord at once (status QUEUED)
@@ -46,6 +47,7 @@ from generation.errors import (
     InterruptedError_,
     InvalidInputError,
     NoDeploymentsAvailableError,
+    QueueBusyError,
     QueueFullError,
     RateLimitedError,
     RunNotFoundError,
@@ -91,6 +93,8 @@ class GenerationSettings:
     lora_weight_max: float = 2.0  # every LoRA weight sent is clamped to ±this (LORA_WEIGHT_MAX)
     max_outputs_per_run: int = 16  # outputs kept per run (MAX_OUTPUTS_PER_RUN)
     max_queued_total: int = 1000  # queued runs of all users together (MAX_QUEUED_TOTAL)
+    # queue-position events are coalesced: at most one publishing pass per this many seconds
+    queue_position_interval: float = 1.0
     # seconds an uncertain create (webhook mode) waits for its run's webhook to be adopted
     adopt_window: float = 300.0
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
@@ -158,6 +162,7 @@ class GenerationService:
             max_active_per_user=s.max_active_per_user,
             max_queued_per_user=s.max_queued_per_user,
             on_position=self._publish_position,
+            position_interval=s.queue_position_interval,
         )
         self.tracker = RunTracker(
             runs=runs,
@@ -275,6 +280,9 @@ class GenerationService:
         queued = self.scheduler.queued_count(user_id) + self._reserved[user_id]
         if queued >= self.scheduler.max_queued_per_user:
             raise QueueFullError("too many queued requests", user_id=user_id)
+        total = self.scheduler.queued_count() + self._reserved.total()
+        if total >= self.settings.max_queued_total:
+            raise QueueBusyError("the bot's queue is full", limit=self.settings.max_queued_total)
         self._reserved[user_id] += 1
         try:
             request = request.with_concrete_seed()

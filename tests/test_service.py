@@ -501,6 +501,7 @@ async def test_cancel_queued_run_and_cancel_user_generations(env: Env) -> None:
     assert result.status is RunStatus.CANCELLED
     assert service.queue_position(queued.id) is None
     assert service.queue_position(third.id) == 1
+    service.scheduler.flush_positions()  # moved positions are published coalesced
     await env.settle()
     assert env.recorder is not None
     assert env.recorder.of(GenerationQueued, third.id)[-1].position == 1

@@ -87,12 +87,14 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
     env: E2E, server: tuple[httpx.AsyncClient, Any]
 ) -> None:
     http, app = server
-    await env.add_deployment(timeline=Timeline.success("png"))
+    # The run never ends at the backend: a success claim (even with the right token) is
+    # confirmed with GET /run/{id} first (issue 11), which says it is still waiting.
+    await env.add_deployment(timeline=Timeline.stall())
     hooks = Hooks()
     run, backend = await _started_run(env, 4001, hooks)
     other, _ = await _started_run(env, 4002, hooks)
-    await env.cd.run_to_end(backend)
-    url, success = hooks.by_status("success")
+    url = env.cd.runs[backend].webhook or ""
+    success = {"run_id": backend, "status": "success", "progress": 1, "outputs": []}
     assert urlsplit(url).path == COMFYDEPLOY_PATH
     before = await _snapshot(env, run.id)
     sent_before = len(env.fake.call_log)
@@ -123,6 +125,7 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
         {"run_id": "someone-else", "status": "success", "outputs": []},  # another backend run
         {"run_id": backend, "status": 17, "outputs": "x"},
         {"run_id": backend, "status": "success", "progress": "NaN", "outputs": [{"data": 5}]},
+        success,  # well formed, but GET says the run has not even started
     ):
         await _post(http, url, body)
     await app.state.webhook_tasks.drain()
@@ -134,7 +137,10 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
     sent = [c.method for c in env.fake.call_log[sent_before:]]
     assert "sendPhoto" not in sent and "sendMessage" not in sent
 
-    # the genuine call still works afterwards
+    # the genuine call still works afterwards (the run now really ends at the backend)
+    env.cd.runs[backend].timeline = Timeline.success("png")
+    await env.cd.run_to_end(backend)
+    url, success = hooks.by_status("success")
     assert await _post(http, url, success) == 200
     await app.state.webhook_tasks.drain()
     await env.events.wait(lambda: "generation:completed" in env.events.names(run.id))
