@@ -38,11 +38,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from generation.counters import GenerationCounters
 from generation.errors import (
     AuthFailedError,
     BackendError,
     BackendUnavailableError,
     DeploymentNotFoundError,
+    ErrorCode,
     GenerationError,
     InterruptedError_,
     InvalidInputError,
@@ -55,6 +57,7 @@ from generation.errors import (
 )
 from generation.events import EventBus, GenerationQueued, GenerationStarted
 from generation.images import aprepare_image, aprepare_mask, image_input_value
+from generation.maintenance import Maintenance
 from generation.models import (
     ChargeState,
     DeliveryState,
@@ -95,6 +98,8 @@ class GenerationSettings:
     max_queued_total: int = 1000  # queued runs of all users together (MAX_QUEUED_TOTAL)
     # queue-position events are coalesced: at most one publishing pass per this many seconds
     queue_position_interval: float = 1.0
+    run_retention_days: float = 90.0  # terminal runs deleted after this (RUN_RETENTION_DAYS)
+    maintenance_interval: float = 600.0  # seconds between hold reconciliation + pruning passes
     # seconds an uncertain create (webhook mode) waits for its run's webhook to be adopted
     adopt_window: float = 300.0
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
@@ -149,6 +154,7 @@ class GenerationService:
         self.bus = bus or EventBus()
         self.settings = settings or GenerationSettings()
         self.clock = clock
+        self.counters = GenerationCounters()
         s = self.settings
         self.selector = DeploymentSelector(
             deployments,
@@ -173,6 +179,14 @@ class GenerationService:
             on_finished=self._on_finished,
             max_outputs=s.max_outputs_per_run,
             webhook_is_ours=self._webhook_is_ours,
+            counters=self.counters,
+        )
+        self.maintenance = Maintenance(
+            runs,
+            balances,
+            retention_days=s.run_retention_days,
+            clock=clock,
+            counters=self.counters,
         )
         self._pending: dict[str, _Pending] = {}
         self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
@@ -198,6 +212,10 @@ class GenerationService:
             loop.create_task(self._worker(), name=f"generation-worker-{i}") for i in range(workers)
         ]
         self._tasks.append(loop.create_task(self._poll_loop(), name="generation-poller"))
+        if self.settings.maintenance_interval > 0:
+            self._tasks.append(
+                loop.create_task(self._maintenance_loop(), name="generation-maintenance")
+            )
 
     async def stop(self) -> None:
         """Stop taking work, cancel our tasks cleanly; persisted runs resume on next start.
@@ -279,9 +297,11 @@ class GenerationService:
         user_id = request.user_id
         queued = self.scheduler.queued_count(user_id) + self._reserved[user_id]
         if queued >= self.scheduler.max_queued_per_user:
+            self.counters.inc("generation_runs_refused_total", code=ErrorCode.QUEUE_FULL.value)
             raise QueueFullError("too many queued requests", user_id=user_id)
         total = self.scheduler.queued_count() + self._reserved.total()
         if total >= self.settings.max_queued_total:
+            self.counters.inc("generation_runs_refused_total", code=ErrorCode.QUEUE_BUSY.value)
             raise QueueBusyError("the bot's queue is full", limit=self.settings.max_queued_total)
         self._reserved[user_id] += 1
         try:
@@ -304,6 +324,7 @@ class GenerationService:
             self._reserved[user_id] -= 1
             if self._reserved[user_id] <= 0:
                 del self._reserved[user_id]
+        self.counters.inc("generation_runs_created_total", type=resolved.base.name)
         self._pending[run.id] = _Pending(request, context.balance, run)
         # Publishes GenerationQueued (via _publish_position) for this run and any that moved.
         self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
@@ -357,6 +378,14 @@ class GenerationService:
 
     async def process_webhook(
         self, payload: Mapping[str, Any], token: str | None = None, run_ref: str | None = None
+    ) -> bool:
+        """See :meth:`_process_webhook`; counts the outcome."""
+        ok = await self._process_webhook(payload, token, run_ref)
+        self.counters.inc("generation_webhooks_total", result="accepted" if ok else "rejected")
+        return ok
+
+    async def _process_webhook(
+        self, payload: Mapping[str, Any], token: str | None, run_ref: str | None
     ) -> bool:
         """Apply a ComfyDeploy webhook. ``run_ref``/``token`` are the ``r``/``t`` query
         parameters of our webhook URL. Returns False (and changes nothing) when the call is
@@ -413,6 +442,7 @@ class GenerationService:
             )
             if await self.balances.settle_hold(run_id):
                 run = await self.runs.get_run(run_id) or run
+                self.counters.inc("generation_runs_delivered_total")
         return run
 
     async def mark_delivery_failed(self, run_id: str) -> RunRecord:
@@ -465,6 +495,27 @@ class GenerationService:
                 raise
             except Exception:
                 log.exception("poll tick failed")
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval)
+            try:
+                await self.maintenance.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance pass failed")
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Counters plus live gauges, for /metrics (no database access)."""
+        return {
+            "counters": self.counters.snapshot(),
+            "gauges": {
+                "generation_queued": self.scheduler.queued_count(),
+                "generation_in_flight": self.scheduler.in_flight,
+                "generation_tracked": len(self.tracker.tracked_ids),
+            },
+        }
 
     async def dispatch(self, item: QueueItem) -> None:
         """Submit one run taken from the queue (what a worker does with each item).
@@ -566,6 +617,7 @@ class GenerationService:
             await self.selector.record_failure(dep_id)
             return exc
         except SubmitUncertainError as exc:
+            self.counters.inc("generation_creates_uncertain_total")
             await self.selector.record_failure(dep_id)
             if hook is None:  # polling mode: nothing could ever find that run; fail clearly
                 await self.tracker.fail(run.id, exc)

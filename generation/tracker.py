@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from generation.counters import GenerationCounters
 from generation.errors import ErrorCode, GenerationError, RunNotFoundError, SubmitUncertainError
 from generation.events import (
     EventBus,
@@ -91,6 +92,7 @@ class RunTracker:
         poll_concurrency: int = 8,
         max_outputs: int = 16,
         webhook_is_ours: Callable[[str, str | None], bool] | None = None,
+        counters: GenerationCounters | None = None,
     ) -> None:
         self._runs = runs
         self._balances = balances
@@ -109,6 +111,7 @@ class RunTracker:
         self._awaiting: dict[str, float] = {}  # run id → end of its adoption window
         self._foreign: set[str] = set()  # backend run ids already adopted/cancelled/checking
         self.orphans_cancelled: list[str] = []  # backend run ids cancelled as orphans
+        self._counters = counters or GenerationCounters()
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -313,6 +316,9 @@ class RunTracker:
                 log.exception("run %s: releasing the hold failed", run.id)
         if self._on_finished is not None:
             self._on_finished(run)
+        self._counters.inc(
+            "generation_runs_finished_total", status=status.value, code=run.error_code or ""
+        )
         log.info("run %s finished: %s %s", run.id, status.value, run.error_code or "")
         for event in self._final_events(run):
             self._bus.publish(event)
@@ -396,6 +402,7 @@ class RunTracker:
                 self._awaiting.pop(run_id, None)
                 self.track(run)
                 adopted = True
+                self._counters.inc("generation_orphans_adopted_total")
         if adopted:
             log.info(
                 "run %s: adopted backend run %s (its create answer was lost)",
@@ -411,6 +418,7 @@ class RunTracker:
         """Cancel a backend run created for ``run_id`` that the run does not use."""
         self._foreign.add(backend_run_id)
         self.orphans_cancelled.append(backend_run_id)
+        self._counters.inc("generation_orphans_cancelled_total")
         log.warning("run %s: cancelling orphan backend run %s", run_id, backend_run_id)
         try:
             await self._backend.cancel_run(backend_run_id)
