@@ -56,7 +56,13 @@ from generation.errors import (
     SubmitUncertainError,
 )
 from generation.events import EventBus, GenerationQueued, GenerationStarted
-from generation.images import aprepare_image, aprepare_mask, image_input_value
+from generation.images import (
+    ImageMemoryBudget,
+    aprepare_image,
+    aprepare_mask,
+    decoded_size_estimate,
+    image_input_value,
+)
 from generation.maintenance import Maintenance
 from generation.models import (
     ChargeState,
@@ -65,7 +71,14 @@ from generation.models import (
     RunRecord,
     RunStatus,
 )
-from generation.ports import Backend, BalanceStore, DeploymentStore, LoraStore, RunStore
+from generation.ports import (
+    Backend,
+    BalanceStore,
+    DeploymentStore,
+    ImageStore,
+    LoraStore,
+    RunStore,
+)
 from generation.prompt_builder import PromptBuilder
 from generation.request import GenerationContext, GenerationRequest, InputImage
 from generation.scheduler import FairScheduler, QueueItem
@@ -100,6 +113,8 @@ class GenerationSettings:
     queue_position_interval: float = 1.0
     run_retention_days: float = 90.0  # terminal runs deleted after this (RUN_RETENTION_DAYS)
     maintenance_interval: float = 600.0  # seconds between hold reconciliation + pruning passes
+    # image bytes being prepared (file + decoded pixels) at once, process-wide
+    image_memory_max_bytes: int = 256 * 1024 * 1024
     # seconds an uncertain create (webhook mode) waits for its run's webhook to be adopted
     adopt_window: float = 300.0
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
@@ -132,6 +147,26 @@ def _record_had_images(data: Mapping[str, Any]) -> bool:
     return any(data.get(name) for name in _IMAGE_FIELDS)
 
 
+def _image_refs(data: Mapping[str, Any]) -> list[str]:
+    """The image-store refs a run record holds."""
+    refs: list[str] = []
+    for name in _IMAGE_FIELDS:
+        meta = data.get(name)
+        if isinstance(meta, Mapping) and isinstance(meta.get("ref"), str):
+            refs.append(meta["ref"])
+    return refs
+
+
+def _images_stored(data: Mapping[str, Any]) -> bool:
+    """Every image of the record is in the image store (has a ref)."""
+    metas = [data.get(name) for name in _IMAGE_FIELDS if data.get(name)]
+    return bool(metas) and all(isinstance(m, Mapping) and m.get("ref") for m in metas)
+
+
+def _without_images(request: GenerationRequest) -> GenerationRequest:
+    return request.model_copy(update={name: None for name in _IMAGE_FIELDS})
+
+
 class GenerationService:
     def __init__(
         self,
@@ -145,8 +180,12 @@ class GenerationService:
         settings: GenerationSettings | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.backend = backend
+        # Input images of accepted runs live here (not in memory) until the run ends; None
+        # keeps them in memory (and a restart loses queued runs with images).
+        self.images = images
         self.runs = runs
         self.balances = balances
         self.deployments = deployments
@@ -189,6 +228,9 @@ class GenerationService:
             counters=self.counters,
         )
         self._pending: dict[str, _Pending] = {}
+        self._run_refs: dict[str, list[str]] = {}  # run id → image refs it holds on disk
+        self._ref_counts: Counter[str] = Counter()
+        self.image_budget = ImageMemoryBudget(s.image_memory_max_bytes)
         self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[Any]] = set()  # workers inside dispatch()
@@ -240,11 +282,19 @@ class GenerationService:
         await self.tracker.aclose()
 
     async def _resume(self) -> None:
+        keep: set[str] = set()
         for run in await self.runs.list_unfinished_runs():
+            if not run.is_terminal:
+                keep.update(_image_refs(run.request))
             try:
                 await self._resume_run(run)
             except Exception:
                 log.exception("run %s: resume failed", run.id)
+        if self.images is not None:
+            keep.update(self._ref_counts)
+            removed = await self.images.sweep(keep)
+            if removed:
+                log.info("removed %d stored input images no run needs", removed)
 
     async def _resume_run(self, run: RunRecord) -> None:
         status = run.status
@@ -274,14 +324,17 @@ class GenerationService:
         if request is None:
             try:
                 request = request_from_record(run.request)
-                if _record_had_images(run.request):
+                on_disk = self.images is not None and _images_stored(run.request)
+                if _record_had_images(run.request) and not on_disk:
                     raise InterruptedError_("input images were lost in a restart")
-                validate_request(request)
+                if not on_disk:
+                    validate_request(request)
             except (GenerationError, ValueError) as exc:
                 err = exc if isinstance(exc, InterruptedError_) else InterruptedError_(str(exc))
                 await self.tracker.fail(run.id, err)
                 return
             self._pending[run.id] = _Pending(request)
+            self._hold_refs(run.id, _image_refs(run.request))
         if not self.scheduler.is_queued(run.id) and not self.scheduler.is_active(run.id):
             self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
 
@@ -304,15 +357,18 @@ class GenerationService:
             self.counters.inc("generation_runs_refused_total", code=ErrorCode.QUEUE_BUSY.value)
             raise QueueBusyError("the bot's queue is full", limit=self.settings.max_queued_total)
         self._reserved[user_id] += 1
+        refs: list[str] = []
         try:
             request = request.with_concrete_seed()
+            record = request.to_record()
+            refs = await self._store_images(request, record)
             now = self.clock()
             run = RunRecord(
                 id=uuid.uuid4().hex,
                 user_id=user_id,
                 chat_id=request.chat_id,
                 type=request.type,
-                request=request.to_record(),
+                request=record,
                 status=RunStatus.QUEUED,
                 price=context.price,
                 meta=dict(context.meta),
@@ -320,10 +376,16 @@ class GenerationService:
                 updated_at=now,
             )
             run = await self.runs.create_run(run, hold_amount=context.price)
+        except BaseException:
+            await self._drop_unused_refs(refs)
+            raise
         finally:
             self._reserved[user_id] -= 1
             if self._reserved[user_id] <= 0:
                 del self._reserved[user_id]
+        if refs:
+            self._hold_refs(run.id, refs)
+            request = _without_images(request)  # the bytes are on disk, not in memory
         self.counters.inc("generation_runs_created_total", type=resolved.base.name)
         self._pending[run.id] = _Pending(request, context.balance, run)
         # Publishes GenerationQueued (via _publish_position) for this run and any that moved.
@@ -464,6 +526,73 @@ class GenerationService:
         self.scheduler.remove(run.id)
         self.scheduler.release(run.id)
         self._pending.pop(run.id, None)
+        refs = self._run_refs.pop(run.id, None)
+        if refs:
+            self._release_refs(refs)
+
+    # -- input images on disk -------------------------------------------------------------------
+
+    async def _store_images(self, request: GenerationRequest, record: dict[str, Any]) -> list[str]:
+        """Write the request's images to the image store; their refs go into ``record``."""
+        if self.images is None:
+            return []
+        refs: list[str] = []
+        for name in _IMAGE_FIELDS:
+            img: InputImage | None = getattr(request, name)
+            if img is None:
+                continue
+            ref = await self.images.put(img.data)
+            record[name] = {**(record.get(name) or {}), "ref": ref}
+            refs.append(ref)
+        return refs
+
+    def _hold_refs(self, run_id: str, refs: list[str]) -> None:
+        if not refs or run_id in self._run_refs:
+            return
+        self._run_refs[run_id] = list(refs)
+        self._ref_counts.update(refs)
+
+    def _release_refs(self, refs: list[str]) -> None:
+        unused: list[str] = []
+        for ref in refs:
+            self._ref_counts[ref] -= 1
+            if self._ref_counts[ref] <= 0:
+                del self._ref_counts[ref]
+                unused.append(ref)
+        if unused and self.images is not None:
+            self.tracker.spawn(self._drop_unused_refs(unused))
+
+    async def _drop_unused_refs(self, refs: list[str]) -> None:
+        if self.images is None:
+            return
+        for ref in dict.fromkeys(refs):
+            if self._ref_counts.get(ref, 0) > 0:
+                continue  # another run still needs the same bytes
+            try:
+                await self.images.delete(ref)
+            except Exception:
+                log.warning("could not delete a stored input image", exc_info=True)
+
+    async def _load_images(self, run: RunRecord, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with the images of ``run`` read back from the image store."""
+        if self.images is None or not _images_stored(run.request):
+            return request
+        updates: dict[str, InputImage] = {}
+        for name in _IMAGE_FIELDS:
+            meta = run.request.get(name)
+            if not isinstance(meta, Mapping) or not meta.get("ref"):
+                continue
+            data = await self.images.get(str(meta["ref"]))
+            if data is None:
+                raise InterruptedError_("a stored input image is gone", field=name)
+            updates[name] = InputImage(
+                data=data,
+                mime_type=str(meta.get("mime_type") or "image/png"),
+                filename=str(meta.get("filename") or "image.png"),
+                width=meta.get("width"),
+                height=meta.get("height"),
+            )
+        return request.model_copy(update=updates)
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -533,8 +662,8 @@ class GenerationService:
             if run is not None and run.status is RunStatus.QUEUED:
                 await self.tracker.fail(run.id, InterruptedError_("request data lost"))
             return
-        request = pending.request
         try:
+            request = await self._load_images(run, pending.request)
             resolved = validate_request(request)
             image_values = await self._image_values(request)
             loras = [entry for entry in await self.loras.list_loras() if entry.enabled]
@@ -588,6 +717,10 @@ class GenerationService:
             await self.tracker.fail(run.id, exc)
             return None
         record = request.to_record()
+        for name in _IMAGE_FIELDS:  # keep the stored images' refs (deleted when the run ends)
+            meta = run.request.get(name)
+            if isinstance(meta, Mapping) and meta.get("ref") and isinstance(record.get(name), dict):
+                record[name]["ref"] = meta["ref"]
         record["final_prompt"] = built.final_prompt
         record["applied_loras"] = list(built.applied_loras)
         if built.kept_loras:
@@ -700,6 +833,15 @@ class GenerationService:
         """Prepare every input image of ``request`` (off the event loop) and turn it into a
         data URI or an uploaded URL, keyed by input name (``input_image``, ``input_mask``...).
         The mask is sized to the prepared photo."""
+        estimate = sum(
+            decoded_size_estimate(img.data)
+            for name in _IMAGE_FIELDS
+            if (img := getattr(request, name)) is not None
+        )
+        async with self.image_budget.hold(estimate):
+            return await self._prepare_image_values(request)
+
+    async def _prepare_image_values(self, request: GenerationRequest) -> dict[str, str]:
         values: dict[str, str] = {}
         photo: InputImage | None = None
         if request.image is not None:

@@ -171,6 +171,8 @@ class RunTracker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    spawn = _spawn  # helper tasks of the service too (cancelled by aclose, awaited by drain)
+
     # -- state machine ------------------------------------------------------------------------
 
     async def apply(self, run_id: str, snapshot: RunSnapshot, *, source: str = "poll") -> bool:
@@ -386,12 +388,16 @@ class RunTracker:
         ):
             log.warning("run %s: a webhook named a backend run not created for it", run_id)
             return False
-        if await self._runs.get_run_by_backend_id(backend_run_id) is not None:
-            return False  # known after all (another run tracks it)
+        known = await self._runs.get_run_by_backend_id(backend_run_id)
+        if known is not None and known.id != run_id:
+            return False  # another run of ours tracks it
         adopted = False
         async with self.lock(run_id):
             run = await self._runs.get_run(run_id)
-            if run is not None and not run.is_terminal and run.backend_run_id is None:
+            own = run is not None and run.backend_run_id == backend_run_id
+            if own:
+                adopted = True  # the create's answer arrived meanwhile: it is this run's own
+            elif run is not None and not run.is_terminal and run.backend_run_id is None:
                 changes: dict[str, Any] = {
                     "backend_run_id": backend_run_id,
                     "updated_at": self._clock(),
@@ -404,11 +410,12 @@ class RunTracker:
                 adopted = True
                 self._counters.inc("generation_orphans_adopted_total")
         if adopted:
-            log.info(
-                "run %s: adopted backend run %s (its create answer was lost)",
-                run_id,
-                backend_run_id,
-            )
+            if not own:
+                log.info(
+                    "run %s: adopted backend run %s (its create answer was lost)",
+                    run_id,
+                    backend_run_id,
+                )
             await self.apply(run_id, snapshot, source="confirm")
             return True
         await self.cancel_orphan(run_id, backend_run_id)

@@ -8,6 +8,7 @@ from types import TracebackType
 
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
+from storage.images import FileImageStore
 from storage.ledger import LedgerRepository
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
@@ -35,6 +36,7 @@ class Storage:
         self.runs = RunRepository(db)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.images = FileImageStore.next_to(db.path)  # input images of queued runs
 
     @classmethod
     async def open(
