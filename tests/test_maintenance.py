@@ -111,3 +111,26 @@ async def test_counters_follow_the_runs_without_the_database(env: Env) -> None:
     finished = counters["generation_runs_finished_total"]
     assert finished == {(("code", "CANCELLED"), ("status", "cancelled")): 1}
     assert snap["gauges"]["generation_queued"] == 0
+
+
+async def test_prompts_and_presigned_urls_never_reach_info_logs(env: Env, caplog) -> None:
+    import logging
+
+    from tests.fakes.comfydeploy import Timeline
+
+    env.fake.presigned_outputs = True
+    env.deployment(timeline=Timeline.success("png"))
+    service = env.make()
+    prompt = "a very private prompt 7f3a"
+    with caplog.at_level(logging.INFO):
+        run = await service.generate(make_request(prompt=prompt), GenerationContext())
+        item = service.scheduler.try_take()
+        assert item is not None
+        await service.dispatch(item)
+        backend_id = (await env.store.get_run(run.id)).backend_run_id  # type: ignore[union-attr]
+        await env.fake.run_to_end(backend_id)  # type: ignore[arg-type]
+    final = await env.store.get_run(run.id)
+    assert final is not None and "X-Amz-Signature" in final.outputs[0].url
+    texts = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert texts  # the run did log
+    assert not any(prompt in t or "X-Amz-Signature" in t for t in texts)

@@ -370,6 +370,7 @@ class FakeComfyDeploy:
         self.drop_final_webhook = False
         self.retry_as_get = False
         self.upload_limit = UPLOAD_LIMIT
+        self.presigned_outputs = False  # output URLs carry an S3-style signature query
         # faults
         self._create_faults: list[_Fault] = []
         self._lost_answers: list[_Fault] = []
@@ -558,8 +559,11 @@ class FakeComfyDeploy:
         filename = f"{base}{index:02d}.{ext}" if index > 1 else variant.filename
         name = f"{run.id}_{filename}"
         self.files[name] = (variant.content(), variant.content_type)
+        url = f"{self.base_url}/files/{name}"
+        if self.presigned_outputs:  # like S3: the query is a credential (the path still serves)
+            url += "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=" + secrets.token_hex(32)
         item = {
-            "url": f"{self.base_url}/files/{name}",
+            "url": url,
             "type": "output",
             "filename": filename,
             "subfolder": "",
