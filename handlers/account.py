@@ -3,44 +3,49 @@
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler, ContextTypes
+from telegram.ext import Application, CommandHandler
 
-from handlers.deps import get_services
-from handlers.menus import load_user
-
-
-def is_admin(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> bool:
-    return user_id in get_services(context).config.admin_ids
+from handlers.context import BotContext
 
 
-async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+def is_admin(context: BotContext, user_id: int) -> bool:
+    return user_id in context.services.config.admin_ids
+
+
+async def start_command(update: Update, context: BotContext) -> None:
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    lang = caller.lang
     text = services.i18n.t(lang, "account.start", name=tg_user.first_name or "")
     await message.reply_text(text, parse_mode=None)
 
 
-async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def help_command(update: Update, context: BotContext) -> None:
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    lang = caller.lang
     text = services.i18n.t(lang, "help.user")
     if is_admin(context, tg_user.id):
         text += "\n\n" + services.i18n.t(lang, "help.admin")
     await message.reply_text(text, parse_mode=None)
 
 
-async def balance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def balance_command(update: Update, context: BotContext) -> None:
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    lang = caller.lang
     ledger = services.storage.ledger
     available = await ledger.get_balance(tg_user.id)  # holds excluded
     held = await ledger.get_held(tg_user.id)

@@ -10,7 +10,7 @@ Decisions:
 - ``/grant`` only adds (amount > 0); ``/setbalance`` sets an exact total ≥ 0 (credits on hold
   are part of the total, so it cannot go below them). Both record the admin as the ledger actor.
 - ``/deployment add`` stores the deployment first and then asks the backend (if one is in
-  ``services.extras["backend"]``) for the declared inputs; when that is impossible the
+  ``services.backend``) for the declared inputs; when that is impossible the
   deployment is still added and the reply says the inputs could not be checked.
 """
 
@@ -25,11 +25,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler, ContextTypes
+from telegram.ext import Application, CommandHandler
 
 from generation.models import DeploymentRole
-from handlers.deps import Services, get_services
-from handlers.menus import load_user
+from generation.types import GENERATION_TYPES
+from handlers.context import BotContext
+from handlers.deps import Services
 from storage.errors import DuplicateError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,8 @@ FAMILY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,16}")
 MAX_WEIGHT = 1000
 MAX_AMOUNT = 10**12
 BACKEND_TIMEOUT = 15.0  # seconds for the optional list_deployments check
-FALLBACK_TYPES = ("MAKE", "I2I", "MAKE_PLUS", "INPAINT", "UPSCALE")
 
-Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+Handler = Callable[[Update, BotContext], Awaitable[None]]
 
 
 class UsageError(Exception):
@@ -54,13 +54,7 @@ class UsageError(Exception):
 
 
 def known_types() -> str:
-    try:
-        from generation.types import GENERATION_TYPES
-
-        names = tuple(GENERATION_TYPES)
-    except ImportError:  # the registry is optional for this listing
-        names = FALLBACK_TYPES
-    return ", ".join(names)
+    return ", ".join(GENERATION_TYPES)
 
 
 def _int(text: str, usage: str, *, minimum: int, maximum: int = MAX_AMOUNT) -> int:
@@ -108,12 +102,14 @@ class Reply:
 def admin_only(func: Callable[[Reply, Services, Sequence[str], int], Awaitable[None]]) -> Handler:
     """Refuse non-admins; turn :class:`UsageError` into the usage reply."""
 
-    async def wrapper(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def wrapper(update: Update, context: BotContext) -> None:
         tg_user = update.effective_user
         if tg_user is None or update.effective_message is None:
             return
-        services = get_services(context)
-        _, lang = await load_user(services, tg_user)
+        services = context.services
+        caller = await context.caller()
+        assert caller is not None  # effective_user checked above
+        lang = caller.lang
         reply = Reply(update, services, lang)
         if tg_user.id not in services.config.admin_ids:
             log.info("admin command refused for user %s", tg_user.id)
@@ -160,7 +156,7 @@ async def deployments_command(
 
 async def _declared_inputs(services: Services, deployment_id: str) -> tuple[str, ...] | None:
     """The deployment's input names from the backend; ``None`` when they cannot be known."""
-    backend = services.extras.get("backend")
+    backend = services.backend
     if backend is None:
         return None
     try:
@@ -386,18 +382,9 @@ async def grant_command(
     await reply("admin.granted", user_id=user_id, amount=amount, balance=balance)
 
 
-async def _users_count(services: Services) -> int | str:
-    count = getattr(services.storage.users, "count", None)
-    if count is None:
-        return "?"
-    return await count()
-
-
 def _queue_figures(services: Services) -> tuple[int, int] | None:
-    """(queued, in flight) from the generation service's scheduler, when it exposes one."""
-    scheduler = getattr(services.generation, "scheduler", None)
-    if scheduler is None:
-        return None
+    """(queued, in flight) from the generation service's scheduler."""
+    scheduler = services.generation.scheduler
     try:
         return int(scheduler.queued_count()), int(scheduler.in_flight)
     except Exception:  # an optional figure; never fail /stats over it
@@ -415,7 +402,7 @@ async def stats_command(
     lines = [
         reply.t(
             "admin.stats",
-            users=await _users_count(services),
+            users=await storage.users.count(),
             runs=runs,
             deployments=len(deployments),
             enabled=sum(1 for d in deployments if d.enabled),

@@ -12,7 +12,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from handlers.callbacks import MenuAction
+from handlers.callbacks import MenuAction, RunAction
 from handlers.i18n import Translator
 
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
@@ -191,3 +191,27 @@ MENU_KEYBOARDS = {
     CKPT: checkpoint_keyboard,
     LANG: language_keyboard,
 }
+
+
+def cancel_keyboard(i18n: Translator, run_id: str, lang: str) -> InlineKeyboardMarkup:
+    """The Cancel button of a progress message (callback data ``r:cx:<run id>``)."""
+    button = InlineKeyboardButton(
+        i18n.t(lang, "progress.cancel_button"), callback_data=RunAction("cx", run_id).pack()
+    )
+    return InlineKeyboardMarkup([[button]])
+
+
+def result_keyboard(
+    i18n: Translator, run_id: str, lang: str, *, original: bool
+) -> InlineKeyboardMarkup:
+    """The buttons under a result: again with a new seed, parameters, (original file)."""
+
+    def button(key: str, action: str) -> InlineKeyboardButton:
+        return InlineKeyboardButton(
+            i18n.t(lang, key), callback_data=RunAction(action, run_id).pack()
+        )
+
+    rows = [[button("result.again_button", "ag"), button("result.params_button", "pm")]]
+    if original:
+        rows.append([button("result.original_button", "og")])
+    return InlineKeyboardMarkup(rows)

@@ -22,7 +22,6 @@ from telegram.ext import (
     ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
-    ContextTypes,
     MessageHandler,
     filters,
 )
@@ -30,7 +29,8 @@ from telegram.ext import (
 from generation.request import MAX_PROMPT_LENGTH, MAX_SEED
 from handlers import keyboards as kb
 from handlers.callbacks import MenuAction, SettingsAction, parse
-from handlers.deps import Services, get_services
+from handlers.context import BotContext
+from handlers.deps import Services
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,6 @@ class PendingInput:
     chat_id: int
     message_id: int | None
     expires_at: float  # time.monotonic()
-
-
-async def load_user(services: Services, tg_user: Any) -> tuple[Any, str]:
-    """The stored user (created on first contact) and the language to talk to them in."""
-    user, _ = await services.storage.users.get_or_create(
-        tg_user.id,
-        language_code=tg_user.language_code,
-        starting_balance=services.config.starting_balance,
-    )
-    lang = services.i18n.resolve_language(user.settings.language, tg_user.language_code)
-    return user, lang
 
 
 def render_summary(services: Services, lang: str, settings: Any) -> str:
@@ -104,12 +93,14 @@ def render_menu(
     return text, keyboard
 
 
-async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def settings_command(update: Update, context: BotContext) -> None:
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
         return
-    services = get_services(context)
-    user, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     if context.user_data is not None:
         context.user_data.pop(PENDING_KEY, None)
     text, keyboard = render_menu(services, lang, tg_user.id, user.settings)
@@ -158,13 +149,15 @@ def _changed(settings: Any, changes: dict[str, Any]) -> bool:
     return any(getattr(settings, key) != value for key, value in changes.items())
 
 
-async def menu_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def menu_callback(update: Update, context: BotContext) -> None:
     query = update.callback_query
     if query is None:
         return
-    services = get_services(context)
+    services = context.services
     tg_user = query.from_user
-    user, lang = await load_user(services, tg_user)
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     action = parse(query.data)
     owner = _owner_of(action, query)
     if owner is None or not isinstance(action, (MenuAction, SettingsAction)):
@@ -231,12 +224,12 @@ def _owner_of(action: Any, query: Any) -> int | None:
     return None
 
 
-async def unknown_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def unknown_callback(update: Update, context: BotContext) -> None:
     """A button whose data none of our patterns understands (old keyboard, other version)."""
     query = update.callback_query
     if query is None:
         return
-    services = get_services(context)
+    services = context.services
     lang = services.i18n.resolve_language(None, query.from_user.language_code)
     try:
         user = await services.storage.users.get(query.from_user.id)
@@ -249,7 +242,7 @@ async def unknown_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -
     await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
 
 
-def _take_pending(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> PendingInput | None:
+def _take_pending(context: BotContext, chat_id: int) -> PendingInput | None:
     user_data = context.user_data
     if not user_data:
         return None
@@ -263,7 +256,7 @@ def _take_pending(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> PendingIn
 
 
 async def _show_home_again(
-    context: ContextTypes.DEFAULT_TYPE,
+    context: BotContext,
     services: Services,
     pending: PendingInput,
     lang: str,
@@ -285,7 +278,7 @@ async def _show_home_again(
         log.info("could not re-render the settings menu: %s", exc)
 
 
-async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def pending_text(update: Update, context: BotContext) -> None:
     """A typed seed or negative prompt; anything else passes through to later groups."""
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None or message.text is None:
@@ -293,8 +286,10 @@ async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     pending = _take_pending(context, message.chat.id)
     if pending is None:
         return
-    services = get_services(context)
-    user, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     t = services.i18n.t
     text = message.text.strip()
     if pending.field == kb.SEED:
@@ -318,7 +313,7 @@ async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     raise ApplicationHandlerStop
 
 
-async def pending_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def pending_cancel(update: Update, context: BotContext) -> None:
     """/cancel while a typed value is awaited drops the wait (and nothing else)."""
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
@@ -328,8 +323,10 @@ async def pending_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         return  # the generation /cancel handles it
     assert context.user_data is not None
     context.user_data.pop(PENDING_KEY, None)
-    services = get_services(context)
-    user, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     await _show_home_again(context, services, pending, lang, tg_user.id, user.settings)
     await message.reply_text(services.i18n.t(lang, "settings.input_cancelled"), parse_mode=None)
     raise ApplicationHandlerStop

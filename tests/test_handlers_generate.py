@@ -114,7 +114,7 @@ class E2E:
 
     @property
     def renderer(self) -> ProgressRenderer:
-        return self.services.extras["progress"]
+        return self.services.progress
 
     def t(self, key: str, lang: str = "en", **params: object) -> str:
         return self.i18n.t(lang, key, **params)
@@ -167,7 +167,7 @@ class E2E:
 
     async def settle(self) -> None:
         """Let the bus, the renderer and delivery finish what is due now (bounded)."""
-        delivery = self.services.extras.get("delivery")
+        delivery = self.services.delivery
         for _ in range(50):
             await self.service.bus.drain()
             if delivery is not None:
@@ -240,7 +240,7 @@ async def build_harness(
             sleep=client_sleep,
             max_per_second=None,
         )
-        infra.client = client
+        infra.backend = client
         storage = infra.storage
         options: dict[str, Any] = {
             "webhook_url": HOOK,
@@ -302,12 +302,13 @@ async def build_harness(
     cd.webhook_sink = sink
     clock = FakeClock()
     if fake_progress_clock:
-        await services.extras["progress"].detach()
-        ProgressRenderer(app, services, clock=clock, sleep=clock.sleep).attach()
+        assert services.progress is not None
+        await services.progress.detach()
+        ProgressRenderer(app.bot, services, clock=clock, sleep=clock.sleep).attach()
     env = E2E(fake, cd, app, services, service, clock, Events(service.bus))
 
     async def close() -> None:
-        progress = services.extras.get("progress")
+        progress = services.progress
         if progress is not None:
             await progress.detach()
         await shutdown(app)

@@ -16,14 +16,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.app import build_application, get_infra, initialize, shutdown
+from bot.app import build_application, get_runtime, initialize, shutdown
 from bot.config import Settings, load_settings
 from bot.local.emulator import BotApiEmulator, command_entities
 from bot.local.runner import LOCAL_USER_ID, LocalRuntime, bind_socket, local_mode
 from bot.local.webchat import language_code
 from generation.client import ComfyDeployClient
 from generation.preview import PREVIEW_DEPLOYMENTS, PreviewBackend
-from handlers.deps import get_services
+from handlers.deps import services_of
 
 WAIT = 15.0  # upper bound for one scenario step (never reached when things work)
 HEADERS = {"X-Local-Chat": "1"}
@@ -188,9 +188,9 @@ async def test_local_user_is_an_admin_and_sees_the_preview_deployments(
     request_id = await chat.send("/deployments")
     answer = await chat.until(answer_to(request_id), "the deployments list")
     assert PREVIEW_DEPLOYMENTS["MAKE"] in answer["text"]
-    services = get_services(runtime.application)
+    services = services_of(runtime.application)
     assert LOCAL_USER_ID in services.config.admin_ids
-    assert isinstance(get_infra(runtime.application).client, PreviewBackend)
+    assert isinstance(get_runtime(runtime.application).backend, PreviewBackend)
 
 
 async def test_browser_language_reaches_the_bot(
@@ -199,7 +199,7 @@ async def test_browser_language_reaches_the_bot(
     chat = Chat(client)
     request_id = await chat.send("/help", lang="de-DE")
     answer = await chat.until(answer_to(request_id), "the help text")
-    i18n = get_services(runtime.application).i18n
+    i18n = services_of(runtime.application).i18n
     assert answer["text"].startswith(i18n.t("de", "help.user"))
     assert i18n.t("de", "help.user") != i18n.t("en", "help.user")
 
@@ -359,10 +359,10 @@ async def test_preview_setting_with_a_token_uses_the_preview_backend(tmp_path: P
 
     app = await start(generation_backend="preview", comfydeploy_api_key="real-key")
     try:
-        services = get_services(app)
-        assert isinstance(get_infra(app).client, PreviewBackend)
-        assert services.extras["backend_label"] == "preview"
-        assert services.extras["http_transport"] is get_infra(app).client.transport
+        services = services_of(app)
+        assert isinstance(get_runtime(app).backend, PreviewBackend)
+        assert services.backend_label == "preview"
+        assert services.http_transport is get_runtime(app).backend.transport
         stored = await services.storage.deployments.list_deployments("MAKE")
         assert [d.deployment_id for d in stored] == [PREVIEW_DEPLOYMENTS["MAKE"]]
     finally:
@@ -370,9 +370,9 @@ async def test_preview_setting_with_a_token_uses_the_preview_backend(tmp_path: P
     # back on ComfyDeploy: the preview deployments are removed, nothing is labelled preview
     app = await start(generation_backend="comfydeploy", comfydeploy_api_key="real-key")
     try:
-        services = get_services(app)
-        assert isinstance(get_infra(app).client, ComfyDeployClient)
-        assert "backend_label" not in services.extras
+        services = services_of(app)
+        assert isinstance(get_runtime(app).backend, ComfyDeployClient)
+        assert services.backend_label is None
         assert await services.storage.deployments.list_deployments() == []
     finally:
         await shutdown(app)
