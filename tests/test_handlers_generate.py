@@ -524,6 +524,25 @@ async def test_lora_applied_only_when_balance_reaches_min(e2e: E2E) -> None:
     assert "<lora:pixelart" in prompts[1]
 
 
+async def test_parameters_show_the_applied_loras(e2e: E2E) -> None:
+    """The "Parameters" button lists the LoRAs the run applied (stored ``applied_loras``),
+    not tags parsed from the prompt the user typed (which has none)."""
+    await e2e.add_deployment()
+    await e2e.storage.loras.add("pixelart", ["pixel"], min_balance=0)
+    alice = e2e.fake.user(1013)
+    await e2e.command(alice, "/make pixel cat")
+    run = await e2e.latest_run(alice.id)
+    await e2e.finish(run.id)
+    stored = (await e2e.storage.runs.get_run(run.id)).request
+    assert stored["applied_loras"] and all("pixelart" in name for name in stored["applied_loras"])
+    photo = e2e.fake.sent_media(alice.id)[-1]
+    await e2e.tap(alice, photo, f"r:pm:{run.id}")
+    params = e2e.fake.last_message(alice.id).text
+    loras_line = next(line for line in params.splitlines() if line.startswith("LoRAs:"))
+    assert loras_line == "LoRAs: " + ", ".join(stored["applied_loras"])
+    assert loras_line != "LoRAs: —"
+
+
 # ----------------------------------------------------------------------------------------- /i2i
 
 
