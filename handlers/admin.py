@@ -1,4 +1,4 @@
-"""Admin commands (design §5): deployments, LoRAs, prices, balances, stats.
+"""Admin commands: deployments, LoRAs, prices, balances, stats.
 
 Only ``ADMIN_IDS`` may use them; anyone else gets a polite refusal and nothing changes.
 Arguments are validated before anything is written; a mistake gets the command's usage.
@@ -19,110 +19,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shlex
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from telegram import Update
 from telegram.ext import Application, CommandHandler
 
 from generation.models import DeploymentRole
-from generation.types import GENERATION_TYPES
-from handlers.context import BotContext
+from handlers.admin_base import (
+    Handler,
+    Reply,
+    UsageError,
+    admin_only,
+    parse_float,
+    parse_int,
+    parse_type,
+    parse_uuid,
+    quoted_args,
+)
 from handlers.deps import Services
 from storage.errors import DuplicateError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
-TYPE_RE = re.compile(r"[A-Z0-9_]{1,32}")
 LORA_NAME_RE = re.compile(r"[^\s:<>]{1,128}")  # it goes into <lora:NAME:WEIGHT>
 FAMILY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,16}")
 MAX_WEIGHT = 1000
-MAX_AMOUNT = 10**12
 BACKEND_TIMEOUT = 15.0  # seconds for the optional list_deployments check
-
-Handler = Callable[[Update, BotContext], Awaitable[None]]
-
-
-class UsageError(Exception):
-    """Bad arguments: reply with the usage text of ``key``."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def known_types() -> str:
-    return ", ".join(GENERATION_TYPES)
-
-
-def _int(text: str, usage: str, *, minimum: int, maximum: int = MAX_AMOUNT) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(usage) from None
-    if not minimum <= value <= maximum:
-        raise UsageError(usage)
-    return value
-
-
-def _type(text: str, usage: str) -> str:
-    type_ = text.upper()
-    if not TYPE_RE.fullmatch(type_):
-        raise UsageError(usage)
-    return type_
-
-
-def _uuid(text: str, usage: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise UsageError(usage) from None
-
-
-class Reply:
-    """Localized replies for one update (plain text: user values need no escaping)."""
-
-    def __init__(self, update: Update, services: Services, lang: str) -> None:
-        self.update, self.services, self.lang = update, services, lang
-
-    def t(self, key: str, **params: object) -> str:
-        return self.services.i18n.t(self.lang, key, **params)
-
-    async def __call__(self, key: str, **params: object) -> None:
-        await self.text(self.t(key, **params))
-
-    async def text(self, text: str) -> None:
-        message = self.update.effective_message
-        if message is not None:
-            await message.reply_text(text, parse_mode=None)
-
-
-def admin_only(func: Callable[[Reply, Services, Sequence[str], int], Awaitable[None]]) -> Handler:
-    """Refuse non-admins; turn :class:`UsageError` into the usage reply."""
-
-    async def wrapper(update: Update, context: BotContext) -> None:
-        tg_user = update.effective_user
-        if tg_user is None or update.effective_message is None:
-            return
-        services = context.services
-        caller = await context.caller()
-        assert caller is not None  # effective_user checked above
-        lang = caller.lang
-        reply = Reply(update, services, lang)
-        if tg_user.id not in services.config.admin_ids:
-            log.info("admin command refused for user %s", tg_user.id)
-            await reply("admin.refused")
-            return
-        try:
-            await func(reply, services, list(context.args or ()), tg_user.id)
-        except UsageError as exc:
-            await reply(exc.key, types=known_types())
-
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper
 
 
 def _deployment_line(reply: Reply, dep: Any) -> str:
@@ -174,12 +96,12 @@ async def _deployment_add(reply: Reply, services: Services, args: Sequence[str])
     usage = "admin.usage.deployment"
     if not 2 <= len(args) <= 4:
         raise UsageError(usage)
-    type_ = _type(args[0], usage)
-    deployment_id = _uuid(args[1], "admin.bad_uuid")
+    type_ = parse_type(args[0], usage)
+    deployment_id = parse_uuid(args[1], "admin.bad_uuid")
     role = args[2].lower() if len(args) > 2 else DeploymentRole.DEFAULT.value
     if role not in {r.value for r in DeploymentRole}:
         raise UsageError(usage)
-    weight = _int(args[3], usage, minimum=1, maximum=MAX_WEIGHT) if len(args) > 3 else 1
+    weight = parse_int(args[3], usage, minimum=1, maximum=MAX_WEIGHT) if len(args) > 3 else 1
     try:
         await services.storage.deployments.add(
             type_, deployment_id, role=DeploymentRole(role), weight=weight
@@ -223,7 +145,7 @@ async def deployment_command(
         return
     if verb not in ("remove", "enable", "disable") or len(rest) != 1:
         raise UsageError(usage)
-    deployment_id = _uuid(rest[0], "admin.bad_uuid")
+    deployment_id = parse_uuid(rest[0], "admin.bad_uuid")
     store = services.storage.deployments
     try:
         if verb == "remove":
@@ -260,34 +182,12 @@ async def loras_command(
     await reply.text("\n".join(lines))
 
 
-def _float(text: str, usage: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(usage) from None
-    if not -10.0 <= value <= 10.0:
-        raise UsageError(usage)
-    return value
-
-
-def _quoted_args(update: Update, args: Sequence[str], usage: str) -> Sequence[str]:
-    """Arguments with shell-like quotes, so multi-word triggers fit in one argument:
-    ``/lora add detail "fine detail,extra detail" 0.8``."""
-    text = update.effective_message.text if update.effective_message else None
-    if not text:
-        return args
-    try:
-        return shlex.split(text)[1:]
-    except ValueError:  # unbalanced quotes
-        raise UsageError(usage) from None
-
-
 @admin_only
 async def lora_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
     usage = "admin.usage.lora"
-    args = _quoted_args(reply.update, args, usage)
+    args = quoted_args(reply.update, args, usage)
     if not args:
         raise UsageError(usage)
     verb, rest = args[0].lower(), args[1:]
@@ -303,8 +203,8 @@ async def lora_command(
     triggers = tuple(t.strip() for t in rest[1].split(",") if t.strip())
     if not triggers:
         raise UsageError(usage)
-    weight = _float(rest[2], usage) if len(rest) > 2 else 1.0
-    min_balance = _int(rest[3], usage, minimum=0) if len(rest) > 3 else 0
+    weight = parse_float(rest[2], usage) if len(rest) > 2 else 1.0
+    min_balance = parse_int(rest[3], usage, minimum=0) if len(rest) > 3 else 0
     family = rest[4].upper() if len(rest) > 4 else None
     if family is not None and not FAMILY_RE.fullmatch(family):
         raise UsageError(usage)
@@ -334,8 +234,8 @@ async def price_command(
     usage = "admin.usage.price"
     if len(args) != 2:
         raise UsageError(usage)
-    type_ = _type(args[0], usage)
-    credits = _int(args[1], usage, minimum=0)
+    type_ = parse_type(args[0], usage)
+    credits = parse_int(args[1], usage, minimum=0)
     await services.storage.prices.set(type_, credits)
     await reply("admin.price_set", type=type_, credits=credits)
 
@@ -353,8 +253,8 @@ async def setbalance_command(
     usage = "admin.usage.setbalance"
     if len(args) != 2:
         raise UsageError(usage)
-    user_id = _int(args[0], usage, minimum=1, maximum=10**16)
-    amount = _int(args[1], usage, minimum=0)
+    user_id = parse_int(args[0], usage, minimum=1, maximum=10**16)
+    amount = parse_int(args[1], usage, minimum=0)
     await _ensure_user(services, user_id)
     ledger = services.storage.ledger
     try:  # the amount is the total; credits on hold stay reserved for running generations
@@ -374,8 +274,8 @@ async def grant_command(
     usage = "admin.usage.grant"
     if len(args) != 2:
         raise UsageError(usage)
-    user_id = _int(args[0], usage, minimum=1, maximum=10**16)
-    amount = _int(args[1], usage, minimum=1)
+    user_id = parse_int(args[0], usage, minimum=1, maximum=10**16)
+    amount = parse_int(args[1], usage, minimum=1)
     await _ensure_user(services, user_id)
     await services.storage.ledger.credit(user_id, amount, reason="admin_grant", actor=admin_id)
     balance = await services.storage.ledger.get_balance(user_id)

@@ -12,6 +12,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
+from generation.loras import CHECKPOINTS as ALL_CHECKPOINTS
 from handlers.callbacks import MenuAction, RunAction
 from handlers.i18n import Translator
 
@@ -24,8 +25,8 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
 )
 STEP_PRESETS: tuple[int, ...] = (20, 30, 40, 50)
-# A few well-known checkpoints; "default" (None in the settings) lets the deployment decide.
-CHECKPOINTS: tuple[str, ...] = ("flux-schnell", "flux-dev", "sdxl-base", "pony-xl")
+# The menu's checkpoints (generation/loras.py); "default" (None in the settings): the deployment's.
+CHECKPOINTS = tuple(c.name for c in ALL_CHECKPOINTS if c.in_menu)
 DEFAULT_CHECKPOINT = "default"
 # Native names: a language menu must be readable by someone who does not read the current one.
 LANGUAGE_NAMES: dict[str, str] = {

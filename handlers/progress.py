@@ -239,12 +239,6 @@ class ProgressRenderer:
         p.final = p.final or final
         self._kick(p)
 
-    async def wait_shown(self, run_id: str) -> None:
-        """Wait until the final state of ``run_id`` is shown (or given up)."""
-        p = self._runs.get(run_id)
-        if p is not None:
-            await p.finished.wait()
-
     def is_finished(self, run_id: str) -> bool:
         p = self._runs.get(run_id)
         return p is None or p.finished.is_set()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from generation.models import DeploymentInfo, DeploymentRole, RunStatus
-from handlers.admin import known_types
+from handlers.admin_base import known_types
 from storage import Storage
 from tests.test_handlers_account import ADMIN_ID, Harness, make_harness
 
