@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +19,28 @@ from PIL import Image
 from bot.app import build_application, get_runtime, initialize, shutdown
 from bot.config import Settings, load_settings
 from bot.local.emulator import BotApiEmulator, command_entities
-from bot.local.runner import LOCAL_USER_ID, LocalRuntime, bind_socket, local_mode
+from bot.local.runner import LOCAL_USER_ID, LocalRuntime
 from bot.local.webchat import language_code
 from generation.client import ComfyDeployClient
 from generation.preview import PREVIEW_DEPLOYMENTS, PreviewBackend
 from handlers.deps import services_of
+from tests.e2e.local import (
+    HEADERS,
+    Chat,
+    answer_to,
+    bot_photos,
+    local_runtime,
+    make_settings,
+    png_bytes,
+    reply_to,
+)
 
-WAIT = 15.0  # upper bound for one scenario step (never reached when things work)
-HEADERS = {"X-Local-Chat": "1"}
 PROMPT = "a lighthouse at dusk"
-
-
-def make_settings(tmp_path: Path, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_path": str(tmp_path / "bot.sqlite3"),
-        "progress_edit_interval": 0.05,
-        "run_poll_interval": 0.2,
-    }
-    values.update(extra)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
-    sock = bind_socket("127.0.0.1", 0)
-    async with local_mode(make_settings(tmp_path), sock=sock, preview_step_seconds=0.05) as rt:
+    async with local_runtime(tmp_path) as rt:
         yield rt
 
 
@@ -51,75 +48,6 @@ async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
 async def client(runtime: LocalRuntime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=runtime.url, headers=HEADERS, timeout=10) as c:
         yield c
-
-
-class Chat:
-    """Reads the chat through the page's long poll and remembers every state it saw."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self.version = -1
-        self.state: dict[str, Any] = {}
-        self.seen_texts: dict[int, list[str]] = {}
-
-    async def send(self, text: str, lang: str = "en") -> int:
-        r = await self.client.post("/api/send", json={"text": text, "lang": lang})
-        assert r.status_code == 200, r.text
-        return r.json()["message_id"]
-
-    async def refresh(self, wait: float = 2.0) -> dict[str, Any]:
-        r = await self.client.get(
-            "/api/state", params={"since": self.version, "wait": wait, "lang": "en"}
-        )
-        assert r.status_code == 200
-        self.state = r.json()
-        self.version = self.state["version"]
-        for m in self.state["messages"]:
-            texts = self.seen_texts.setdefault(m["id"], [])
-            body = m["text"] if m["text"] is not None else m["caption"]
-            if not texts or texts[-1] != body:
-                texts.append(body)
-        return self.state
-
-    async def until(self, predicate: Callable[[list[dict[str, Any]]], Any], what: str) -> Any:
-        """Long-poll until ``predicate(messages)`` is truthy (bounded by WAIT)."""
-        try:
-            async with asyncio.timeout(WAIT):
-                while True:
-                    state = await self.refresh()
-                    if result := predicate(state["messages"]):
-                        return result
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}: {self.state}") from None
-
-
-def bot_photos(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m for m in messages if not m["out"] and m["kind"] == "photo"]
-
-
-def reply_to(message_id: int) -> Callable[[list[dict[str, Any]]], Any]:
-    def find(messages: list[dict[str, Any]]) -> Any:
-        for m in messages:
-            if not m["out"] and (m.get("reply_to") or {}).get("id") == message_id:
-                return m
-        return None
-
-    return find
-
-
-def answer_to(message_id: int) -> Callable[[list[dict[str, Any]]], Any]:
-    """The bot's first message after ``message_id`` (a reply or not)."""
-
-    def find(messages: list[dict[str, Any]]) -> Any:
-        return next((m for m in messages if not m["out"] and m["id"] > message_id), None)
-
-    return find
-
-
-def png_bytes(size: tuple[int, int] = (96, 64), colour: str = "teal") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------ the whole flow

@@ -23,8 +23,8 @@ from generation.models import RunRecord, RunStatus
 from handlers.deps import HandlerConfig, Services
 from handlers.i18n import Translator
 from handlers.progress import ProgressRenderer
+from tests.e2e.inprocess import FakeClock
 from tests.fakes.telegram import FakeTelegram
-from tests.test_handlers_generate import FakeClock
 
 RUN = "a" * 32
 USER = 501

@@ -25,8 +25,8 @@ from bot.config import Settings
 from bot.logging_setup import REDACTED
 from bot.server import COMFYDEPLOY_PATH, SECRET_HEADER, TELEGRAM_PATH, create_app
 from generation.models import RunStatus
+from tests.e2e.inprocess import ADMIN_ID, E2E, MAKE_INPUTS, build_harness, jpeg
 from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
-from tests.test_handlers_generate import ADMIN_ID, E2E, MAKE_INPUTS, build_harness, jpeg
 
 API_KEY = "cd_live_Zq8RkT2mVx9Lp4Hs7Wn3Jb6Yc1Fd5Gu0"
 WEBHOOK_SECRET = "whsec_Ek3Mp9Rt7Qx2Vn5Bz8Lc4Hj6"

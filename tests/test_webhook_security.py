@@ -21,8 +21,8 @@ from bot.config import Settings
 from bot.server import COMFYDEPLOY_PATH, create_app
 from generation.models import ChargeState, DeliveryState, RunStatus
 from generation.tokens import webhook_token
+from tests.e2e.inprocess import E2E, build_harness
 from tests.fakes.comfydeploy import Timeline
-from tests.test_handlers_generate import E2E, build_harness
 
 
 class Hooks:
