@@ -245,22 +245,19 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
             lifespan="off",
         )
         server = runtime.http_server = ReadyServer(config, runtime.http_ready)
-        serving = asyncio.create_task(server.serve(), name="http-server")
-        ready = asyncio.create_task(runtime.http_ready.wait())
-        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if runtime.http_ready.is_set():  # listening: only now tell Telegram where to post
-            log.info("listening on %s:%s", settings.listen_host, settings.listen_port)
-            try:
-                await application.bot.set_webhook(
-                    url=f"{settings.public_url}/telegram",
-                    secret_token=runtime.webhook_secret,
-                    allowed_updates=Update.ALL_TYPES,
-                )
-            except BaseException:
-                server.should_exit = True
-                await serving
-                raise
+        serving = await server.start_serving()
+        # Listening: only now tell Telegram where to post.
+        log.info("listening on %s:%s", settings.listen_host, settings.listen_port)
+        try:
+            await application.bot.set_webhook(
+                url=f"{settings.public_url}/telegram",
+                secret_token=runtime.webhook_secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        except BaseException:
+            server.should_exit = True
+            await serving
+            raise
         await serving
     finally:
         try:

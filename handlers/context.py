@@ -104,9 +104,10 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
         return self.services.i18n.t(await self.language(), key, **params)
 
     async def reply(
-        self, key: str, /, reply_markup: Any = None, **params: object
+        self, key: str, /, reply_markup: Any = None, quote: bool = True, **params: object
     ) -> Message | None:
-        """Reply to the update's message with the localized text of ``key``."""
+        """Answer the update's message with the localized text of ``key`` (as a reply to it
+        unless ``quote=False``)."""
         message = self._update.effective_message if self._update is not None else None
         if message is None:
             return None
@@ -114,7 +115,7 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
             await self.text(key, **params),
             reply_markup=reply_markup,
             parse_mode=None,
-            reply_parameters=reply_to(message.message_id),
+            reply_parameters=reply_to(message.message_id) if quote else None,
         )
 
     async def answer_query(self, key: str, /, show_alert: bool = False, **params: object) -> None:

@@ -31,6 +31,7 @@ from handlers import keyboards as kb
 from handlers.callbacks import MenuAction, SettingsAction, parse
 from handlers.context import BotContext
 from handlers.deps import Services
+from storage.users import UserSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class PendingInput:
     expires_at: float  # time.monotonic()
 
 
-def render_summary(services: Services, lang: str, settings: Any) -> str:
+def render_summary(services: Services, lang: str, settings: UserSettings) -> str:
     t = services.i18n.t
     if settings.negative_prompt is None:
         negative = t(lang, "settings.value.default")
@@ -83,7 +84,7 @@ _HINTS = {
 
 
 def render_menu(
-    services: Services, lang: str, owner: int, settings: Any, menu: str = kb.HOME
+    services: Services, lang: str, owner: int, settings: UserSettings, menu: str = kb.HOME
 ) -> tuple[str, InlineKeyboardMarkup]:
     """Text and keyboard of one menu view."""
     text = render_summary(services, lang, settings)
@@ -145,8 +146,9 @@ def _apply(menu: str, value: str) -> dict[str, Any] | None:
     return None
 
 
-def _changed(settings: Any, changes: dict[str, Any]) -> bool:
-    return any(getattr(settings, key) != value for key, value in changes.items())
+def _changed(settings: UserSettings, changes: dict[str, Any]) -> bool:
+    current = settings.model_dump()
+    return any(current[key] != value for key, value in changes.items())
 
 
 async def menu_callback(update: Update, context: BotContext) -> None:
@@ -230,15 +232,7 @@ async def unknown_callback(update: Update, context: BotContext) -> None:
     if query is None:
         return
     services = context.services
-    lang = services.i18n.resolve_language(None, query.from_user.language_code)
-    try:
-        user = await services.storage.users.get(query.from_user.id)
-        if user is not None:
-            lang = services.i18n.resolve_language(
-                user.settings.language, query.from_user.language_code
-            )
-    except Exception:  # the polite answer matters more than the language here
-        log.exception("could not load user for a stale callback")
+    lang = await context.language()
     await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
 
 
@@ -261,7 +255,7 @@ async def _show_home_again(
     pending: PendingInput,
     lang: str,
     owner: int,
-    settings: Any,
+    settings: UserSettings,
 ) -> None:
     if pending.message_id is None:
         return
