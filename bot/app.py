@@ -264,24 +264,26 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")
 
 
-async def _stop_telegram_side(services: Services, grace: float = SHUTDOWN_GRACE) -> None:
+async def _stop_telegram_side(runtime: Runtime, grace: float = SHUTDOWN_GRACE) -> None:
     """Graceful stop: deliveries and final progress edits under way get ``grace`` seconds to
     finish while the bot and the database are still open, then both unsubscribe. A delivery
     cut short stays PENDING in the database and is redone (its missing items) at next start."""
+    delivery, progress = runtime.delivery, runtime.progress
 
     async def settle() -> None:
-        await services.generation.bus.drain()
-        if isinstance(services.delivery, Delivery):
-            await services.delivery.drain()
-        if isinstance(services.progress, ProgressRenderer):
-            await services.progress.drain()
+        if runtime.service is not None:
+            await runtime.service.bus.drain()
+        if delivery is not None:
+            await delivery.drain()
+        if progress is not None:
+            await progress.drain()
 
     try:
         await asyncio.wait_for(settle(), grace)
     except TimeoutError:
         log.warning("shutdown: deliveries still running after %.0f s resume at next start", grace)
-    for part in (services.progress, services.delivery):
-        if isinstance(part, ProgressRenderer | Delivery):
+    for part in (progress, delivery):
+        if part is not None:
             await part.detach()
 
 
@@ -291,11 +293,10 @@ async def _post_stop(application: Application) -> None:  # type: ignore[type-arg
         return
     runtime.service_started = False
     await runtime.service.stop()
-    if runtime.services is not None:
-        try:
-            await _stop_telegram_side(runtime.services)
-        except Exception:
-            log.exception("error while stopping progress rendering and delivery")
+    try:
+        await _stop_telegram_side(runtime)
+    except Exception:
+        log.exception("error while stopping progress rendering and delivery")
 
 
 async def _post_shutdown(application: Application) -> None:  # type: ignore[type-arg]

@@ -53,13 +53,10 @@ async def cancel_in_flow(update: Update, context: BotContext) -> int:
 
 async def cancel_button(update: Update, context: BotContext) -> None:
     """The Cancel button: only the user who started the generation may press it."""
-    query = update.callback_query
     services = context.services
     caller = await context.caller()
-    match = RunAction.regex.match(query.data or "") if query else None
-    run = await services.storage.runs.get_run(match.group(2)) if match else None
+    run = await context.button_run()
     if run is None or caller is None:
-        await context.answer_query("common.stale_button")
         return
     if run.user_id != caller.user_id:
         await context.answer_query("cancel.not_yours", show_alert=True)

@@ -15,6 +15,8 @@ from typing import Any
 from telegram import Message, ReplyParameters, Update
 from telegram.ext import Application, CallbackContext, ContextTypes, ExtBot
 
+from generation.models import RunRecord
+from handlers.callbacks import RunAction
 from handlers.deps import Services, services_of
 from storage.users import User, UserSettings
 
@@ -83,6 +85,16 @@ class BotContext(CallbackContext[ExtBot[None], dict[Any, Any], dict[Any, Any], d
             lang = services.i18n.resolve_language(user.settings.language, tg_user.language_code)
             self._caller = Caller(user, lang)
         return self._caller
+
+    async def button_run(self) -> RunRecord | None:
+        """The run a run button (``RunAction`` callback data) is about; a stale or unknown
+        one is answered politely and gives ``None``."""
+        query = self._update.callback_query if self._update is not None else None
+        match = RunAction.regex.match(query.data or "") if query is not None else None
+        run = await self.services.storage.runs.get_run(match.group(2)) if match else None
+        if run is None:
+            await self.answer_query("common.stale_button")
+        return run
 
     async def language(self) -> str:
         """Best-effort language of the update's user; never raises (the error handler)."""

@@ -8,6 +8,7 @@ flow that waits longer than ``conversation_timeout`` says so and drops its data.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,17 @@ async def fetch_image(context: BotContext, source: Message | None) -> InputImage
     except MediaError as exc:
         await context.reply(exc.key, **exc.params)
         return None
+
+
+def reminder(key: str) -> Callable[[Update, BotContext], Awaitable[None]]:
+    """A callback for anything unexpected while a flow waits: repeat what it waits for and
+    stay in the current state."""
+
+    async def remind(update: Update, context: BotContext) -> None:
+        if update.effective_message is not None and await context.caller() is not None:
+            await context.reply(key)
+
+    return remind
 
 
 async def flow_timeout(update: object, context: BotContext) -> None:

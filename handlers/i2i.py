@@ -10,7 +10,7 @@ from telegram.ext import CommandHandler, ConversationHandler, MessageHandler, fi
 from generation.request import InputImage
 from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
 from handlers.context import BotContext, Caller
-from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data
+from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data, reminder
 from handlers.submit import submit
 
 I2I_WAIT_PHOTO, I2I_WAIT_PROMPT = range(2)
@@ -85,12 +85,6 @@ async def i2i_prompt(update: Update, context: BotContext) -> int:
     return await _i2i_go(message, context, caller, image, (message.text or "").strip())
 
 
-async def i2i_reminder(update: Update, context: BotContext) -> int | None:
-    if update.effective_message is not None and await context.caller() is not None:
-        await context.reply("i2i.send_photo")
-    return None  # stay in the current state
-
-
 I2I_FLOW = Flow(
     entry_points=[
         CommandHandler("i2i", i2i_command),
@@ -99,7 +93,7 @@ I2I_FLOW = Flow(
     states={
         I2I_WAIT_PHOTO: [
             MessageHandler(IMAGE_MESSAGE, i2i_photo),
-            MessageHandler(~filters.COMMAND, i2i_reminder),
+            MessageHandler(~filters.COMMAND, reminder("i2i.send_photo")),
         ],
         I2I_WAIT_PROMPT: [
             MessageHandler(filters.TEXT & ~filters.COMMAND, i2i_prompt),

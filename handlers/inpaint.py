@@ -9,8 +9,6 @@ the photo. When the INPAINT deployments take a text description of the area
 
 from __future__ import annotations
 
-from typing import Any
-
 from telegram import Message, Update
 from telegram.ext import (
     CommandHandler,
@@ -22,7 +20,7 @@ from telegram.ext import (
 from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
 from handlers.context import BotContext, Caller
 from handlers.deps import Services
-from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data
+from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data, reminder
 from handlers.media import MediaError, download_mask, image_ref
 from handlers.submit import submit
 
@@ -160,17 +158,6 @@ async def on_prompt(update: Update, context: BotContext) -> int:
     return await _next_or_submit(message, context, caller)
 
 
-def _reminder(key: str) -> Any:
-    async def remind(update: Update, context: BotContext) -> None:
-        message = update.effective_message
-        caller = await context.caller()
-        if message is not None and caller is not None:
-            await context.reply(key)
-        return None  # stay in the current state
-
-    return remind
-
-
 _TEXT = filters.TEXT & ~filters.COMMAND
 
 INPAINT_FLOW = Flow(
@@ -181,19 +168,19 @@ INPAINT_FLOW = Flow(
     states={
         PHOTO: [
             MessageHandler(IMAGE_MESSAGE, on_photo),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_photo")),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_photo")),
         ],
         MASK: [
             MessageHandler(IMAGE_MESSAGE, on_mask),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_mask")),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_mask")),
         ],
         TARGET: [
             MessageHandler(_TEXT, on_target),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_target")),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_target")),
         ],
         PROMPT: [
             MessageHandler(_TEXT, on_prompt),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_prompt")),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_prompt")),
         ],
     },
 )

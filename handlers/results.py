@@ -24,15 +24,9 @@ _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([0-9.]+))?>")
 
 
 async def _run_for_button(update: Update, context: BotContext) -> tuple[RunRecord | None, str]:
-    """The run a result button is about, and the presser's language; answers stale buttons."""
+    """The run a result button is about, and the presser's language."""
     caller = await context.caller()
-    lang = caller.lang if caller else "en"
-    query = update.callback_query
-    match = RunAction.regex.match(query.data or "") if query else None
-    run = await context.services.storage.runs.get_run(match.group(2)) if match else None
-    if run is None:
-        await context.answer_query("common.stale_button")
-    return run, lang
+    return await context.button_run(), caller.lang if caller else "en"
 
 
 async def again_button(update: Update, context: BotContext) -> None:
