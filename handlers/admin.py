@@ -20,11 +20,10 @@ import asyncio
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from telegram.ext import Application, CommandHandler
 
-from generation.models import DeploymentRole
+from generation.models import DeploymentConfig, DeploymentRole
 from handlers.admin_base import (
     Handler,
     Reply,
@@ -47,7 +46,7 @@ MAX_WEIGHT = 1000
 BACKEND_TIMEOUT = 15.0  # seconds for the optional list_deployments check
 
 
-def _deployment_line(reply: Reply, dep: Any) -> str:
+def _deployment_line(reply: Reply, dep: DeploymentConfig) -> str:
     state = reply.t("admin.enabled" if dep.enabled else "admin.disabled")
     inputs = ", ".join(dep.inputs) if dep.inputs else reply.t("admin.inputs_unknown_short")
     return reply.t(

@@ -8,13 +8,12 @@ double tap is harmless.
 
 from __future__ import annotations
 
-from typing import Any
-
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
 from generation.loras import CHECKPOINTS as ALL_CHECKPOINTS
 from handlers.callbacks import MenuAction, RunAction
 from handlers.i18n import Translator
+from storage.users import UserSettings
 
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (1024, 1024),
@@ -77,7 +76,9 @@ def _back_row(tr: Translator, lang: str, owner: int) -> list[InlineKeyboardButto
     return [_button(tr.t(lang, "settings.btn.back"), owner, HOME)]
 
 
-def home_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def home_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     png_on = bool(settings.png_as_file)
     png_label = tr.t(lang, "settings.btn.png_on" if png_on else "settings.btn.png_off")
     return InlineKeyboardMarkup(
@@ -100,7 +101,9 @@ def home_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inlin
     )
 
 
-def size_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def size_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     current = (settings.width, settings.height)
     buttons = [
         _button(_mark((w, h) == current, f"{w}×{h}"), owner, SIZE, size_value(w, h))
@@ -110,7 +113,9 @@ def size_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inlin
     return InlineKeyboardMarkup([*rows, _back_row(tr, lang, owner)])
 
 
-def steps_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def steps_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     row = [
         _button(_mark(steps == settings.steps, str(steps)), owner, STEPS, str(steps))
         for steps in STEP_PRESETS
@@ -118,7 +123,9 @@ def steps_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inli
     return InlineKeyboardMarkup([row, _back_row(tr, lang, owner)])
 
 
-def seed_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def seed_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     random_label = _mark(settings.seed == -1, tr.t(lang, "settings.btn.seed_random"))
     return InlineKeyboardMarkup(
         [
@@ -129,7 +136,9 @@ def seed_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inlin
     )
 
 
-def negative_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def negative_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     neg = settings.negative_prompt
     return InlineKeyboardMarkup(
         [
@@ -153,7 +162,7 @@ def negative_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> I
 
 
 def checkpoint_keyboard(
-    tr: Translator, lang: str, owner: int, settings: Any
+    tr: Translator, lang: str, owner: int, settings: UserSettings
 ) -> InlineKeyboardMarkup:
     current = settings.checkpoint or DEFAULT_CHECKPOINT
     rows = [
@@ -170,7 +179,9 @@ def checkpoint_keyboard(
     return InlineKeyboardMarkup([*rows, _back_row(tr, lang, owner)])
 
 
-def language_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def language_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     row = [
         _button(_mark(code == lang, name), owner, LANG, code)
         for code, name in LANGUAGE_NAMES.items()

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from telegram import InlineKeyboardMarkup, Update
+from telegram import CallbackQuery, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest
 from telegram.ext import (
     Application,
@@ -108,7 +108,7 @@ async def settings_command(update: Update, context: BotContext) -> None:
     await message.reply_text(text, reply_markup=keyboard, parse_mode=None)
 
 
-async def _edit(query: Any, text: str, keyboard: InlineKeyboardMarkup | None) -> None:
+async def _edit(query: CallbackQuery, text: str, keyboard: InlineKeyboardMarkup | None) -> None:
     """Edit the menu message unless it already shows exactly this."""
     current = query.message
     if current is not None and current.text == text and current.reply_markup == keyboard:
@@ -120,7 +120,7 @@ async def _edit(query: Any, text: str, keyboard: InlineKeyboardMarkup | None) ->
             raise
 
 
-async def _answer(query: Any, text: str | None = None, *, alert: bool = False) -> None:
+async def _answer(query: CallbackQuery, text: str | None = None, *, alert: bool = False) -> None:
     try:
         await query.answer(text, show_alert=alert)
     except BadRequest as exc:  # answering a too-old query is not worth an error
@@ -212,7 +212,7 @@ async def menu_callback(update: Update, context: BotContext) -> None:
     await _answer(query, toast)
 
 
-def _owner_of(action: Any, query: Any) -> int | None:
+def _owner_of(action: object, query: CallbackQuery) -> int | None:
     """The menu's owner: in the data, or (``SettingsAction`` menus) the private chat's user or
     the sender of the /settings message the menu replies to (PTB quotes it in groups)."""
     if isinstance(action, MenuAction):
