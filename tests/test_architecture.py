@@ -144,3 +144,20 @@ def test_cycle_finder_finds_cycles() -> None:
 
 def test_no_import_cycles_in_or_between_our_packages() -> None:
     assert find_cycles(import_graph()) == []
+
+
+# -- size ------------------------------------------------------------------------------------
+
+MAX_MODULE_LINES = 400
+LARGER_ALLOWED = {"bot/local/emulator.py"}  # the Bot API emulator: one cohesive thing
+
+
+@pytest.mark.parametrize("package", ["bot", "handlers"])
+def test_telegram_side_modules_stay_small(package: str) -> None:
+    too_long = {
+        str(path.relative_to(ROOT)): n
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+        and str(path.relative_to(ROOT)) not in LARGER_ALLOWED
+    }
+    assert too_long == {}
