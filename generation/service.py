@@ -35,7 +35,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from generation.counters import GenerationCounters
@@ -80,7 +80,7 @@ from generation.ports import (
     RunStore,
 )
 from generation.prompt_builder import PromptBuilder
-from generation.request import GenerationContext, GenerationRequest, InputImage
+from generation.request import IMAGE_FIELDS, GenerationContext, GenerationRequest, InputImage
 from generation.scheduler import FairScheduler, QueueItem
 from generation.selection import DeploymentSelector
 from generation.status import snapshot_from_payload
@@ -90,7 +90,6 @@ from generation.types import ResolvedType, deployment_keys_for, validate_request
 
 log = logging.getLogger(__name__)
 
-_IMAGE_FIELDS = ("image", "mask", "control_image", "style_image", "pose_image")
 _FAILOVER_ERRORS = (BackendUnavailableError, RateLimitedError, DeploymentNotFoundError)
 
 
@@ -138,19 +137,19 @@ def request_from_record(data: Mapping[str, Any]) -> GenerationRequest:
     fields = {
         k: v
         for k, v in data.items()
-        if k in GenerationRequest.model_fields and k not in _IMAGE_FIELDS
+        if k in GenerationRequest.model_fields and k not in IMAGE_FIELDS
     }
     return GenerationRequest.model_validate(fields)
 
 
 def _record_had_images(data: Mapping[str, Any]) -> bool:
-    return any(data.get(name) for name in _IMAGE_FIELDS)
+    return any(data.get(name) for name in IMAGE_FIELDS)
 
 
 def _image_refs(data: Mapping[str, Any]) -> list[str]:
     """The image-store refs a run record holds."""
     refs: list[str] = []
-    for name in _IMAGE_FIELDS:
+    for name in IMAGE_FIELDS:
         meta = data.get(name)
         if isinstance(meta, Mapping) and isinstance(meta.get("ref"), str):
             refs.append(meta["ref"])
@@ -159,12 +158,12 @@ def _image_refs(data: Mapping[str, Any]) -> list[str]:
 
 def _images_stored(data: Mapping[str, Any]) -> bool:
     """Every image of the record is in the image store (has a ref)."""
-    metas = [data.get(name) for name in _IMAGE_FIELDS if data.get(name)]
+    metas = [data.get(name) for name in IMAGE_FIELDS if data.get(name)]
     return bool(metas) and all(isinstance(m, Mapping) and m.get("ref") for m in metas)
 
 
 def _without_images(request: GenerationRequest) -> GenerationRequest:
-    return request.model_copy(update={name: None for name in _IMAGE_FIELDS})
+    return request.model_copy(update={name: None for name in IMAGE_FIELDS})
 
 
 class GenerationService:
@@ -537,7 +536,7 @@ class GenerationService:
         if self.images is None:
             return []
         refs: list[str] = []
-        for name in _IMAGE_FIELDS:
+        for name in IMAGE_FIELDS:
             img: InputImage | None = getattr(request, name)
             if img is None:
                 continue
@@ -578,7 +577,7 @@ class GenerationService:
         if self.images is None or not _images_stored(run.request):
             return request
         updates: dict[str, InputImage] = {}
-        for name in _IMAGE_FIELDS:
+        for name in IMAGE_FIELDS:
             meta = run.request.get(name)
             if not isinstance(meta, Mapping) or not meta.get("ref"):
                 continue
@@ -717,7 +716,7 @@ class GenerationService:
             await self.tracker.fail(run.id, exc)
             return None
         record = request.to_record()
-        for name in _IMAGE_FIELDS:  # keep the stored images' refs (deleted when the run ends)
+        for name in IMAGE_FIELDS:  # keep the stored images' refs (deleted when the run ends)
             meta = run.request.get(name)
             if isinstance(meta, Mapping) and meta.get("ref") and isinstance(record.get(name), dict):
                 record[name]["ref"] = meta["ref"]
@@ -781,15 +780,8 @@ class GenerationService:
         return available
 
     async def _update_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
-        """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock).
-        One statement when the store offers ``update_run_if_active`` (SQLite storage)."""
-        conditional = getattr(self.runs, "update_run_if_active", None)
-        if conditional is not None:
-            return cast(RunRecord | None, await conditional(run_id, **changes))
-        current = await self.runs.get_run(run_id)
-        if current is None or current.is_terminal:
-            return None
-        return await self.runs.update_run(run_id, **changes)
+        """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock)."""
+        return await self.runs.update_run_if_active(run_id, **changes)
 
     async def _after_create(self, run: RunRecord, backend_run_id: str, dep_id: str) -> None:
         async with self.tracker.lock(run.id):
@@ -835,7 +827,7 @@ class GenerationService:
         The mask is sized to the prepared photo."""
         estimate = sum(
             decoded_size_estimate(img.data)
-            for name in _IMAGE_FIELDS
+            for name in IMAGE_FIELDS
             if (img := getattr(request, name)) is not None
         )
         async with self.image_budget.hold(estimate):
@@ -846,7 +838,7 @@ class GenerationService:
         photo: InputImage | None = None
         if request.image is not None:
             photo = await aprepare_image(request.image, field="image")
-        for name in _IMAGE_FIELDS:
+        for name in IMAGE_FIELDS:
             img: InputImage | None = getattr(request, name)
             if img is None:
                 continue
