@@ -180,6 +180,7 @@ def build_service(runtime: Runtime) -> GenerationService:
         loras=storage.loras,
         bus=EventBus(),
         settings=generation_settings(settings, runtime.webhook_secret),
+        images=storage.images,  # queued runs' input images on disk, next to the database
     )
     connect_backend(backend, service)
     return service
@@ -194,6 +195,9 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_active_per_user=settings.max_active_per_user,
         max_queued_per_user=settings.max_queued_per_user,
         max_in_flight=settings.max_in_flight,
+        output_url_allowlist=settings.output_url_allowlist,
+        trusted_output_urls=(settings.comfydeploy_api_url,),
+        delivery_retry_window=settings.delivery_retry_window,
     )
 
 

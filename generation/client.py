@@ -199,6 +199,11 @@ class ComfyDeployClient:
             AsyncLimiter(max_per_second, 1.0) if max_per_second and max_per_second > 0 else None
         )
 
+    @property
+    def base_url(self) -> str:
+        """The API root (output files of ComfyDeploy may live under the same origin)."""
+        return str(self._http.base_url).rstrip("/")
+
     def __repr__(self) -> str:  # never show the key
         return f"ComfyDeployClient(base_url={str(self._http.base_url)!r})"
 
