@@ -39,6 +39,7 @@ from bot.logging_setup import install_redaction
 from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
+from generation.counters import COUNTERS
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
@@ -235,12 +236,23 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         "Telegram updates waiting to be processed",
     )
 
-    async def runs_by_status() -> dict[tuple[tuple[str, str], ...], float]:
-        assert runtime.storage is not None
-        counts = await runtime.storage.runs.count_by_status()
-        return {(("status", str(status)),): float(n) for status, n in counts.items()}
+    # Run figures come from the service's in-process counters (generation/counters.py), not
+    # from a COUNT ... GROUP BY over the runs table under the database lock at every scrape.
+    service = runtime.service
+    if service is None:
+        return
 
-    runtime.metrics.gauge_callback("runs", runs_by_status, "Generation runs by status")
+    def series(name: str) -> Callable[[], dict[Any, float]]:
+        return lambda: {k: float(v) for k, v in service.counters.snapshot()[name].items()}
+
+    for name, help_ in COUNTERS.items():
+        runtime.metrics.counter_callback(name, series(name), help_)
+
+    def gauge(name: str) -> Callable[[], float]:
+        return lambda: float(service.metrics_snapshot()["gauges"][name])
+
+    for name in ("generation_queued", "generation_in_flight", "generation_tracked"):
+        runtime.metrics.gauge_callback(name, gauge(name), name.replace("_", " "))
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]

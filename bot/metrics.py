@@ -110,6 +110,10 @@ class Metrics:
         it may be a coroutine function (e.g. a storage query)."""
         self._get(name, "gauge", help_).collector = collect
 
+    def counter_callback(self, name: str, collect: Callable[[], object], help_: str = "") -> None:
+        """A counter kept elsewhere (e.g. ``generation/counters.py``), read at scrape time."""
+        self._get(name, "counter", help_).collector = collect
+
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
         metric = self._metrics.get(self._name(name))
         return 0.0 if metric is None else metric.values.get(_key(labels), 0.0)
