@@ -11,6 +11,7 @@ from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, MessageHandler, filters
 
 from handlers import account, admin, cancel, make, menus, results
+from handlers.anonymous import register_anonymous_guard
 from handlers.context import BotContext
 from handlers.deps import services_of
 from handlers.errors import on_error
@@ -48,6 +49,9 @@ def register(application: Application) -> None:
     """Add all handlers, most specific first; the catch-alls come last. Called by the
     composition root once ``bot_data["services"]`` is set (the flows read its timeout)."""
     timeout = services_of(application).config.conversation_timeout
+    # 0. Anonymous admins and "send as channel" users share one placeholder identity: refused
+    #    before anything else (admin commands included).
+    register_anonymous_guard(application)
     # 1. The /i2i and /inpaint conversations: while one waits for a photo or a prompt, its
     #    states see the user's messages first; /cancel inside one ends it.
     flows = build_flows([I2I_FLOW, INPAINT_FLOW], cancel.cancel_fallbacks(), timeout)
