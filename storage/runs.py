@@ -257,6 +257,16 @@ class RunRepository:
             (user_id, chat_id, message_id),
         )
 
+    async def find_run_for_callback(self, user_id: int, callback_query_id: str) -> RunRecord | None:
+        """The run a button press already started (``meta.callback_query_id``): Telegram
+        redelivers an unconfirmed callback query after a restart with the same id."""
+        return await self._one(
+            "SELECT * FROM runs WHERE user_id = ?"
+            " AND json_extract(meta, '$.callback_query_id') = ?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (user_id, str(callback_query_id)),
+        )
+
     async def list_terminal_runs_with_open_holds(self, limit: int = 500) -> list[RunRecord]:
         """Terminal runs whose hold is still open (a failed ``release_hold``, a crash between
         the two writes): what the periodic reconciliation resolves."""

@@ -81,3 +81,22 @@ async def test_channel_posts_are_ignored(env: E2E) -> None:
     await env.feed(post)
     await env.settle()
     assert env.fake.messages(channel["id"]) == []
+
+
+async def test_a_redelivered_again_press_starts_no_second_run(env: E2E) -> None:
+    """Point 10: Telegram redelivers an unconfirmed callback query after a restart with the
+    same id; the "Again" press it carries starts one run, not two."""
+    await env.add_deployment()
+    user = env.fake.user(5201)
+    await env.command(user, "/make a fox")
+    first = await env.latest_run(user.id)
+    await env.finish(first.id)
+    await env.settle()
+    result = env.fake.sent_media(user.id)[-1]
+    press = user.tap(result, env.t("result.again_button"), queue=False)
+    await env.feed(press)
+    await env.settle()
+    await env.feed(copy.deepcopy(press))  # the same update again
+    await env.settle()
+    runs = await env.storage.runs.list_user_runs(user.id, active_only=False)
+    assert len(runs) == 2  # the original and ONE again
