@@ -96,7 +96,9 @@ async def submit(
     try:
         request = GenerationRequest(**fields)
     except ValidationError as exc:
-        log.info("invalid request from user %s: %s", caller.user_id, exc.errors()[:3])
+        # Without the input values: the prompt must not reach the logs at INFO.
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        log.info("invalid request from user %s: %s", caller.user_id, errors[:3])
         await context.reply("error.INVALID_INPUT")
         return None
 
