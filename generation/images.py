@@ -17,6 +17,7 @@ import base64
 import contextlib
 import io
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import PurePath
@@ -257,6 +258,32 @@ class ImageMemoryBudget:
             async with self._cond:
                 self.used -= n
                 self._cond.notify_all()
+
+
+class HeldImageBytes:
+    """Bytes of images held by long-lived objects (the photo of an open /i2i or /inpaint flow),
+    counted process-wide until the object is garbage-collected (``weakref.finalize``), so a
+    flow dropped in any way (done, cancelled, timed out, replaced) gives its bytes back."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def hold(self, owner: object, n: int) -> bool:
+        """Count ``n`` bytes for ``owner`` while it lives; False (nothing counted) when they
+        do not fit under ``max_bytes``."""
+        if self.used + n > self.max_bytes:
+            return False
+        self.used += n
+        weakref.finalize(owner, self._release, n)
+        return True
+
+    def _release(self, n: int) -> None:
+        self.used -= n
+
+
+# Images held by open flows, all users together (each at most 20 MB, Telegram's bot download cap).
+FLOW_IMAGES = HeldImageBytes(256 * 1024 * 1024)
 
 
 # -- outputs --------------------------------------------------------------------------------------

@@ -202,3 +202,29 @@ def test_output_that_fits_is_not_decoded_and_a_huge_one_is_never_decoded(monkeyp
     monkeypatch.setattr(Image.Image, "load", no_decode)
     out = prepare_output_photo(big.getvalue(), "b.png", **limits, max_pixels=20_000_000)
     assert out.photo is None and out.reencoded
+
+
+async def test_images_held_by_open_flows_are_capped_process_wide(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """An /i2i flow waiting for its prompt holds its photo; past the process-wide cap a new
+    photo is refused politely, and a flow that ends gives its bytes back."""
+    import gc
+
+    from generation.images import FLOW_IMAGES
+    from tests.e2e.inprocess import jpeg, make_e2e
+
+    env, close = await make_e2e(tmp_path)
+    try:
+        monkeypatch.setattr(FLOW_IMAGES, "max_bytes", FLOW_IMAGES.used + len(jpeg()) + 10)
+        alice, bob = env.fake.user(5401), env.fake.user(5402)
+        await env.feed(alice.send_photo(jpeg(), caption="/i2i", queue=False))  # waits for a prompt
+        assert env.fake.last_message(alice.id).text == env.t("i2i.send_prompt")
+        await env.feed(bob.send_photo(jpeg(), caption="/i2i", queue=False))
+        assert env.fake.last_message(bob.id).text == env.t("hardening.images_busy")
+        await env.command(alice, "/cancel")  # alice's flow ends: her photo is released
+        gc.collect()
+        await env.feed(bob.send_photo(jpeg(), caption="/i2i", queue=False))
+        assert env.fake.last_message(bob.id).text == env.t("i2i.send_prompt")
+    finally:
+        await close()
