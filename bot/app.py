@@ -75,7 +75,8 @@ class Runtime:
     services: Services | None = None
     delivery: Delivery | None = None
     progress: ProgressRenderer | None = None
-    webhook_secret: str = ""
+    webhook_secret: str = ""  # Telegram's secret_token (sent in every update's header)
+    run_webhook_key: str = ""  # key of the per-run ComfyDeploy webhook tokens (stored apart)
     metrics: Metrics = field(default_factory=default_metrics)
     service_started: bool = False
     http_server: uvicorn.Server | None = None  # the webhook-mode server (tests stop it)
@@ -180,7 +181,7 @@ def build_service(runtime: Runtime) -> GenerationService:
         deployments=storage.deployments,
         loras=storage.loras,
         bus=EventBus(),
-        settings=generation_settings(settings, runtime.webhook_secret),
+        settings=generation_settings(settings, runtime.run_webhook_key),
         images=storage.images,  # queued runs' input images on disk, next to the database
     )
     connect_backend(backend, service)
@@ -265,7 +266,10 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
         runtime.webhook_secret = await runtime.storage.settings.get_or_create_secret(
             "webhook_secret"
         )
-    install_redaction([runtime.webhook_secret])
+    # The per-run webhook tokens get a key of their own: knowing Telegram's secret_token (it
+    # is in the header of every update, so proxies and their logs see it) forges nothing.
+    runtime.run_webhook_key = await runtime.storage.settings.get_or_create_secret("run_webhook_key")
+    install_redaction([runtime.webhook_secret, runtime.run_webhook_key])
     service = runtime.service = (runtime.service_factory or build_service)(runtime)
     services = runtime.services = build_services(runtime, service)
     await sync_preview_deployments(runtime.storage, enabled=settings.preview_backend)

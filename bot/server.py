@@ -152,6 +152,7 @@ class _Routes:
         self.secret = secret
         self.metrics = metrics
         self.metrics_token = metrics_token
+        self.run_key = secret
         self.tasks = WebhookTasks()
 
     async def telegram(self, request: Request) -> Response:
@@ -178,7 +179,7 @@ class _Routes:
             return Response(status_code=200)
         run_ref = request.query_params.get("r")
         token = request.query_params.get("t")
-        if not run_ref or not token or not verify_webhook_token(self.secret, run_ref, token):
+        if not run_ref or not token or not verify_webhook_token(self.run_key, run_ref, token):
             self.metrics.inc("webhook_rejected_total", labels={"source": "comfydeploy"})
             return PlainTextResponse("forbidden", status_code=403)
         if self.tasks.full:
@@ -219,15 +220,20 @@ def create_app(
     services: Services,
     *,
     webhook_secret: str = "",
+    run_webhook_key: str | None = None,
     metrics: Metrics | None = None,
 ) -> Starlette:
     """The starlette app serving Telegram and ComfyDeploy webhooks, health and metrics."""
     secret = _webhook_secret(settings, webhook_secret)
+    # ``run_webhook_key`` verifies the per-run tokens (bot/app.py stores it apart from the
+    # Telegram secret); without one (unit tests) the Telegram secret is used.
+    run_key = run_webhook_key or secret
     metrics = metrics or default_metrics()
     token = settings.metrics_token
     routes = _Routes(
         application, services, secret, metrics, token.get_secret_value() if token else ""
     )
+    routes.run_key = run_key
     tasks = routes.tasks
     metrics.gauge_callback(
         "webhook_tasks", lambda: len(tasks), "ComfyDeploy callbacks being processed"
@@ -318,6 +324,7 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
             settings,
             runtime.services,
             webhook_secret=runtime.webhook_secret,
+            run_webhook_key=runtime.run_webhook_key,
             metrics=runtime.metrics,
         )
         await application.start()

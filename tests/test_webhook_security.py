@@ -53,7 +53,11 @@ async def env(tmp_path: Path) -> AsyncIterator[E2E]:
 async def server(env: E2E) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     settings = Settings(_env_file=None, public_url="http://bot.test")
     app = create_app(
-        env.app, settings, env.services, webhook_secret=get_runtime(env.app).webhook_secret
+        env.app,
+        settings,
+        env.services,
+        webhook_secret=get_runtime(env.app).webhook_secret,
+        run_webhook_key=get_runtime(env.app).run_webhook_key,
     )
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
@@ -102,7 +106,7 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
     before = await _snapshot(env, run.id)
     sent_before = len(env.fake.call_log)
     base = f"http://bot.test{COMFYDEPLOY_PATH}"
-    secret = get_runtime(env.app).webhook_secret
+    secret = get_runtime(env.app).run_webhook_key
 
     forged = [
         f"{base}?r={run.id}&t={'0' * 32}",  # wrong token
@@ -110,6 +114,8 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
         f"{base}?t={webhook_token(secret, run.id)}",  # no run
         f"{base}?r={run.id}&t={webhook_token(secret, run.id)[:-1]}",  # truncated token
         f"{base}?r={run.id}&t={webhook_token('guessed-secret', run.id)}",  # other key
+        # keyed by Telegram's secret_token (sent in every update header): not the run key
+        f"{base}?r={run.id}&t={webhook_token(get_runtime(env.app).webhook_secret, run.id)}",
         f"{base}?r={run.id}&t={webhook_token(secret, other.id)}",  # another run's token
         f"{base}?r={other.id}&t={webhook_token(secret, run.id)}",
         base,
