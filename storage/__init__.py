@@ -4,6 +4,7 @@ Open it with ``storage = await Storage.open(path)``; close with ``await storage.
 """
 
 from storage.deployments import DeploymentRepository
+from storage.directory import UserDirectory, UserLookupError, UserProfile
 from storage.errors import (
     DuplicateError,
     NotFoundError,
@@ -17,6 +18,7 @@ from storage.loras import LoraRepository
 from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.type_options import TypeOptionRepository
 from storage.users import User, UserRepository, UserSettings
 
 __all__ = [
@@ -34,7 +36,11 @@ __all__ = [
     "SettingsRepository",
     "Storage",
     "StorageError",
+    "TypeOptionRepository",
     "User",
+    "UserDirectory",
+    "UserLookupError",
+    "UserProfile",
     "UserRepository",
     "UserSettings",
     "ValidationError",

@@ -8,12 +8,14 @@ from types import TracebackType
 
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
+from storage.directory import UserDirectory
 from storage.ledger import LedgerRepository
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
 from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.type_options import TypeOptionRepository
 from storage.users import UserRepository
 
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
@@ -35,6 +37,8 @@ class Storage:
         self.runs = RunRepository(db)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.directory = UserDirectory(db, self.runs)
+        self.type_options = TypeOptionRepository(db)
 
     @classmethod
     async def open(

@@ -132,7 +132,25 @@ CREATE INDEX runs_by_request_message
     ON runs(user_id, chat_id, json_extract(meta, '$.reply_to_message_id'));
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+# v7: finding users and admin-added types. ``usernames`` maps each username the bot has seen
+# (case-insensitive) to the one account holding it now; ``type_options`` holds what an admin
+# said about a type the bot does not know (``/type ANIMATE image``: it takes a photo).
+_V7 = """
+CREATE TABLE usernames (
+    username  TEXT    PRIMARY KEY COLLATE NOCASE,
+    user_id   INTEGER NOT NULL,
+    seen_at   REAL    NOT NULL
+);
+CREATE INDEX usernames_by_user ON usernames(user_id);
+
+CREATE TABLE type_options (
+    type        TEXT    PRIMARY KEY,
+    input       TEXT    NOT NULL DEFAULT 'text' CHECK (input IN ('text', 'image')),
+    updated_at  REAL    NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (7, _V7)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """
