@@ -30,6 +30,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -115,7 +116,17 @@ def _decode_data_uri(value: str) -> bytes | None:
         return None
 
 
+# DejaVu Sans (generation/fonts/LICENSE): Pillow's built-in font has Latin only, so a Cyrillic
+# or Greek prompt would be drawn as empty boxes. Opening it is cheap (~20 µs), and a font
+# object per render keeps FreeType faces out of the threads' way.
+FONT_PATH = Path(__file__).with_name("fonts") / "DejaVuSans.ttf"
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype(str(FONT_PATH), size=size)
+    except OSError:  # font file missing or Pillow without FreeType
+        log.warning("preview font %s unavailable; prompts may lose non-Latin letters", FONT_PATH)
     try:
         return ImageFont.load_default(size=size)
     except Exception:  # Pillow without FreeType: the fixed-size bitmap font still works
