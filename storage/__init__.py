@@ -16,6 +16,7 @@ from storage.facade import DEFAULT_DATABASE_PATH, Storage
 from storage.ledger import Hold, LedgerEntry, LedgerRepository
 from storage.loras import LoraRepository
 from storage.prices import PriceRepository
+from storage.result_files import ResultFile, ResultFileRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
 from storage.type_options import TypeOptionRepository
@@ -31,6 +32,8 @@ __all__ = [
     "LoraRepository",
     "NotFoundError",
     "PriceRepository",
+    "ResultFile",
+    "ResultFileRepository",
     "RunRepository",
     "SchemaVersionError",
     "SettingsRepository",

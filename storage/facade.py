@@ -13,6 +13,7 @@ from storage.ledger import LedgerRepository
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
 from storage.prices import PriceRepository
+from storage.result_files import ResultFileRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
 from storage.type_options import TypeOptionRepository
@@ -39,6 +40,7 @@ class Storage:
         self.prices = PriceRepository(db)
         self.directory = UserDirectory(db, self.runs)
         self.type_options = TypeOptionRepository(db)
+        self.result_files = ResultFileRepository(db)
 
     @classmethod
     async def open(

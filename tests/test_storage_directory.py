@@ -153,3 +153,30 @@ async def test_type_options(storage: Storage) -> None:
     assert await storage.type_options.remove("ANIMATE")
     assert not await storage.type_options.remove("ANIMATE")
     assert await storage.type_options.input_kinds() == {}
+
+
+async def test_result_files_are_kept_per_item_and_kind(tmp_path: Path) -> None:
+    path = tmp_path / "bot.sqlite3"
+    async with await Storage.open(path) as store:
+        files = store.result_files
+        await files.record("run-a", 0, "photo", "PHOTO0", chat_id=-100, message_id=10)
+        await files.record("run-a", 0, "document", "DOC0", chat_id=-100, message_id=11)
+        await files.record("run-a", 1, "photo", "PHOTO1", chat_id=-100, message_id=12)
+        await files.record("run-a", 1, "photo", "PHOTO1b", chat_id=-100, message_id=13)  # resent
+        with pytest.raises(ValueError):
+            await files.record("run-a", 2, "sticker", "X", chat_id=1, message_id=1)
+        with pytest.raises(ValidationError):
+            await files.record("run-a", -1, "photo", "X", chat_id=1, message_id=1)
+    async with await Storage.open(path) as store:  # after a restart
+        files = store.result_files
+        best0 = await files.best("run-a", 0)
+        assert best0 is not None and best0.file_id == "DOC0"  # the original first
+        photo0 = await files.best("run-a", 0, ("photo",))
+        assert photo0 is not None and photo0.file_id == "PHOTO0"
+        best1 = await files.best("run-a", 1)
+        assert best1 is not None and (best1.file_id, best1.message_id) == ("PHOTO1b", 13)
+        assert await files.best("run-a", 5) is None
+        assert len(await files.for_run("run-a")) == 3
+        assert await files.run_for_message(-100, 12) is None  # overwritten by the resend
+        assert await files.run_for_message(-100, 13) == "run-a"
+        assert await files.run_for_message(-100, 99) is None
