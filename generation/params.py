@@ -70,6 +70,7 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     image_only: bool = False
+    example: str = ""
 
     @property
     def flag(self) -> str:
@@ -88,14 +89,14 @@ class ParamSpec:
 PARAMS: Final[dict[str, ParamSpec]] = {
     s.name: s
     for s in (
-        ParamSpec("ar", "ratio"),
-        ParamSpec("seed", "int", 0, MAX_SEED),
-        ParamSpec("steps", "int", 1, 150),
-        ParamSpec("cfg", "float", 0.0, 30.0),
-        ParamSpec("strength", "float", 0.0, 1.0, image_only=True),
-        ParamSpec("no", "text"),
-        ParamSpec("batch", "int", 1, MAX_BATCH),
-        ParamSpec("checkpoint", "word"),
+        ParamSpec("ar", "ratio", example="16:9"),
+        ParamSpec("seed", "int", 0, MAX_SEED, example="42"),
+        ParamSpec("steps", "int", 1, 150, example="30"),
+        ParamSpec("cfg", "float", 0.0, 30.0, example="7"),
+        ParamSpec("strength", "float", 0.0, 1.0, image_only=True, example="0.6"),
+        ParamSpec("no", "text", example="text, watermark"),
+        ParamSpec("batch", "int", 1, MAX_BATCH, example="2"),
+        ParamSpec("checkpoint", "word", example="sdxl_base.safetensors"),
         ParamSpec("style", "flag"),
         ParamSpec("pose", "flag"),
         ParamSpec("canny", "flag"),
@@ -117,6 +118,7 @@ class ParamError(InvalidInputError):
         self.reason = reason
         self.value = value[:40]
         self.range = spec.range_text() if spec else ""
+        self.example = spec.example if spec else ""
         super().__init__(
             f"parameter --{param}: {reason}", field="param", param=param, reason=reason
         )
@@ -134,8 +136,14 @@ class ParamError(InvalidInputError):
         return f"params.error.{self.reason}"
 
     def format_args(self) -> dict[str, str]:
-        """Placeholders of every ``params.error.*`` text: ``param``, ``value``, ``range``."""
-        return {"param": self.flag, "value": self.value, "range": self.range}
+        """Placeholders of the ``params.error.*`` texts: ``param``, ``value``, ``range``,
+        ``example``."""
+        return {
+            "param": self.flag,
+            "value": self.value,
+            "range": self.range,
+            "example": self.example,
+        }
 
 
 @dataclass(frozen=True)
@@ -232,10 +240,18 @@ def size_for_ratio(
     scale = max(scale, lo / min(width, height))  # ...and the short one at least the minimum
     width, height = width * scale, height * scale
 
-    def snap(side: float) -> int:
-        return int(min(hi, max(lo, round(side / multiple) * multiple)))
+    def options(side: float) -> set[int]:
+        down = math.floor(side / multiple) * multiple
+        return {int(min(hi, max(lo, v))) for v in (down, down + multiple)}
 
-    return snap(width), snap(height)
+    def error(size: tuple[int, int]) -> float:  # log-distance from the ratio and the area
+        w, h = size
+        return abs(math.log((w / h) / r)) + 0.5 * abs(math.log((w * h) / (width * height)))
+
+    return min(
+        ((w, h) for w in options(width) for h in options(height)),
+        key=lambda size: (error(size), -size[0] * size[1]),
+    )
 
 
 def _fmt_number(value: float) -> str:

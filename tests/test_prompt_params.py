@@ -1,0 +1,157 @@
+"""Handler-side helpers without Telegram: inline parameters applied for one command, reference
+types, user targets of admin commands, live status and Telegram's text limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from generation.params import ParamError
+from generation.request import GenerationRequest, InputImage
+from handlers.prompt_params import (
+    error_text,
+    help_text,
+    prepare,
+    reference_fields,
+    reference_type,
+    side_multiple,
+)
+from handlers.text_fit import fit, localize_live_status, utf16_len
+from handlers.user_target import TargetError, resolve_target
+from storage import Storage
+
+
+def t(lang: str, key: str, /, **params: Any) -> str:
+    """A stand-in translator that shows the key and its parameters."""
+    return f"{lang}|{key}|" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def test_prepare_applies_parameters_to_the_settings() -> None:
+    settings = {"width": 832, "height": 1216, "steps": 28, "seed": -1}
+    prepared = prepare(
+        "castle --ar 1:1 --steps 12 --style", settings, type_name="MAKE", takes_image=False
+    )
+    assert prepared.prompt == "castle"
+    assert prepared.references == frozenset({"style"})
+    assert prepared.fields["steps"] == 12 and prepared.fields["seed"] == -1
+    assert prepared.fields["width"] == prepared.fields["height"] == 1008  # same area, 1:1
+    assert "style" not in prepared.fields  # the handler decides type and images
+    GenerationRequest(type="MAKE", prompt=prepared.prompt, **prepared.fields)
+
+
+def test_plus_workflows_get_sides_in_multiples_of_64() -> None:
+    assert side_multiple("MAKE_PLUS_STYLE") == 64 and side_multiple("MAKE") == 8
+    prepared = prepare("x --ar 3:2", {}, type_name="MAKE_PLUS", takes_image=False)
+    assert prepared.fields["width"] % 64 == 0 and prepared.fields["height"] % 64 == 0
+
+
+def test_strength_only_on_photo_commands() -> None:
+    with pytest.raises(ParamError):
+        prepare("x --strength 0.3", {}, type_name="MAKE", takes_image=False)
+    assert prepare("x --strength 0.3", {}, type_name="I2I", takes_image=True).fields[
+        "strength"
+    ] == pytest.approx(0.3)
+
+
+def test_reference_types_and_fields() -> None:
+    assert reference_type("MAKE", frozenset({"style"})) == "MAKE_STYLE"
+    assert reference_type("make", frozenset({"pose", "style"})) == "MAKE_STYLE_POSE"
+    assert reference_type("MAKE_PLUS", frozenset({"control", "pose"})) == "MAKE_PLUS_CANNY_POSE"
+    assert reference_type("ANIMATE", frozenset({"style"})) == "ANIMATE"
+    assert reference_type("MAKE", frozenset()) == "MAKE"
+    image = InputImage(data=b"png")
+    fields = reference_fields(frozenset({"style", "control"}), image)
+    assert fields == {"control_image": image, "style_image": image}
+    request = GenerationRequest(type="MAKE_STYLE", prompt="x", **fields)
+    assert request.style_image is image
+
+
+def test_error_and_help_texts() -> None:
+    try:
+        prepare("x --steps 500", {}, type_name="MAKE", takes_image=False)
+    except ParamError as err:
+        assert error_text(t, "de", err) == (
+            "de|params.error.range|example=30,param=--steps,range=1–150,value=500"
+        )
+    else:  # pragma: no cover
+        pytest.fail("no error")
+    lines = help_text(t, "ru").splitlines()
+    assert lines[0] == "ru|params.help_title|"
+    assert "ru|params.help.ar|range=1:8–8:1" in lines and len(lines) == 12
+
+
+# -------------------------------------------------------------------------- user targets
+
+
+async def test_targets_by_id_username_and_reply(storage: Storage) -> None:
+    await storage.users.get_or_create(1001)
+    await storage.directory.remember(1001, "alice")
+    by_id = await resolve_target(storage.directory, ["1001", "50"], other_args=1)
+    assert by_id.user.id == 1001 and by_id.rest == ["50"] and not by_id.via_reply
+    by_name = await resolve_target(storage.directory, ["@ALICE", "50"], other_args=1)
+    assert by_name.user.id == 1001 and by_name.rest == ["50"]
+    by_reply = await resolve_target(storage.directory, ["50"], other_args=1, reply_user_id=1001)
+    assert by_reply.user.id == 1001 and by_reply.rest == ["50"] and by_reply.via_reply
+    # a reply, but the user is named explicitly: the name wins
+    named = await resolve_target(
+        storage.directory, ["@alice", "50"], other_args=1, reply_user_id=999
+    )
+    assert named.user.id == 1001
+    profile = await resolve_target(storage.directory, [], other_args=0, reply_user_id=1001)
+    assert profile.user.id == 1001 and profile.rest == []
+
+
+@pytest.mark.parametrize(
+    ("args", "reply", "key"),
+    [
+        (["424242", "5"], None, "users.unknown_id"),
+        (["@ghost_user", "5"], None, "users.unknown_username"),
+        (["@seen_in_group", "5"], None, "users.no_account"),
+        (["alice!", "5"], None, "users.invalid"),
+        ([], None, "users.missing"),
+        (["5"], 777, "users.unknown_id"),  # replying to someone who never used the bot
+    ],
+)
+async def test_target_refusals_create_nobody(
+    storage: Storage, args: list[str], reply: int | None, key: str
+) -> None:
+    await storage.directory.remember(555, "seen_in_group")
+    with pytest.raises(TargetError) as info:
+        await resolve_target(storage.directory, args, other_args=1, reply_user_id=reply)
+    assert info.value.key == key
+    assert await storage.users.count() == 0
+
+
+async def test_reply_to_a_bot_is_refused(storage: Storage) -> None:
+    with pytest.raises(TargetError) as info:
+        await resolve_target(
+            storage.directory, ["5"], other_args=1, reply_user_id=42, reply_is_bot=True
+        )
+    assert info.value.key == "users.is_bot"
+
+
+# -------------------------------------------------------------------------- texts
+
+
+def test_live_status_is_localized() -> None:
+    assert (
+        localize_live_status(t, "ru", "Executing KSampler") == "ru|actions.executing|node=KSampler"
+    )
+    assert localize_live_status(t, "en", "executing node VAEDecode ") == (
+        "en|actions.executing|node=VAEDecode"
+    )
+    assert localize_live_status(t, "en", "Loading models") == "Loading models"
+    assert (
+        localize_live_status(t, "en", "  ") is None and localize_live_status(t, "en", None) is None
+    )
+    assert len(localize_live_status(t, "en", "x" * 300) or "") == 80
+
+
+def test_fit_tells_the_limit() -> None:
+    assert fit(t, "en", "short", 4096) == "short"
+    long = "😀" * 3000  # 6000 UTF-16 units: over the limit although only 3000 characters
+    fitted = fit(t, "es", long, 4096)
+    assert utf16_len(fitted) <= 4096
+    assert fitted.endswith("es|actions.truncated|limit=4096")
+    assert fit(t, "en", "a" * 4096) == "a" * 4096
