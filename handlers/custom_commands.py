@@ -1,0 +1,78 @@
+"""Commands for generation types admins add that the bot does not know (``/animate``).
+
+:class:`~generation.custom_types.CustomTypeRegistry` holds the current types; this module
+refreshes it from storage (deployment types + ``/type`` options), matches their commands in
+updates (:class:`CustomCommandFilter`: ``/animate``, ``/animate@thisbot``, a photo captioned
+``/animate``; not ``/animate@otherbot``) and lists them for /help and the command menu.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from telegram import BotCommand, Message
+from telegram.ext import filters
+
+from generation.custom_types import CustomType, CustomTypeRegistry
+
+Translate = Callable[..., str]
+_COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@(\w+))?(?:\s|$)")
+
+REGISTRY_KEY = "custom_types"  # Services.extras key
+
+
+async def refresh_registry(storage: Any, registry: CustomTypeRegistry) -> bool:
+    """Re-read deployment types and type options; True when the commands changed."""
+    deployments = await storage.deployments.list_deployments()
+    kinds = await storage.type_options.input_kinds()
+    return registry.refresh((d.type for d in deployments if d.enabled), kinds)
+
+
+def command_of(message: Message | None, bot_username: str | None) -> tuple[str, str] | None:
+    """``(command, arguments)`` of a text or caption command addressed to us, else None."""
+    if message is None:
+        return None
+    text = message.text if message.text is not None else message.caption
+    match = _COMMAND.match(text or "")
+    if match is None:
+        return None
+    addressed = match.group(2)
+    if addressed and addressed.lower() != (bot_username or "").lower():
+        return None
+    return match.group(1).lower(), (text or "")[match.end() :].strip()
+
+
+class CustomCommandFilter(filters.MessageFilter):
+    """Messages whose command is one of the registry's (checked at update time, so a type an
+    admin adds works at once, without re-registering handlers)."""
+
+    def __init__(self, registry: CustomTypeRegistry, bot_username: Callable[[], str | None]):
+        super().__init__(name="CustomCommandFilter")
+        self._registry = registry
+        self._bot_username = bot_username
+
+    def filter(self, message: Message) -> bool:
+        found = command_of(message, self._bot_username())
+        return found is not None and self._registry.by_command(found[0]) is not None
+
+
+def menu_commands(t: Translate, lang: str, types: Iterable[CustomType]) -> list[BotCommand]:
+    """Command-menu entries (``set_my_commands``) of the custom types."""
+    return [
+        BotCommand(c.command, t(lang, "actions.custom_command_description", type=c.name)[:256])
+        for c in types
+    ]
+
+
+def help_lines(t: Translate, lang: str, types: Iterable[CustomType]) -> str:
+    """The /help block of custom types ('' when there are none)."""
+    types = list(types)
+    if not types:
+        return ""
+    lines = [t(lang, "actions.custom_help_title")]
+    for c in types:
+        key = "actions.custom_help_line_photo" if c.takes_image else "actions.custom_help_line"
+        lines.append(t(lang, key, command=c.command, type=c.name))
+    return "\n".join(lines)
