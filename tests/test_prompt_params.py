@@ -155,3 +155,44 @@ def test_fit_tells_the_limit() -> None:
     assert utf16_len(fitted) <= 4096
     assert fitted.endswith("es|actions.truncated|limit=4096")
     assert fit(t, "en", "a" * 4096) == "a" * 4096
+
+
+# -------------------------------------------------------------------------- /id and /user
+
+
+def test_id_texts() -> None:
+    from handlers.user_info import id_text
+
+    assert id_text(t, "en", own_id=5) == "en|users.id_self|id=5"
+    assert id_text(t, "en", own_id=5, other=(7, "Bob"), chat_id=-100).splitlines() == [
+        "en|users.id_other|id=7,name=Bob",
+        "en|users.id_chat|chat_id=-100",
+    ]
+
+
+async def test_profile_text(storage: Storage) -> None:
+    from generation.models import RunRecord, RunStatus
+    from handlers.user_info import profile_text
+
+    await storage.users.get_or_create(9, language_code="es", starting_balance=20)
+    await storage.directory.remember(9, "nina")
+    empty = await storage.directory.profile(9)
+    assert empty is not None
+    text = profile_text(t, "en", empty)
+    assert "runs=en|users.no_runs|" in text and "username=@nina" in text
+    assert "available=20" in text and "language=es" in text
+    await storage.runs.create_run(
+        RunRecord(
+            id="r1",
+            user_id=9,
+            chat_id=9,
+            type="MAKE",
+            request={},
+            status=RunStatus.SUCCESS,
+            price=3,
+            created_at=0.0,
+        )
+    )
+    full = await storage.directory.profile(9)
+    assert full is not None
+    assert "price=3,status=success,type=MAKE" in profile_text(t, "en", full)
