@@ -175,7 +175,7 @@ class FollowUp:
     item: int = 0
 
 
-_CARRIED = ("negative_prompt", "steps", "cfg", "checkpoint")
+_CARRIED = ("negative_prompt", "steps", "cfg", "checkpoint", "width", "height")
 
 
 def user_prompt(run: RunRecord) -> str:
