@@ -76,3 +76,43 @@ def help_lines(t: Translate, lang: str, types: Iterable[CustomType]) -> str:
         key = "actions.custom_help_line_photo" if c.takes_image else "actions.custom_help_line"
         lines.append(t(lang, key, command=c.command, type=c.name))
     return "\n".join(lines)
+
+
+async def after_type_change(services: Any) -> None:
+    """Refresh the registry after deployments or type options changed; re-publish the
+    command menu when the commands changed (``extras["publish_commands"]``, set by bot/)."""
+    registry = services.extras.get(REGISTRY_KEY)
+    if registry is None:
+        return
+    if await refresh_registry(services.storage, registry):
+        publish = services.extras.get("publish_commands")
+        if publish is not None:
+            await publish()
+
+
+async def type_command(update: Any, context: Any) -> None:
+    """``/type <TYPE> image|text`` (admins): whether an admin-added type takes a photo."""
+    from generation.custom_types import command_for, is_builtin
+    from handlers.common import caller_of, command_args, reply
+    from handlers.deps import get_services
+
+    message = update.effective_message
+    caller = await caller_of(update, context)
+    if message is None or caller is None:
+        return
+    services = get_services(context)
+    if caller.user_id not in services.config.admin_ids:
+        await reply(message, services, caller.lang, "admin.refused")
+        return
+    args = command_args(message.text).split()
+    if len(args) != 2 or args[1].lower() not in ("image", "text") or not command_for(args[0]):
+        await reply(message, services, caller.lang, "actions.type_usage")
+        return
+    name, kind = args[0].upper(), args[1].lower()
+    if is_builtin(name):
+        await reply(message, services, caller.lang, "actions.type_builtin", type=name)
+        return
+    await services.storage.type_options.set_input(name, kind)
+    await after_type_change(services)
+    key = "actions.type_set_image" if kind == "image" else "actions.type_set_text"
+    await reply(message, services, caller.lang, key, type=name, command=command_for(name))
