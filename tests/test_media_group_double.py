@@ -71,3 +71,46 @@ async def test_an_album_of_photos(fake: FakeTelegram, bot: Bot) -> None:
 async def test_album_limits(bot: Bot, media: list) -> None:
     with pytest.raises(BadRequest):
         await bot.send_media_group(USER, media)
+
+
+async def test_send_album_records_files_and_adds_the_keyboard(
+    fake: FakeTelegram, bot: Bot, tmp_path
+) -> None:
+    from telegram import InlineKeyboardButton, InlineKeyboardMarkup
+
+    from handlers.albums import send_album
+    from handlers.common import reply_to
+    from storage import Storage
+
+    request = await bot.send_message(USER, "make 3")
+
+    async def send(method: str, **kwargs):
+        return await getattr(bot, method)(**kwargs)
+
+    keyboard = InlineKeyboardMarkup(
+        [[InlineKeyboardButton("U1", callback_data="x:up:0:" + "a" * 32)]]
+    )
+    async with await Storage.open(tmp_path / "bot.sqlite3") as storage:
+        sent = await send_album(
+            send,
+            storage,
+            "a" * 32,
+            [(i, png((i * 60, 10, 10)), f"r{i}.png") for i in range(3)],
+            caption="a fox\nSeed: 1",
+            base={
+                "chat_id": USER,
+                "reply_parameters": reply_to(request.message_id),
+                "parse_mode": None,
+            },
+            keyboard=keyboard,
+            keyboard_text="pick",
+        )
+        assert sent == 3
+        files = await storage.result_files.for_run("a" * 32)
+        assert [(f.item, f.kind) for f in files] == [(0, "photo"), (1, "photo"), (2, "photo")]
+    album = fake.sent_media(USER)
+    assert [m.caption for m in album] == ["a fox\nSeed: 1", None, None]
+    assert all(m.reply_to_message_id == request.message_id for m in album)
+    last = fake.last_message(USER)
+    assert last.text == "pick" and last.button_texts == ["U1"]
+    assert last.reply_to_message_id == album[0].message_id
