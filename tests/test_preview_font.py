@@ -53,3 +53,32 @@ def test_render_preview_with_non_latin_prompts(prompt: str) -> None:
     png = render_preview(prompt=prompt, seed=3, width=256, height=256)
     with Image.open(io.BytesIO(png)) as image:
         assert image.size == (256, 256)
+
+
+async def test_a_batch_renders_one_image_per_item() -> None:
+    """``input_batch`` 1..4: one SaveImage output with an image per item (seed + i)."""
+    import httpx
+
+    from generation.models import RunStatus
+    from generation.preview import MAX_BATCH, PREVIEW_DEPLOYMENTS, PREVIEW_INPUTS, PreviewBackend
+
+    assert "input_batch" in PREVIEW_INPUTS
+    backend = PreviewBackend(step_seconds=0)
+    try:
+        run_id = await backend.create_run(
+            PREVIEW_DEPLOYMENTS["MAKE"],
+            {"input_prompt": "кот", "input_seed": 10, "input_batch": 3, "input_width": 128},
+        )
+        snap = await backend.get_run(run_id)
+        assert snap.status is RunStatus.SUCCESS and len(snap.outputs) == 3
+        urls = [o.url for o in snap.outputs]
+        assert urls[0].endswith(f"/{run_id}.png") and urls[2].endswith(f"/{run_id}-3.png")
+        async with httpx.AsyncClient(transport=backend.transport) as client:
+            bodies = [(await client.get(u)).content for u in urls]
+            missing = await client.get(urls[0].replace(".png", "-4.png"))
+        assert all(b.startswith(b"\x89PNG") for b in bodies) and len(set(bodies)) == 3
+        assert missing.status_code == 404
+        many = await backend.create_run(PREVIEW_DEPLOYMENTS["MAKE"], {"input_batch": 99})
+        assert len((await backend.get_run(many)).outputs) == MAX_BATCH
+    finally:
+        await backend.aclose()
