@@ -143,11 +143,22 @@
     if (pinned) chat.scrollTop = chat.scrollHeight;
   }
 
-  // Growing content fires no scroll event, so `pinned` changes only when the user (or our own
-  // scrolling) moves the view.
+  // Only the user unpins the view: a scroll shortly after their wheel, touch or key input
+  // decides. Scrolls the browser makes itself (scroll anchoring while a message above is
+  // edited, content growing) leave it pinned.
+  let lastUserInput = -Infinity;
+  const userInput = () => (lastUserInput = performance.now());
+  for (const name of ["wheel", "touchmove", "keydown", "pointerdown"]) {
+    chat.addEventListener(name, userInput, { passive: true });
+  }
   chat.addEventListener("scroll", () => {
-    pinned = nearBottom();
+    if (performance.now() - lastUserInput < 1000) pinned = nearBottom();
   });
+  // Whatever makes the chat taller (an image or video loading, an edit) keeps a pinned view
+  // at the bottom.
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(followMedia).observe(list);
+  }
 
   function renderMessages(messages) {
     const stick = nearBottom();
