@@ -196,3 +196,26 @@ async def test_profile_text(storage: Storage) -> None:
     full = await storage.directory.profile(9)
     assert full is not None
     assert "price=3,status=success,type=MAKE" in profile_text(t, "en", full)
+
+
+def test_compact_deployment_list_and_inputs_on_demand() -> None:
+    from generation.models import DeploymentConfig, DeploymentRole
+    from handlers.deployment_list import compact_list, inputs_text
+    from handlers.i18n import Translator
+
+    i18n = Translator.load()
+    deps = [
+        DeploymentConfig("bbbb", "MAKE", inputs=("input_prompt", "input_seed"), success_count=3),
+        DeploymentConfig("aaaa", "I2I", role=DeploymentRole.COOK, enabled=False, weight=2),
+    ]
+    text = compact_list(i18n.t, "en", deps)
+    lines = text.splitlines()
+    assert lines[0] == i18n.t("en", "admin.deployments_title", count=2)
+    assert lines[1].startswith("⚪ I2I · cook · ×2") and lines[1].endswith("aaaa")
+    assert lines[2].startswith("🟢 MAKE · default · ×1 · ✔3 ✖0")
+    assert "input_prompt" not in text  # inputs only on demand
+    assert lines[-1] == i18n.t("en", "actions.deployments_hint")
+    assert "input_prompt, input_seed" in inputs_text(i18n.t, "de", deps[0])
+    many = [DeploymentConfig(f"{n:036d}", "MAKE") for n in range(300)]
+    long = compact_list(i18n.t, "ru", many)
+    assert len(long) <= 4096 and long.endswith(i18n.t("ru", "actions.truncated", limit=4096))
