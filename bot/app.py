@@ -39,13 +39,15 @@ from bot.logging_setup import install_redaction
 from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
+from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
 from handlers import register
 from handlers.context import CONTEXT_TYPES, BotContext
+from handlers.custom_commands import BUILTIN_COMMANDS, menu_commands, refresh_registry
 from handlers.delivery import Delivery
-from handlers.deps import SERVICES_KEY, HandlerConfig, Services
+from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
 from storage import Storage
@@ -53,7 +55,19 @@ from storage import Storage
 log = logging.getLogger(__name__)
 
 # Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
-MENU_COMMANDS = ("make", "i2i", "inpaint", "cancel", "balance", "settings", "help", "start")
+MENU_COMMANDS = (
+    "make",
+    "quickmake",
+    "i2i",
+    "inpaint",
+    "upscale",
+    "cancel",
+    "balance",
+    "settings",
+    "id",
+    "help",
+    "start",
+)
 MAX_RUNNING_UPDATES = 256
 SHUTDOWN_GRACE = 10.0  # seconds deliveries and final progress edits get on a graceful stop
 
@@ -210,13 +224,17 @@ def build_services(runtime: Runtime, service: GenerationService) -> Services:
         # Output files come from the same (test) ComfyDeploy unless the backend serves them.
         http_transport=transport or runtime.comfy_transport,
         backend_label=backend_label(backend) if backend is not None else None,
+        custom_types=CustomTypeRegistry(reserved_commands=BUILTIN_COMMANDS),
     )
 
 
 async def set_commands(application: Application, i18n: Translator) -> None:  # type: ignore[type-arg]
-    """Localized command menu: English as the default, plus one per supported language."""
+    """Localized command menu: English as the default, plus one per supported language; the
+    commands of admin-added types (``/animate``) follow the bot's own."""
+    custom = services_of(application).custom_types.all()
     for lang in SUPPORTED_LANGUAGES:
         commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in MENU_COMMANDS]
+        commands += menu_commands(i18n.t, lang, custom)
         code = None if lang == DEFAULT_LANGUAGE else lang
         try:
             await application.bot.set_my_commands(commands, language_code=code)
@@ -258,7 +276,13 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
-    await set_commands(application, services.i18n)
+    await refresh_registry(services.storage, services.custom_types)
+
+    async def publish() -> None:
+        await set_commands(application, services.i18n)
+
+    services.publish_commands = publish
+    await publish()
     await service.start()
     runtime.service_started = True
     log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")

@@ -16,8 +16,8 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.ext import Application, CallbackQueryHandler
 
 from generation.models import RunRecord
-from handlers.common import Context, answer_query, caller_of, reply_to
-from handlers.deps import Services, get_services
+from handlers.context import BotContext, reply_to
+from handlers.deps import Services
 from handlers.media import MediaError
 from handlers.result_actions import (
     ResultAction,
@@ -28,6 +28,7 @@ from handlers.result_actions import (
     plan_buttons,
 )
 from handlers.result_source import output_image
+from handlers.submit import submit
 from handlers.text_fit import fit
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,9 @@ def _reply_kwargs(message: Message | None) -> dict[str, Any]:
     return kwargs
 
 
-async def _params(update: Update, context: Context, run: RunRecord, lang: str) -> None:
-    services = get_services(context)
-    await answer_query(update, services, lang, "result.params_shown")
+async def _params(update: Update, context: BotContext, run: RunRecord, lang: str) -> None:
+    services = context.services
+    await context.answer_query("result.params_shown")
     message = update.effective_message
     text = fit(services.i18n.t, lang, services.i18n.t(lang, "result.params", **params_fields(run)))
     await context.bot.send_message(
@@ -97,21 +98,22 @@ async def _params(update: Update, context: Context, run: RunRecord, lang: str) -
     )
 
 
-async def _original(update: Update, context: Context, run: RunRecord, item: int, lang: str) -> None:
-    services = get_services(context)
+async def _original(
+    update: Update, context: BotContext, run: RunRecord, item: int, lang: str
+) -> None:
+    services = context.services
     message = update.effective_message
     chat_id = message.chat_id if message else run.chat_id
     if item not in image_items(run):
-        await answer_query(update, services, lang, "actions.unavailable", show_alert=True)
+        await context.answer_query("actions.unavailable", show_alert=True)
         return
-    await answer_query(update, services, lang, "result.original_sending")
+    await context.answer_query("result.original_sending")
     stored = await services.storage.result_files.best(run.id, item, ("document",))
     document: Any = stored.file_id if stored is not None else None
-    filename = f"result_{item + 1}.png"
     if document is None:
-        delivery = services.extras.get("delivery")
         try:
-            document = await delivery.download(run.outputs[item].url)
+            assert services.delivery is not None
+            document = await services.delivery.download(run.outputs[item].url)
         except Exception:
             log.info("run %s: original of item %d is gone", run.id, item, exc_info=True)
             await context.bot.send_message(
@@ -119,20 +121,20 @@ async def _original(update: Update, context: Context, run: RunRecord, item: int,
             )
             return
     sent = await context.bot.send_document(
-        chat_id, document, filename=filename, **_reply_kwargs(message)
+        chat_id, document, filename=f"result_{item + 1}.png", **_reply_kwargs(message)
     )
     await record_delivered(services.storage, run.id, item, sent)
 
 
-async def action_button(update: Update, context: Context) -> None:
+async def action_button(update: Update, context: BotContext) -> None:
     query = update.callback_query
-    services = get_services(context)
-    caller = await caller_of(update, context)
+    services = context.services
+    caller = await context.caller()
     action = ResultAction.parse(query.data if query else None)
     lang = caller.lang if caller else "en"
     run = await services.storage.runs.get_run(action.run_id) if action else None
     if action is None or run is None or caller is None:
-        await answer_query(update, services, lang, "common.stale_button")
+        await context.answer_query("common.stale_button")
         return
     if action.verb == "pm":
         await _params(update, context, run, lang)
@@ -141,23 +143,19 @@ async def action_button(update: Update, context: Context) -> None:
         await _original(update, context, run, action.item, lang)
         return
     if caller.user_id != run.user_id:  # it would spend the owner's credits
-        await answer_query(update, services, lang, "actions.not_yours", show_alert=True)
+        await context.answer_query("actions.not_yours", show_alert=True)
         return
     plan = follow_up(action, run, await deployed_types(services.storage))
-    if plan is None:
-        await answer_query(update, services, lang, "actions.unavailable", show_alert=True)
-        return
-    await answer_query(update, services, lang, "actions.started")
     message = update.effective_message
-    if message is None:
+    if plan is None or message is None:
+        await context.answer_query("actions.unavailable", show_alert=True)
         return
+    await context.answer_query("actions.started")
     image = None
     if plan.needs_image:
-        delivery = services.extras.get("delivery")
+        download = services.delivery.download if services.delivery is not None else None
         try:
-            image = await output_image(
-                context.bot, services.storage, run, plan.item, getattr(delivery, "download", None)
-            )
+            image = await output_image(context.bot, services.storage, run, plan.item, download)
         except MediaError as exc:
             await context.bot.send_message(
                 message.chat_id,
@@ -165,8 +163,6 @@ async def action_button(update: Update, context: Context) -> None:
                 **_reply_kwargs(message),
             )
             return
-    from handlers.generate import submit  # local: generate imports delivery
-
     await submit(
         message,
         context,
@@ -178,7 +174,5 @@ async def action_button(update: Update, context: Context) -> None:
     )
 
 
-def register_actions(application: Application, group: int = 0) -> None:
-    application.add_handler(
-        CallbackQueryHandler(action_button, pattern=ResultAction.regex), group=group
-    )
+def register_actions(application: Application) -> None:  # type: ignore[type-arg]
+    application.add_handler(CallbackQueryHandler(action_button, pattern=ResultAction.regex))

@@ -52,6 +52,6 @@ async def send_album(
 
 
 def _reply(message: Message) -> Any:
-    from handlers.common import reply_to
+    from handlers.context import reply_to
 
     return reply_to(message.message_id)

@@ -12,15 +12,42 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from telegram import BotCommand, Message
+from telegram import BotCommand, Message, Update
 from telegram.ext import filters
 
-from generation.custom_types import CustomType, CustomTypeRegistry
+from generation.custom_types import CustomType, CustomTypeRegistry, command_for, is_builtin
+from handlers.common import addressed_to_us, command_args
+from handlers.context import BotContext
 
 Translate = Callable[..., str]
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@(\w+))?(?:\s|$)")
 
-REGISTRY_KEY = "custom_types"  # Services.extras key
+# Commands of the bot itself: an admin-added type never shadows one of them.
+BUILTIN_COMMANDS = frozenset(
+    {
+        "start",
+        "help",
+        "make",
+        "quickmake",
+        "i2i",
+        "inpaint",
+        "upscale",
+        "cancel",
+        "balance",
+        "settings",
+        "id",
+        "user",
+        "type",
+        "deployments",
+        "deployment",
+        "loras",
+        "lora",
+        "price",
+        "setbalance",
+        "grant",
+        "stats",
+    }
+)
 
 
 async def refresh_registry(storage: Any, registry: CustomTypeRegistry) -> bool:
@@ -80,39 +107,31 @@ def help_lines(t: Translate, lang: str, types: Iterable[CustomType]) -> str:
 
 async def after_type_change(services: Any) -> None:
     """Refresh the registry after deployments or type options changed; re-publish the
-    command menu when the commands changed (``extras["publish_commands"]``, set by bot/)."""
-    registry = services.extras.get(REGISTRY_KEY)
-    if registry is None:
-        return
-    if await refresh_registry(services.storage, registry):
-        publish = services.extras.get("publish_commands")
-        if publish is not None:
-            await publish()
+    command menu when the commands changed (``services.publish_commands``, set by bot/)."""
+    if await refresh_registry(services.storage, services.custom_types):
+        if services.publish_commands is not None:
+            await services.publish_commands()
 
 
-async def type_command(update: Any, context: Any) -> None:
+async def type_command(update: Update, context: BotContext) -> None:
     """``/type <TYPE> image|text`` (admins): whether an admin-added type takes a photo."""
-    from generation.custom_types import command_for, is_builtin
-    from handlers.common import caller_of, command_args, reply
-    from handlers.deps import get_services
-
     message = update.effective_message
-    caller = await caller_of(update, context)
-    if message is None or caller is None:
+    caller = await context.caller()
+    if message is None or caller is None or not addressed_to_us(message.text, context):
         return
-    services = get_services(context)
+    services = context.services
     if caller.user_id not in services.config.admin_ids:
-        await reply(message, services, caller.lang, "admin.refused")
+        await context.reply("admin.refused")
         return
     args = command_args(message.text).split()
     if len(args) != 2 or args[1].lower() not in ("image", "text") or not command_for(args[0]):
-        await reply(message, services, caller.lang, "actions.type_usage")
+        await context.reply("actions.type_usage")
         return
     name, kind = args[0].upper(), args[1].lower()
     if is_builtin(name):
-        await reply(message, services, caller.lang, "actions.type_builtin", type=name)
+        await context.reply("actions.type_builtin", type=name)
         return
     await services.storage.type_options.set_input(name, kind)
     await after_type_change(services)
     key = "actions.type_set_image" if kind == "image" else "actions.type_set_text"
-    await reply(message, services, caller.lang, key, type=name, command=command_for(name))
+    await context.reply(key, type=name, command=command_for(name))

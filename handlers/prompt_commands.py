@@ -1,5 +1,5 @@
-"""Prompt commands with inline parameters and reference photos: /quickmake, the commands of
-admin-added types, and the shared path :func:`run_prompt` (``/make`` uses it too).
+"""Prompt commands with inline parameters and reference photos: /make, /quickmake, the
+commands of admin-added types, and their shared path :func:`run_prompt`.
 
 ``/make a knight --ar 2:3 --style`` with a photo (replied to, or the command as the photo's
 caption) builds the combined type (``MAKE_STYLE``) with the photo as ``input_style_image``;
@@ -18,21 +18,23 @@ from telegram.ext import Application, CommandHandler, MessageHandler
 from generation.models import RunRecord
 from generation.params import ParamError
 from generation.request import InputImage
-from handlers.common import Caller, Context, caller_of, command_args, reply
-from handlers.custom_commands import REGISTRY_KEY, CustomCommandFilter, command_of
-from handlers.deps import get_services
-from handlers.generate import (
-    IMAGE_MESSAGE,
-    _user_fields,
-    addressed_to_us,
-    caption_command,
-    fetch_image,
-    submit,
-)
-from handlers.media import has_image
+from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
+from handlers.context import BotContext, Caller
+from handlers.custom_commands import CustomCommandFilter, command_of
+from handlers.flows import fetch_image
 from handlers.prompt_params import error_text, prepare, reference_fields, reference_type
+from handlers.submit import _user_fields, submit
 
 log = logging.getLogger(__name__)
+
+
+def has_image(message: Message | None) -> bool:
+    if message is None:
+        return False
+    if message.photo:
+        return True
+    doc = message.document
+    return doc is not None and (doc.mime_type or "").lower().startswith("image/")
 
 
 def photo_source(message: Message) -> Message | None:
@@ -45,7 +47,7 @@ def photo_source(message: Message) -> Message | None:
 
 async def run_prompt(
     message: Message,
-    context: Context,
+    context: BotContext,
     caller: Caller,
     *,
     base_type: str,
@@ -55,24 +57,25 @@ async def run_prompt(
     image: InputImage | None = None,
 ) -> RunRecord | None:
     """Parse ``text``'s parameters, add reference photos, and :func:`submit`."""
-    services = get_services(context)
     try:
         prepared = prepare(
             text, _user_fields(caller), type_name=base_type, takes_image=image is not None
         )
     except ParamError as err:
-        await message.reply_text(error_text(services.i18n.t, caller.lang, err), parse_mode=None)
+        await message.reply_text(
+            error_text(context.services.i18n.t, caller.lang, err), parse_mode=None
+        )
         return None
     if not prepared.prompt:
-        await reply(message, services, caller.lang, usage_key, **(usage_params or {}))
+        await context.reply(usage_key, **(usage_params or {}))
         return None
     type_, base = base_type, prepared.fields
     if prepared.references:
         source = photo_source(message)
         if source is None:
-            await reply(message, services, caller.lang, "params.reference_needs_photo")
+            await context.reply("params.reference_needs_photo")
             return None
-        reference = await fetch_image(message, context, caller, source)
+        reference = await fetch_image(context, source)
         if reference is None:
             return None
         type_ = reference_type(base_type, prepared.references)
@@ -82,60 +85,55 @@ async def run_prompt(
     )
 
 
-async def quickmake_command(update: Update, context: Context) -> None:
-    message = update.effective_message
-    caller = await caller_of(update, context)
-    if message is None or caller is None:
-        return
-    text = message.text if message.text is not None else message.caption
-    if not addressed_to_us(text, context):
-        return
-    await run_prompt(
-        message,
-        context,
-        caller,
-        base_type="QUICKMAKE",
-        text=command_args(text),
-        usage_key="actions.quickmake_usage",
-    )
+def _command_text(message: Message) -> str | None:
+    return message.text if message.text is not None else message.caption
 
 
-async def make_with_reference(update: Update, context: Context) -> None:
-    """A photo captioned ``/make <prompt> --style`` (CommandHandler ignores captions)."""
-    message = update.effective_message
-    caller = await caller_of(update, context)
-    if message is None or caller is None or not addressed_to_us(message.caption, context):
-        return
-    await run_prompt(
-        message,
-        context,
-        caller,
-        base_type="MAKE",
-        text=command_args(message.caption),
-        usage_key="gen.make_usage",
-    )
+def prompt_command(base_type: str, usage_key: str) -> Any:
+    """The callback of ``/make``-like commands (text, or a photo with the command as its
+    caption for the reference flags)."""
+
+    async def command(update: Update, context: BotContext) -> None:
+        message = update.effective_message
+        caller = await context.caller()
+        if message is None or caller is None:
+            return
+        text = _command_text(message)
+        if not addressed_to_us(text, context):
+            return
+        await run_prompt(
+            message,
+            context,
+            caller,
+            base_type=base_type,
+            text=command_args(text),
+            usage_key=usage_key,
+        )
+
+    command.__name__ = f"{base_type.lower()}_command"
+    return command
 
 
-async def custom_type_command(update: Update, context: Context) -> None:
+make_command = prompt_command("MAKE", "gen.make_usage")
+quickmake_command = prompt_command("QUICKMAKE", "actions.quickmake_usage")
+
+
+async def custom_type_command(update: Update, context: BotContext) -> None:
     """``/animate <prompt>`` for an admin-added type (photo-taking ones take the photo
     replied to or attached)."""
     message = update.effective_message
-    caller = await caller_of(update, context)
-    services = get_services(context)
-    registry = services.extras.get(REGISTRY_KEY)
+    caller = await context.caller()
     found = command_of(message, context.bot.username)
-    custom = registry.by_command(found[0]) if registry is not None and found else None
+    custom = context.services.custom_types.by_command(found[0]) if found else None
     if message is None or caller is None or custom is None or found is None:
         return
     image = None
     if custom.takes_image:
         source = photo_source(message)
         if source is None:
-            await reply(
-                message, services, caller.lang, "actions.custom_send_photo", command=custom.command
-            )
+            await context.reply("actions.custom_send_photo", command=custom.command)
             return
-        image = await fetch_image(message, context, caller, source)
+        image = await fetch_image(context, source)
         if image is None:
             return
     await run_prompt(
@@ -150,17 +148,16 @@ async def custom_type_command(update: Update, context: Context) -> None:
     )
 
 
-def prompt_handlers(application: Application) -> list[Any]:
-    """Handlers of this module, in order (the custom-type one matches only registered
-    commands, checked per update)."""
-    services = application.bot_data.get("services")
-    registry = services.extras.get(REGISTRY_KEY) if services is not None else None
-    handlers: list[Any] = [
-        CommandHandler("quickmake", quickmake_command),
-        MessageHandler(IMAGE_MESSAGE & caption_command("quickmake"), quickmake_command),
-        MessageHandler(IMAGE_MESSAGE & caption_command("make"), make_with_reference),
-    ]
-    if registry is not None:
-        check = CustomCommandFilter(registry, lambda: application.bot.username)
-        handlers.append(MessageHandler(check, custom_type_command))
-    return handlers
+def register_prompt_commands(application: Application) -> None:  # type: ignore[type-arg]
+    """/make, /quickmake (also as a photo's caption, for --style/--pose/--canny) and the
+    commands of admin-added types (matched per update, so a new type works at once)."""
+    from handlers.deps import services_of
+
+    application.add_handler(CommandHandler("make", make_command))
+    application.add_handler(CommandHandler("quickmake", quickmake_command))
+    for name, callback in (("make", make_command), ("quickmake", quickmake_command)):
+        application.add_handler(MessageHandler(IMAGE_MESSAGE & caption_command(name), callback))
+    check = CustomCommandFilter(
+        services_of(application).custom_types, lambda: application.bot.username
+    )
+    application.add_handler(MessageHandler(check, custom_type_command))

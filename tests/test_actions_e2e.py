@@ -10,30 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from telegram.ext import CallbackQueryHandler
 
-from handlers.actions import action_button
 from handlers.result_actions import ResultAction
+from tests.e2e.inprocess import E2E, MAKE_INPUTS, build_harness
 from tests.fakes.comfydeploy import FakeComfyDeploy
 from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser
-from tests.test_handlers_generate import E2E, MAKE_INPUTS, build_harness
 
 I2I_INPUTS = ("input_prompt", "input_negative", "input_seed", "input_image", "input_strength")
 UPSCALE_INPUTS = ("input_image", "input_seed")
-
-
-def _install(env: E2E) -> None:
-    """The action handler, ahead of the catch-all button handler."""
-    handlers = env.app.handlers[0]
-    if not any(getattr(h, "callback", None) is action_button for h in handlers):
-        handlers.insert(0, CallbackQueryHandler(action_button, pattern=ResultAction.regex))
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     fake, cd = FakeTelegram(), FakeComfyDeploy()
     env, close = await build_harness(tmp_path, fake=fake, cd=cd)
-    _install(env)
     state: dict[str, Any] = {"env": env, "close": close, "fake": fake, "cd": cd, "tmp": tmp_path}
     try:
         yield state
@@ -44,7 +34,6 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
 async def _restart(world: dict[str, Any]) -> E2E:
     await world["close"]()
     env, close = await build_harness(world["tmp"], fake=world["fake"], cd=world["cd"])
-    _install(env)
     world["env"], world["close"] = env, close
     return env
 

@@ -8,43 +8,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from telegram.ext import ConversationHandler
 
-from generation.custom_types import CustomTypeRegistry
-from handlers.custom_commands import REGISTRY_KEY, refresh_registry, type_command
-from handlers.lookup import register_lookup
-from handlers.prompt_commands import prompt_handlers
-from handlers.upscale import upscale_entry_points, upscale_states
-from tests.test_handlers_generate import ADMIN_ID, E2E, MAKE_INPUTS, make_e2e, png
+from handlers.custom_commands import refresh_registry
+from tests.e2e.inprocess import ADMIN_ID, E2E, MAKE_INPUTS, make_e2e, png
 
 UUID = "123e4567-e89b-12d3-a456-4266141740{:02d}"
 STYLE_INPUTS = (*MAKE_INPUTS, "input_style_image", "input_pose_image", "input_control_image")
 
 
-def install(env: E2E) -> None:
-    """Until handlers.register lists them: this issue's handlers ahead of the others."""
-    from telegram.ext import CommandHandler
-
-    app = env.app
-    if REGISTRY_KEY in env.services.extras:
-        return
-    env.services.extras[REGISTRY_KEY] = CustomTypeRegistry(reserved_commands=["make", "help"])
-    upscale = ConversationHandler(
-        entry_points=upscale_entry_points(), states=upscale_states(), fallbacks=[]
-    )
-    mine = [*prompt_handlers(app), upscale, CommandHandler("type", type_command)]
-    app.handlers[0][0:0] = mine
-    register_lookup(app)
-    for handler in app.handlers[0][len(mine) :]:
-        if getattr(handler, "commands", None) and {"id", "user"} & set(handler.commands):
-            app.handlers[0].remove(handler)
-            app.handlers[0].insert(0, handler)
-
-
 @pytest.fixture
 async def e2e(tmp_path: Path) -> AsyncIterator[E2E]:
     env, close = await make_e2e(tmp_path)
-    install(env)
     try:
         yield env
     finally:
@@ -168,7 +142,7 @@ async def test_admin_added_type_gets_a_command(e2e: E2E) -> None:
     eve = e2e.fake.user(4005)
     dep = await e2e.add_deployment("ANIMATE", inputs=("input_prompt", "input_seed", "input_image"))
     assert dep
-    assert await refresh_registry(e2e.storage, e2e.services.extras[REGISTRY_KEY])
+    assert await refresh_registry(e2e.storage, e2e.services.custom_types)
     await e2e.command(eve, "/animate a dancing cat --seed 3")
     run = await e2e.latest_run(eve.id)
     assert run.type == "ANIMATE" and run.request["seed"] == 3

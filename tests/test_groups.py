@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_handlers_generate import E2E, make_e2e, png
+from tests.e2e.inprocess import E2E, make_e2e, png
 
 GROUP = -1001234567890
 BOT = "fake_test_bot"

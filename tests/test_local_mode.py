@@ -79,7 +79,7 @@ async def test_make_shows_live_progress_then_the_photo_and_buttons_work(
     # a result button: "again with a new seed" makes a second photo
     buttons = [b for row in photo["buttons"] for b in row if "callback_data" in b]
     assert buttons, photo
-    again = next(b for b in buttons if b["callback_data"].startswith("r:ag:"))
+    again = next(b for b in buttons if b["callback_data"].startswith("x:ag:"))
     r = await client.post(
         "/api/press", json={"message_id": photo["id"], "data": again["callback_data"]}
     )

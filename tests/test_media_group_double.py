@@ -1,4 +1,4 @@
-"""``sendMediaGroup`` in the Bot API doubles (bot/local/media_group.py), through a real PTB Bot:
+"""``sendMediaGroup`` in the Bot API doubles (bot/local/emulator.py), through a real PTB Bot:
 one album = separate messages with one media_group_id, each with its caption; Telegram's
 limits (2–10 items, documents only with documents) are enforced."""
 
@@ -12,14 +12,9 @@ from PIL import Image
 from telegram import Bot, InputMediaDocument, InputMediaPhoto, ReplyParameters
 from telegram.error import BadRequest
 
-from bot.local.media_group import MediaGroupMixin
 from tests.fakes.telegram import FakeTelegram
 
 USER = 1001
-
-
-class AlbumTelegram(MediaGroupMixin, FakeTelegram):
-    """The fake with albums (until the core mixes them in itself)."""
 
 
 def png(color: tuple[int, int, int]) -> bytes:
@@ -30,7 +25,7 @@ def png(color: tuple[int, int, int]) -> bytes:
 
 @pytest.fixture
 def fake() -> FakeTelegram:
-    fake = AlbumTelegram() if not hasattr(FakeTelegram, "_m_sendMediaGroup") else FakeTelegram()
+    fake = FakeTelegram()
     fake.user(USER)
     return fake
 
@@ -79,7 +74,7 @@ async def test_send_album_records_files_and_adds_the_keyboard(
     from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
     from handlers.albums import send_album
-    from handlers.common import reply_to
+    from handlers.context import reply_to
     from storage import Storage
 
     request = await bot.send_message(USER, "make 3")

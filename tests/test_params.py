@@ -194,7 +194,9 @@ def test_sizes_are_on_the_grid_within_limits_and_near_the_ratio(
     assert 64 <= width <= 2048 and 64 <= height <= 2048
     # GenerationRequest accepts the result as it is.
     GenerationRequest(prompt="x", width=width, height=height)
-    if 64 < min(width, height) and max(width, height) < 2048:  # not pinned to a limit
+    exact_w = math.sqrt(side_w * side_h * rw / rh)
+    exact_h = math.sqrt(side_w * side_h * rh / rw)
+    if 64 < min(exact_w, exact_h) and max(exact_w, exact_h) < 2048:  # not pinned to a limit
         grid = multiple / min(width, height)  # one grid step, relative to the short side
         assert math.isclose(width / height, rw / rh, rel_tol=grid + 0.05)
         assert math.isclose(width * height, side_w * side_h, rel_tol=2 * grid + 0.1)

@@ -28,8 +28,8 @@ async def test_media_scrolls_to_the_bottom_and_toasts_do_not_replay(
     from playwright.async_api import async_playwright
 
     i18n = runtime.application.bot_data["services"].i18n
-    again_text = i18n.t("en", "result.again_button")
-    toast_text = i18n.t("en", "result.again_started")
+    again_text = i18n.t("en", "actions.again")
+    toast_text = i18n.t("en", "actions.started")
 
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(
