@@ -250,9 +250,7 @@ async def test_grant_and_setbalance_record_the_admin(h: Harness) -> None:
 
 async def test_grant_to_an_unknown_user_is_refused(h: Harness) -> None:
     """No silent creation: an id or name the bot has never seen is refused, clearly."""
-    assert await admin_says(h, "/grant 5555 10") == h.t(
-        "en", "users.unknown_id", query="5555"
-    )
+    assert await admin_says(h, "/grant 5555 10") == h.t("en", "users.unknown_id", query="5555")
     assert await h.storage.users.get(5555) is None
     assert await admin_says(h, "/setbalance @ghost_user 4") == h.t(
         "en", "users.unknown_username", query="@ghost_user"
