@@ -207,3 +207,21 @@ async def test_user_lookup_forms_and_refusals(e2e: E2E) -> None:
     assert await e2e.storage.users.count() == users_before  # nobody created
     await e2e.command(hal, "/user 4008")
     assert e2e.fake.last_message(hal.id).text == e2e.t("admin.refused")
+
+
+async def test_inline_parameters_on_i2i(e2e: E2E) -> None:
+    await e2e.add_deployment("I2I", inputs=(*MAKE_INPUTS, "input_image", "input_strength"))
+    gil = e2e.fake.user(4009)
+    await e2e.feed(
+        gil.send_photo(png(), caption="/i2i as a watercolor --strength 0,3 --seed 9", queue=False)
+    )
+    run = await e2e.latest_run(gil.id)
+    assert run.type == "I2I" and run.meta["prompt"] == "as a watercolor"
+    assert run.request["strength"] == 0.3 and run.request["seed"] == 9
+    await e2e.feed(gil.send_photo(png(), caption="/i2i a cat --style", queue=False))
+    assert e2e.fake.last_message(gil.id).text == e2e.t(
+        "params.error.unsupported", param="--style", value="", range="", example=""
+    )
+    await e2e.feed(gil.send_photo(png(), caption="/i2i --seed 4", queue=False))
+    assert e2e.fake.last_message(gil.id).text == e2e.t("gen.need_prompt")
+    assert (await e2e.latest_run(gil.id)).id == run.id
