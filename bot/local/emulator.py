@@ -257,6 +257,8 @@ class BotApiCore(StarsPayments):
         self.closing = False  # set at shutdown: long polls answer at once
         self._init_stars()
 
+    _bad_request = staticmethod(bad_request)  # for the mixins (bot.local.stars)
+
     @property
     def bot_user(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 PRE_CHECKOUT_TIMEOUT = 10.0  # seconds Telegram waits for answerPreCheckoutQuery
 STARS = "XTR"
@@ -76,7 +76,8 @@ def _flag(value: Any) -> bool:
 
 class StarsPayments:
     """Mixed into :class:`bot.local.emulator.BotApiCore` (which provides ``_known_chat``,
-    ``_bot_message``, ``_add_message``, ``push_update``, ``message_dict``, ``clock``)."""
+    ``_bot_message``, ``_add_message``, ``push_update``, ``message_dict``, ``clock`` and
+    ``_bad_request``; this module imports nothing of it, so there is no import cycle)."""
 
     def _init_stars(self) -> None:
         self.invoices: dict[tuple[int, int], Invoice] = {}
@@ -87,9 +88,8 @@ class StarsPayments:
     # -- the bot's methods --------------------------------------------------------------------
 
     def _m_sendInvoice(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
-        from bot.local.emulator import bad_request
-
         core: Any = self
+        bad_request = core._bad_request
         chat_id = core._known_chat(params)
         title, description = str(params.get("title") or ""), str(params.get("description") or "")
         payload = str(params.get("payload") or "")
@@ -139,9 +139,8 @@ class StarsPayments:
         return core.message_dict(msg)
 
     def _m_answerPreCheckoutQuery(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
-        from bot.local.emulator import bad_request
-
         core: Any = self
+        bad_request = core._bad_request
         query = self.pre_checkout_queries.get(str(params.get("pre_checkout_query_id") or ""))
         if query is None or query.answered or query.expired:
             raise bad_request(QUERY_EXPIRED)
@@ -163,9 +162,11 @@ class StarsPayments:
         return True
 
     def _m_refundStarPayment(self, params: dict[str, Any], files: dict[str, Any]) -> bool:
-        from bot.local.emulator import _int, bad_request
-
-        user_id = _int(params, "user_id")
+        bad_request = cast(Any, self)._bad_request
+        try:
+            user_id = int(params.get("user_id") or "")
+        except (TypeError, ValueError):
+            raise bad_request("invalid user_id specified") from None
         charge = self.star_charges.get(str(params.get("telegram_payment_charge_id") or ""))
         if charge is None or charge.user_id != user_id:
             raise bad_request("CHARGE_NOT_FOUND")
