@@ -139,14 +139,18 @@ class InterruptedError_(GenerationError):
 
 class LimitReachedError(GenerationError):
     """A spending guard refused a new run. ``resets_at`` (epoch seconds, the next UTC
-    midnight) says when the count starts again; ``limit`` is the configured maximum."""
+    midnight) says when the count starts again and ``remaining`` how many seconds that is
+    from the refusal (by the clock that refused); ``limit`` is the configured maximum."""
 
     code = ErrorCode.DAILY_LIMIT
 
-    def __init__(self, message: str = "", *, limit: int = 0, resets_at: float = 0.0) -> None:
-        super().__init__(message, limit=limit, resets_at=resets_at)
+    def __init__(
+        self, message: str = "", *, limit: int = 0, resets_at: float = 0.0, remaining: float = 0.0
+    ) -> None:
+        super().__init__(message, limit=limit, resets_at=resets_at, remaining=remaining)
         self.limit = limit
         self.resets_at = resets_at
+        self.remaining = remaining
 
 
 class DailyLimitError(LimitReachedError):

@@ -90,14 +90,14 @@ class PaymentRepository:
         async with self._db.read() as conn:
             return await _select(conn, charge_id)
 
-    async def list_user(self, user_id: int, limit: int = 20) -> list[Payment]:
-        """The user's payments, newest first."""
+    async def list_recent(self, user_id: int | None = None, limit: int = 20) -> list[Payment]:
+        """The latest payments (of one user when ``user_id`` is given), newest first."""
         limit = require_int(limit, "limit", minimum=1)
+        where, params = ("WHERE user_id = ?", (user_id,)) if user_id is not None else ("", ())
         async with self._db.read() as conn:
             rows = await conn.execute_fetchall(
-                "SELECT * FROM payments WHERE user_id = ? ORDER BY created_at DESC, rowid DESC"
-                " LIMIT ?",
-                (user_id, limit),
+                f"SELECT * FROM payments {where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (*params, limit),
             )
         return [_payment(r) for r in rows]
 

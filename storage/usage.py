@@ -57,20 +57,18 @@ async def check_run_limits(
 ) -> None:
     """Raise ``DailyLimitError`` / ``BotDailyLimitError`` (with ``resets_at``, the next UTC
     midnight) when one more run today would pass a limit (caller owns the transaction)."""
-    resets_at = next_reset(now)
+    resets = {"resets_at": next_reset(now), "remaining": next_reset(now) - now}
     if limits.per_user is not None:
         used = await count_runs_today(conn, now, user_id)
         if used >= limits.per_user:
             raise DailyLimitError(
-                f"user {user_id} has had {used} runs today",
-                limit=limits.per_user,
-                resets_at=resets_at,
+                f"user {user_id} has had {used} runs today", limit=limits.per_user, **resets
             )
     if limits.per_day is not None:
         used = await count_runs_today(conn, now)
         if used >= limits.per_day:
             raise BotDailyLimitError(
-                f"{used} runs today in the whole bot", limit=limits.per_day, resets_at=resets_at
+                f"{used} runs today in the whole bot", limit=limits.per_day, **resets
             )
 
 

@@ -220,6 +220,9 @@ async def test_payment_is_credited_exactly_once(store: Storage) -> None:
     assert sum(r.created for r in results) == 1
     assert (await store.ledger.balances(1)).paid == 200
     assert await store.payments.has_purchase(1)
+    assert [p.charge_id for p in await store.payments.list_recent(1)] == ["ch2", "ch1"]
+    assert await store.payments.list_recent(2) == []
+    assert len(await store.payments.list_recent(limit=1)) == 1
     await _ok(store)
 
 
@@ -351,6 +354,7 @@ async def test_per_user_limit_says_when_it_resets(store: Storage, clock: Clock) 
         await store.runs.create_run(_run("a2", created_at=clock()), hold_amount=1)
     assert err.value.code is ErrorCode.DAILY_LIMIT
     assert err.value.resets_at == DAY0 + DAY_SECONDS and err.value.limit == 2
+    assert err.value.remaining == DAY_SECONDS - 3600  # the clock says 01:00 UTC
     assert await store.runs.get_run("a2") is None
     assert await store.ledger.get_held(1) == 0  # nothing written
     await store.runs.create_run(_run("b0", user_id=2, created_at=clock()))  # others unaffected
