@@ -287,6 +287,7 @@ class FakeTelegram(BotApiCore):
         self.users: dict[int, FakeUser] = {}
         # gates: hold calls of a method (see hold())
         self._gates: dict[str, _Gate] = {}
+        self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> getChatMember status
         self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
 
     # ------------------------------------------------------------------ wiring helpers
@@ -687,6 +688,21 @@ class FakeTelegram(BotApiCore):
         if fake_file is not None and fake_file.size > FILE_DOWNLOAD_LIMIT:
             raise bad_request("file is too big")
         return super()._m_getFile(params, files)
+
+
+    def _m_getChatMember(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        """A member's status as set in :attr:`members`: ``member`` or ``left`` (the default);
+        ``creator`` adds ``is_anonymous``."""
+        chat_id = self._known_chat(params)
+        user_id = _int(params, "user_id")
+        assert user_id is not None
+        status = self.members.get((chat_id, user_id), "left")
+        user = self.users.get(user_id)
+        user_dict = user.to_dict() if user else {"id": user_id, "is_bot": False, "first_name": "U"}
+        out: dict[str, Any] = {"status": status, "user": user_dict}
+        if status == "creator":
+            out["is_anonymous"] = False
+        return out
 
 
 class FakeUser:
