@@ -689,7 +689,6 @@ class FakeTelegram(BotApiCore):
             raise bad_request("file is too big")
         return super()._m_getFile(params, files)
 
-
     def _m_getChatMember(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
         """A member's status as set in :attr:`members`: ``member`` or ``left`` (the default);
         ``creator`` adds ``is_anonymous``."""
