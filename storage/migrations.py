@@ -153,6 +153,7 @@ ALTER TABLE ledger ADD COLUMN pot TEXT NOT NULL DEFAULT 'paid' CHECK (pot IN ('p
 ALTER TABLE ledger ADD COLUMN charge_id TEXT;
 CREATE INDEX ledger_by_charge ON ledger(charge_id) WHERE charge_id IS NOT NULL;
 CREATE INDEX ledger_by_time ON ledger(created_at);
+CREATE INDEX ledger_by_run ON ledger(run_id) WHERE run_id IS NOT NULL;
 
 ALTER TABLE holds ADD COLUMN free_amount INTEGER NOT NULL DEFAULT 0 CHECK (free_amount >= 0);
 ALTER TABLE holds ADD COLUMN free_day INTEGER;
