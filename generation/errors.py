@@ -213,10 +213,13 @@ class CreditsSpentError(GenerationError):
 
     code = ErrorCode.CREDITS_SPENT
 
-    def __init__(self, message: str = "", *, credits: int = 0, available: int = 0) -> None:
-        super().__init__(message, credits=credits, available=available)
+    def __init__(
+        self, message: str = "", *, credits: int = 0, available: int = 0, user_id: int = 0
+    ) -> None:
+        super().__init__(message, credits=credits, available=available, user_id=user_id)
         self.credits = credits
         self.available = available
+        self.user_id = user_id
 
 
 ERRORS_BY_CODE: dict[ErrorCode, type[GenerationError]] = {

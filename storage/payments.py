@@ -170,6 +170,7 @@ class PaymentRepository:
                 f"user {payment.user_id} has {available} of {payment.credits} credits left",
                 credits=payment.credits,
                 available=available,
+                user_id=payment.user_id,
             )
         return plan
 

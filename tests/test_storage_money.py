@@ -252,7 +252,7 @@ async def test_refund_of_spent_credits_needs_force_and_never_goes_below_held(
     await store.ledger.hold(1, 10, "r2")  # paid only now: 35 paid, 10 of them held
     with pytest.raises(CreditsSpentError) as err:
         await store.payments.plan_refund("ch1")
-    assert (err.value.credits, err.value.available) == (100, 25)
+    assert (err.value.credits, err.value.available, err.value.user_id) == (100, 25, 1)
     plan = await store.payments.plan_refund("ch1", force=True)
     assert (plan.take, plan.shortfall) == (25, 75)
     result = await store.payments.apply_refund("ch1")
