@@ -418,3 +418,36 @@ async def test_invoice_is_localized(tmp_path: Path, lang: str) -> None:
         await e2e.command(alice, "/buy")
         (invoice,) = invoices(e2e, alice.id)
         assert invoice.invoice["title"] == e2e.t("pay.invoice_title", lang, credits=100)
+
+
+async def test_stale_package_button(tmp_path: Path) -> None:
+    async with world(tmp_path) as e2e:
+        alice = e2e.fake.user(1001)
+        await e2e.command(alice, "/buy")
+        menu = e2e.fake.last_message(alice.id)
+        update = await e2e.feed(e2e.fake._callback_query(alice.to_dict(), menu, "b:999:1"))
+        answer = alice.callback_answer(update)
+        assert answer is not None and answer["text"] == e2e.t("pay.package_gone")
+        assert not e2e.fake.calls("sendInvoice")
+
+
+async def test_paid_payload_that_no_longer_verifies_still_credits(tmp_path: Path) -> None:
+    """The user paid (Telegram says so): if the signing key was lost meanwhile, the package
+    at that price is credited rather than nothing."""
+    async with world(tmp_path) as e2e:
+        alice = e2e.fake.user(1001)
+        payment = {
+            "currency": "XTR",
+            "total_amount": 200,
+            "invoice_payload": "c1.1001.500.200.abcd.000000000000000000000000",
+            "telegram_payment_charge_id": "stxLOSTKEY",
+            "provider_payment_charge_id": "p1",
+        }
+        update = e2e.fake._user_service_message(
+            alice.id, alice.to_dict(), successful_payment=payment
+        )
+        await e2e.feed(update)
+        assert await e2e.storage.ledger.get_balance(alice.id) == 500
+        assert last_text(e2e, alice.id) == e2e.t(
+            "pay.receipt", credits=500, stars=200, balance=500, charge_id="stxLOSTKEY"
+        )
