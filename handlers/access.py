@@ -74,7 +74,12 @@ def _members(context: BotContext) -> MembershipCache:
 
 
 def _passes_freely(update: Update) -> bool:
+    """Payments (always answered or credited by handlers/payments.py) and updates that are
+    neither a message nor a button (membership changes, ...): nothing to refuse there, and a
+    banned user's one refusal must not be spent on them."""
     if update.pre_checkout_query is not None:
+        return True
+    if update.effective_message is None and update.callback_query is None:
         return True
     message = update.effective_message
     return message is not None and (
