@@ -318,6 +318,15 @@ async def test_open_mode_ban_is_one_refusal_then_silence(tmp_path: Path) -> None
         await e2e.add_deployment()
         alice = e2e.fake.user(1001)
         await admin_says(e2e, f"/ban {alice.id}")
+        bot_user = e2e.fake.bot_user
+        member = {  # alice blocks and unblocks the bot: no message, the refusal is kept
+            "chat": e2e.fake._chat_dict(alice.id),
+            "from": alice.to_dict(),
+            "date": 0,
+            "old_chat_member": {"status": "member", "user": bot_user},
+            "new_chat_member": {"status": "kicked", "user": bot_user, "until_date": 0},
+        }
+        await e2e.feed(e2e.fake.push_update({"my_chat_member": member}, queue=False))
         await e2e.command(alice, "/make a fox")
         assert last_text(e2e, alice.id) == e2e.t("access.banned")
         count = len(e2e.fake.messages(alice.id))
