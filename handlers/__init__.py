@@ -16,7 +16,18 @@ from telegram.ext import (
     filters,
 )
 
-from handlers import account, actions, admin, cancel, lookup, menus, prompt_commands, results
+from handlers import (
+    access,
+    account,
+    actions,
+    admin,
+    cancel,
+    lookup,
+    menus,
+    payments,
+    prompt_commands,
+    results,
+)
 from handlers.context import BotContext
 from handlers.custom_commands import type_command
 from handlers.deps import services_of
@@ -59,8 +70,10 @@ def register(application: Application) -> None:
     """Add all handlers, most specific first; the catch-alls come last. Called by the
     composition root once ``bot_data["services"]`` is set (the flows read its timeout)."""
     timeout = services_of(application).config.conversation_timeout
-    # 0. In an early group that never ends an update: remember who wrote (usernames for the
+    # 0. The access gate (bans, ACCESS=allowlist) sees every update first; then, in an
+    #    early group that never ends an update, who wrote is remembered (usernames for the
     #    admin commands' lookups). Also /id and /user.
+    access.register_access(application)
     lookup.register_lookup(application)
     # 1. The /i2i, /inpaint and /upscale conversations: while one waits for a photo or a
     #    prompt, its states see the user's messages first; /cancel inside one ends it.
@@ -77,6 +90,8 @@ def register(application: Application) -> None:
     admin.register_admin(application)
     application.add_handler(CommandHandler("type", type_command))
     account.register_account(application)
+    # 3b. Telegram Stars (/buy, pre-checkout, payments, /refund, /paysupport, /terms).
+    payments.register_payments(application)
     # 4. Catch-alls: unknown commands, stray private messages, buttons nobody understands.
     application.add_handler(MessageHandler(filters.COMMAND, unknown_command))
     application.add_handler(

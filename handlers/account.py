@@ -29,11 +29,14 @@ async def help_command(update: Update, context: BotContext) -> None:
     if is_group(message.chat.type):
         await context.reply("groups.help")
         return
-    parts = [t(lang, "help.user"), params_help(t, lang)]
+    user_help = t(lang, "help.user")
+    if services.config.star_packages:
+        user_help += "\n" + t(lang, "pay.help_user")
+    parts = [user_help, params_help(t, lang)]
     if custom := custom_help(t, lang, services.custom_types.all()):
         parts.append(custom)
     if caller.user_id in services.config.admin_ids:
-        parts.append(t(lang, "help.admin"))
+        parts.append(t(lang, "help.admin") + "\n\n" + t(lang, "pay.help_admin"))
     await message.reply_text(fit(t, lang, "\n\n".join(parts)), parse_mode=None)
 
 
@@ -41,11 +44,29 @@ async def balance_command(update: Update, context: BotContext) -> None:
     caller = await context.caller()
     if caller is None:
         return
-    ledger = context.services.storage.ledger
-    available = await ledger.get_balance(caller.user_id)  # holds excluded
-    held = await ledger.get_held(caller.user_id)
-    key = "account.balance_with_hold" if held else "account.balance"
-    await context.reply(key, quote=False, balance=available, held=held)
+    services = context.services
+    ledger, config = services.storage.ledger, services.config
+    if config.free_daily_credits:  # free, paid and held credits (storage/ledger.py)
+        b = await ledger.balances(caller.user_id)
+        key = "pay.balance"
+        params: dict[str, object] = {
+            "available": b.available,
+            "free": b.free_available,
+            "paid": b.paid,
+            "held": b.held,
+        }
+    else:
+        available = await ledger.get_balance(caller.user_id)  # holds excluded
+        held = await ledger.get_held(caller.user_id)
+        key = "account.balance_with_hold" if held else "account.balance"
+        params = {"balance": available, "held": held}
+    text = services.i18n.t(caller.lang, key, **params)
+    if (limit := config.max_runs_per_user_per_day) is not None:
+        left = max(0, limit - await services.storage.usage.runs_today(caller.user_id))
+        text += "\n" + services.i18n.t(caller.lang, "access.runs_left", left=left, limit=limit)
+    message = update.effective_message
+    if message is not None:
+        await message.reply_text(text, parse_mode=None)
 
 
 def register_account(application: Application) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from generation.billing import AccessMode, StarPackage
 from generation.custom_types import CustomTypeRegistry
 
 if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
@@ -18,6 +19,7 @@ if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
     from telegram import InlineKeyboardMarkup
     from telegram.ext import Application
 
+    from generation.billing import PayloadSigner
     from generation.models import RunRecord
     from generation.ports import Backend
     from generation.service import GenerationService
@@ -37,6 +39,14 @@ class HandlerConfig:
     max_active_per_user: int = 2
     max_queued_per_user: int = 5
     max_in_flight: int = 10
+    # Charging for generations (handlers/payments.py, handlers/access.py)
+    star_packages: tuple[StarPackage, ...] = ()
+    free_daily_credits: int = 0
+    max_runs_per_user_per_day: int | None = None
+    max_runs_per_day: int | None = None
+    access: AccessMode = AccessMode.OPEN
+    paysupport_text: str | None = None  # owner-set; None: the localized default
+    terms_text: str | None = None
 
 
 class ProgressView(Protocol):
@@ -81,6 +91,7 @@ class Services:
     custom_types: CustomTypeRegistry = field(default_factory=CustomTypeRegistry)
     # Re-publishes the command menu (set_my_commands) with the custom types; set by bot/.
     publish_commands: Callable[[], Awaitable[None]] | None = None
+    signer: PayloadSigner | None = None  # signs Stars invoice payloads (None: no /buy)
 
 
 def services_of(application: Application) -> Services:
