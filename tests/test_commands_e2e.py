@@ -225,3 +225,23 @@ async def test_inline_parameters_on_i2i(e2e: E2E) -> None:
     await e2e.feed(gil.send_photo(png(), caption="/i2i --seed 4", queue=False))
     assert e2e.fake.last_message(gil.id).text == e2e.t("gen.need_prompt")
     assert (await e2e.latest_run(gil.id)).id == run.id
+
+
+async def test_access_and_payments_commands_take_names_and_replies(e2e: E2E) -> None:
+    admin = e2e.fake.user(ADMIN_ID)
+    ivy = e2e.fake.user(4010, "Ivy", username="ivy_k")
+    await e2e.command(ivy, "/balance")  # seen: known by name from now on
+    await e2e.command(admin, "/ban @IVY_K")
+    assert e2e.fake.last_message(admin.id).text == e2e.t("access.banned_user", user_id=ivy.id)
+    assert (await e2e.storage.access.get(ivy.id)).banned
+    await e2e.command(admin, "/ban @never_seen_here")
+    assert e2e.fake.last_message(admin.id).text == e2e.t(
+        "users.unknown_username", query="@never_seen_here"
+    )
+    group = -100555
+    e2e.fake.add_chat(group, title="Team")
+    said = await e2e.feed(ivy.send_text("hello", group, queue=False))
+    await e2e.feed(admin.reply_to(said["message"]["message_id"], "/unban", chat_id=group))
+    assert e2e.fake.last_message(group).text == e2e.t("access.unbanned_user", user_id=ivy.id)
+    await e2e.command(admin, "/payments @ivy_k")
+    assert e2e.fake.last_message(admin.id).text == e2e.t("pay.payments_none")
