@@ -36,25 +36,40 @@ from bot.backends import (
 )
 from bot.config import Settings
 from bot.logging_setup import install_redaction
-from bot.metrics import Metrics, default_metrics
+from bot.metrics import Metrics, default_metrics, install_generation_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
-from generation.counters import COUNTERS
+from generation.billing import PayloadSigner
+from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
 from handlers import register
 from handlers.context import CONTEXT_TYPES, BotContext
+from handlers.custom_commands import BUILTIN_COMMANDS, menu_commands, refresh_registry
 from handlers.delivery import Delivery
-from handlers.deps import SERVICES_KEY, HandlerConfig, Services
+from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
-from storage import Storage
+from storage import RunLimits, Storage
 
 log = logging.getLogger(__name__)
 
 # Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
-MENU_COMMANDS = ("make", "i2i", "inpaint", "cancel", "balance", "settings", "help", "start")
+MENU_COMMANDS = (
+    "make",
+    "quickmake",
+    "i2i",
+    "inpaint",
+    "upscale",
+    "cancel",
+    "balance",
+    "settings",
+    "id",
+    "help",
+    "start",
+)
+PAYMENT_COMMANDS = ("buy", "paysupport", "terms")  # in the menu when STAR_PACKAGES is set
 MAX_RUNNING_UPDATES = 256
 SHUTDOWN_GRACE = 10.0  # seconds deliveries and final progress edits get on a graceful stop
 
@@ -200,6 +215,13 @@ def handler_config(settings: Settings) -> HandlerConfig:
         output_url_allowlist=settings.output_url_allowlist,
         trusted_output_urls=(settings.comfydeploy_api_url,),
         delivery_retry_window=settings.delivery_retry_window,
+        star_packages=settings.star_packages,
+        free_daily_credits=settings.free_daily_credits,
+        max_runs_per_user_per_day=settings.max_runs_per_user_per_day,
+        max_runs_per_day=settings.max_runs_per_day,
+        access=settings.access,
+        paysupport_text=settings.paysupport_text,
+        terms_text=settings.terms_text,
     )
 
 
@@ -216,13 +238,23 @@ def build_services(runtime: Runtime, service: GenerationService) -> Services:
         # Output files come from the same (test) ComfyDeploy unless the backend serves them.
         http_transport=transport or runtime.comfy_transport,
         backend_label=backend_label(backend) if backend is not None else None,
+        custom_types=CustomTypeRegistry(reserved_commands=BUILTIN_COMMANDS),
     )
 
 
-async def set_commands(application: Application, i18n: Translator) -> None:  # type: ignore[type-arg]
-    """Localized command menu: English as the default, plus one per supported language."""
+async def set_commands(
+    application: Application,  # type: ignore[type-arg]
+    i18n: Translator,
+    *,
+    payments: bool = False,
+) -> None:
+    """Localized command menu: English as the default, plus one per supported language; the
+    commands of admin-added types (``/animate``) follow the bot's own."""
+    names = MENU_COMMANDS + (PAYMENT_COMMANDS if payments else ())
+    custom = services_of(application).custom_types.all()
     for lang in SUPPORTED_LANGUAGES:
-        commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in MENU_COMMANDS]
+        commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in names]
+        commands += menu_commands(i18n.t, lang, custom)
         code = None if lang == DEFAULT_LANGUAGE else lang
         try:
             await application.bot.set_my_commands(commands, language_code=code)
@@ -237,29 +269,18 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         "Telegram updates waiting to be processed",
     )
 
-    # Run figures come from the service's in-process counters (generation/counters.py), not
-    # from a COUNT ... GROUP BY over the runs table under the database lock at every scrape.
-    service = runtime.service
-    if service is None:
-        return
-
-    def series(name: str) -> Callable[[], dict[Any, float]]:
-        return lambda: {k: float(v) for k, v in service.counters.snapshot()[name].items()}
-
-    for name, help_ in COUNTERS.items():
-        runtime.metrics.counter_callback(name, series(name), help_)
-
-    def gauge(name: str) -> Callable[[], float]:
-        return lambda: float(service.metrics_snapshot()["gauges"][name])
-
-    for name in ("generation_queued", "generation_in_flight", "generation_tracked"):
-        runtime.metrics.gauge_callback(name, gauge(name), name.replace("_", " "))
+    if runtime.service is not None:
+        install_generation_metrics(runtime.metrics, runtime.service)
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]
     runtime = get_runtime(application)
     settings = runtime.settings
     runtime.storage = await open_storage(settings.database_path)
+    runtime.storage.configure_money(
+        free_daily_credits=settings.free_daily_credits,
+        run_limits=RunLimits(settings.max_runs_per_user_per_day, settings.max_runs_per_day),
+    )
     if settings.webhook_secret is not None:
         runtime.webhook_secret = settings.webhook_secret.get_secret_value()
     else:
@@ -272,13 +293,22 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     install_redaction([runtime.webhook_secret, runtime.run_webhook_key])
     service = runtime.service = (runtime.service_factory or build_service)(runtime)
     services = runtime.services = build_services(runtime, service)
+    if settings.star_packages:
+        key = await runtime.storage.settings.get_or_create_secret("payment_payload_key")
+        services.signer = PayloadSigner(key)
     await sync_preview_deployments(runtime.storage, enabled=settings.preview_backend)
     application.bot_data[SERVICES_KEY] = services
     _install_metric_collectors(application, runtime)
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
-    await set_commands(application, services.i18n)
+    await refresh_registry(services.storage, services.custom_types)
+
+    async def publish() -> None:
+        await set_commands(application, services.i18n, payments=bool(settings.star_packages))
+
+    services.publish_commands = publish
+    await publish()
     await service.start()
     runtime.service_started = True
     log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")

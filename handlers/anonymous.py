@@ -17,7 +17,7 @@ from handlers.context import BotContext, reply_to
 
 log = logging.getLogger(__name__)
 
-GUARD_GROUP = -100  # before every other handler group (the update counter runs at -1000)
+GUARD_GROUP = -110  # before every other group: the access gate (-100); the update counter is -1000
 
 
 def is_anonymous(update: Update) -> bool:

@@ -36,9 +36,10 @@ from telegram.error import TimedOut
 from generation.errors import GenerationError, OutputRefusedError
 from generation.events import GenerationCompleted, GenerationEvent
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
-from handlers.delivery_plan import Fetched, plan_delivery
+from handlers.actions import deployed_types, record_delivered, result_keyboard
+from handlers.albums import send_album
+from handlers.delivery_plan import Fetched, Item, plan_delivery
 from handlers.deps import Services
-from handlers.keyboards import result_keyboard
 from handlers.origin import DELIVERED_ITEMS_KEY, Origin
 from handlers.telegram_io import (
     CAPTION_LIMIT,
@@ -215,7 +216,7 @@ class Delivery:
     async def _send_media(self, method: str, size: int, **kwargs: Any) -> Any:
         """An upload: time-outs fitting its size, a time-out never repeated."""
         kwargs = {**upload_timeouts(size), **kwargs}
-        return await call_with_retry(getattr(self._bot, method), self._sleep, media=True, **kwargs)
+        return await call_with_retry(getattr(self._bot, method), self._sleep, upload=True, **kwargs)
 
     def caption(self, run: RunRecord, lang: str) -> str:
         prompt = Origin.of(run).prompt_of(run)
@@ -253,29 +254,46 @@ class Delivery:
     async def _send_outputs(
         self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str
     ) -> _Outcome:
-        """Send every output not sent yet; how many are out, and whether Telegram was down."""
+        """Send every output not sent yet; how many are out, and whether Telegram was down.
+        Two or more photos go as one album, followed by the message with the per-image
+        buttons (U1…, V1…)."""
         if not outputs:
             return _Outcome(0, False)
         png_as_file = await self._png_as_file(run.user_id)
         plan = plan_delivery(await self._fetch(run, outputs), png_as_file=png_as_file)
         caption = self.caption(run, lang)
         base = {"chat_id": run.chat_id, **Origin.of(run).reply_kwargs()}
+        deployed = await deployed_types(self._services.storage)
+        documents = {
+            item.key.split(":")[0] for item in plan.items if item.method == "send_document"
+        }
+        photos = [item for item in plan.items if item.method == "send_photo"]
         # Items already delivered before a crash/restart are not sent again (see
         # _note_delivered); only an item killed between Telegram's answer and our note repeats.
         done = set((run.meta or {}).get(DELIVERED_ITEMS_KEY) or ())
         sent, outage = 0, False
-        for position, item in enumerate(plan.items):
+        if len(photos) >= 2:
+            in_album, outage = await self._send_album(
+                run, photos, lang, caption, base, deployed, done
+            )
+            sent += in_album
+        rest = [item for item in plan.items if len(photos) < 2 or item not in photos]
+        for position, item in enumerate(rest):
             if item.key in done:
                 sent += 1
                 continue
             extra: dict[str, Any] = {"caption": caption}
-            if position == len(plan.items) - 1:
-                extra["reply_markup"] = result_keyboard(
-                    self._services.i18n, run.id, lang, original=plan.offer_original
+            if position == len(rest) - 1 and len(photos) < 2:
+                original = any(i.key.split(":")[0] not in documents for i in photos)
+                keyboard = result_keyboard(
+                    self._services, lang, run, deployed, original=original or plan.offer_original
                 )
+                if keyboard is not None:
+                    extra["reply_markup"] = keyboard
             size = sum(len(v) for v in item.kwargs.values() if isinstance(v, bytes))
+            message = None
             try:
-                await self._send_media(item.method, size, **base, **item.kwargs, **extra)
+                message = await self._send_media(item.method, size, **base, **item.kwargs, **extra)
             except TimedOut:
                 log.warning("run %s: %s timed out; not repeated", run.id, item.method)
             except Exception as exc:
@@ -283,9 +301,46 @@ class Delivery:
                 log.warning("run %s: %s failed: %s", run.id, item.method, type(exc).__name__)
                 continue
             sent += 1
+            if message is not None:
+                await record_delivered(self._services.storage, run.id, _index(item), message)
             done.add(item.key)
             await self._note_delivered(run.id, done)
         return _Outcome(sent, outage)
+
+    async def _send_album(
+        self,
+        run: RunRecord,
+        photos: list[Item],
+        lang: str,
+        caption: str,
+        base: dict[str, Any],
+        deployed: set[str],
+        done: set[str],
+    ) -> tuple[int, bool]:
+        """The photos as one album: (how many are out, whether Telegram was down)."""
+        if all(item.key in done for item in photos):
+            return len(photos), False
+        items = [(_index(i), i.kwargs["photo"], i.kwargs["filename"]) for i in photos][:10]
+        keyboard = result_keyboard(
+            self._services, lang, run, deployed, items=[i for i, _, _ in items]
+        )
+        try:
+            sent = await send_album(
+                self._send,
+                self._services.storage,
+                run.id,
+                items,
+                caption=caption,
+                base=base,
+                keyboard=keyboard,
+                keyboard_text=self._services.i18n.t(lang, "actions.batch_pick", count=len(items)),
+            )
+        except Exception as exc:
+            log.warning("run %s: the album failed: %s", run.id, type(exc).__name__)
+            return 0, is_outage(exc)
+        done.update(item.key for item in photos)
+        await self._note_delivered(run.id, done)
+        return sent, False
 
     async def _note_delivered(self, run_id: str, keys: set[str]) -> None:
         """Record in the run's meta which items reached Telegram, right after each send, so a
@@ -317,3 +372,7 @@ class Delivery:
             )
             sent += 1
         return sent
+
+
+def _index(item: Item) -> int:
+    return int(item.key.split(":", 1)[0])

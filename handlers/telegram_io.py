@@ -99,10 +99,10 @@ def telegram_wait(fallback: float = 1.0) -> Callable[[RetryCallState], float]:
     return wait
 
 
-def telegram_retrying(attempts: int, sleep: Sleep, *, media: bool = False) -> AsyncRetrying:
-    """Bounded retries of one Bot API call (see the module docstring); ``media``: a time-out
+def telegram_retrying(attempts: int, sleep: Sleep, *, upload: bool = False) -> AsyncRetrying:
+    """Bounded retries of one Bot API call (see the module docstring); ``upload``: a time-out
     is not retried."""
-    retry = is_outage if media else is_transient
+    retry = is_outage if upload else is_transient
     return AsyncRetrying(
         retry=retry_if_exception(retry),
         wait=telegram_wait(),
@@ -117,11 +117,11 @@ async def call_with_retry(
     sleep: Sleep,
     attempts: int = SEND_ATTEMPTS,
     *,
-    media: bool = False,
+    upload: bool = False,
     **kwargs: Any,
 ) -> Any:
-    """``await call(**kwargs)`` with :func:`telegram_retrying`."""
-    async for attempt in telegram_retrying(attempts, sleep, media=media):
+    """``await call(**kwargs)`` with :func:`telegram_retrying` (``upload``: see there)."""
+    async for attempt in telegram_retrying(attempts, sleep, upload=upload):
         with attempt:
             return await call(**kwargs)
     return None  # pragma: no cover - AsyncRetrying either returns or raises
