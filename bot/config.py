@@ -1,4 +1,4 @@
-"""Settings from the environment and ``.env`` (design.md §5 — the names are a promise).
+"""Settings from the environment and ``.env`` (the names are a promise: README, Configuration).
 
 ``load_settings()`` turns pydantic's multi-line validation report into one :class:`ConfigError`
 line naming the first bad setting. Secret values are never echoed: the error text is built from
@@ -13,9 +13,17 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from generation.billing import AccessMode, StarPackage, parse_star_packages
+
 _WEBHOOK_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 LOCAL_LISTEN_HOST = "127.0.0.1"  # local mode never listens on every interface by default
-SECRET_FIELDS = ("telegram_bot_token", "comfydeploy_api_key", "webhook_secret")
+SECRET_FIELDS = (
+    "telegram_bot_token",
+    "comfydeploy_api_key",
+    "webhook_secret",
+    "local_mode_token",
+    "metrics_token",
+)
 
 
 class ConfigError(Exception):
@@ -23,7 +31,7 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    """Every environment variable of design.md §5, with its default."""
+    """Every environment variable (README: Configuration), with its default."""
 
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -51,6 +59,23 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # auto: the local preview backend when COMFYDEPLOY_API_KEY is unset, else ComfyDeploy.
     generation_backend: Literal["auto", "comfydeploy", "preview"] = "auto"
+    # Hardening (README: Reliability).
+    lora_weight_max: float = Field(default=2.0, gt=0)
+    output_url_allowlist: Annotated[frozenset[str], NoDecode] = frozenset()
+    max_outputs_per_run: int = Field(default=16, ge=1)
+    max_queued_total: int = Field(default=1000, ge=1)
+    run_retention_days: float = Field(default=90.0, ge=0)
+    delivery_retry_window: float = Field(default=900.0, ge=0)
+    local_mode_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
+    # Charging for generations (README "Charging for generations").
+    star_packages: Annotated[tuple[StarPackage, ...], NoDecode] = ()
+    free_daily_credits: int = Field(default=0, ge=0)
+    max_runs_per_user_per_day: int | None = Field(default=None, ge=0)
+    max_runs_per_day: int | None = Field(default=None, ge=0)
+    access: AccessMode = AccessMode.OPEN
+    paysupport_text: str | None = None
+    terms_text: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -71,6 +96,36 @@ class Settings(BaseSettings):
             return value.strip().lower() or "auto"
         return value
 
+    @field_validator("star_packages", mode="before")
+    @classmethod
+    def _parse_packages(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return parse_star_packages(value)
+        return value
+
+    @field_validator("max_runs_per_user_per_day", "max_runs_per_day", mode="before")
+    @classmethod
+    def _blank_limit_is_unlimited(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _norm_access(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or AccessMode.OPEN.value
+        return value
+
+    @field_validator("paysupport_text", "terms_text", mode="before")
+    @classmethod
+    def _owner_text(cls, value: Any) -> Any:
+        """Blank is unset (a localized default is shown); ``\\n`` in the value is a newline."""
+        if isinstance(value, str):
+            value = value.strip().replace("\\n", "\n")
+            return value[:4000] or None
+        return value
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _parse_admin_ids(cls, value: Any) -> Any:
@@ -86,7 +141,16 @@ class Settings(BaseSettings):
                 raise ValueError("expected comma-separated integer user ids") from None
         return value
 
-    @field_validator("telegram_bot_token", "comfydeploy_api_key", "webhook_secret", mode="before")
+    @field_validator("output_url_allowlist", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        if value is None:
+            return frozenset()
+        if isinstance(value, str):
+            return frozenset(p.strip().lower() for p in re.split(r"[,\s;]+", value) if p.strip())
+        return value
+
+    @field_validator(*SECRET_FIELDS, mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():

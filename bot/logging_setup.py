@@ -86,14 +86,11 @@ def _install_record_factory() -> None:
     _factory_installed = True
 
 
-def redaction_filter() -> RedactingFilter:
-    """The process-wide filter (shared so secrets learnt later, e.g. a generated one, apply)."""
-    return _FILTER
-
-
 # Libraries whose DEBUG output dumps raw request data: aiosqlite logs every SQL statement with
 # its parameters (a freshly generated webhook secret before we can know it, user prompts).
-QUIET_LOGGERS = {"aiosqlite": logging.INFO}
+# httpx logs every request URL at INFO: Bot API URLs carry the token, output URLs are presigned
+# (their query is a credential). Kept at WARNING however logging was configured.
+QUIET_LOGGERS = {"aiosqlite": logging.INFO, "httpx": logging.WARNING, "httpcore": logging.WARNING}
 
 
 def install_redaction(secrets: Iterable[str] = ()) -> RedactingFilter:

@@ -71,6 +71,10 @@ class RunStore(Protocol):
         """Update the given fields (names from ``models.RUN_UPDATABLE_FIELDS``) and return the
         new record. Raises ``KeyError`` for an unknown run id, ``ValueError`` for a bad field."""
 
+    async def update_run_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
+        """Like ``update_run``, but only while the run exists and is not terminal (one
+        statement); ``None`` when nothing was written."""
+
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def get_run_by_backend_id(self, backend_run_id: str) -> RunRecord | None: ...
@@ -110,3 +114,19 @@ class Backend(Protocol):
     async def list_deployments(self) -> list[DeploymentInfo]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """Input images of accepted runs, on disk (``storage.images.FileImageStore``)."""
+
+    async def put(self, data: bytes) -> str:
+        """Store the bytes; returns a reference (content-addressed: same bytes, same ref)."""
+
+    async def get(self, ref: str) -> bytes | None:
+        """The bytes of ``ref``; None when they are gone."""
+
+    async def delete(self, ref: str) -> None: ...
+
+    async def sweep(self, keep: set[str]) -> int:
+        """Delete every stored image not in ``keep``; returns how many."""

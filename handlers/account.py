@@ -3,51 +3,70 @@
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler, ContextTypes
+from telegram.ext import Application, CommandHandler
 
-from handlers.deps import get_services
-from handlers.menus import load_user
+from handlers.common import addressed_to_us, is_group
+from handlers.context import BotContext
+from handlers.custom_commands import help_lines as custom_help
+from handlers.prompt_params import help_text as params_help
+from handlers.text_fit import fit
 
 
-def is_admin(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> bool:
-    return user_id in get_services(context).config.admin_ids
+async def start_command(update: Update, context: BotContext) -> None:
+    tg_user = update.effective_user
+    if tg_user is not None and await context.caller() is not None:
+        await context.reply("account.start", quote=False, name=tg_user.first_name or "")
 
 
-async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, tg_user = update.effective_message, update.effective_user
-    if message is None or tg_user is None:
+async def help_command(update: Update, context: BotContext) -> None:
+    """The command list, the inline parameters and the admin-added types' commands; in a
+    group only a short version (the full one in a private chat)."""
+    message, caller = update.effective_message, await context.caller()
+    if message is None or caller is None or not addressed_to_us(message.text, context):
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
-    text = services.i18n.t(lang, "account.start", name=tg_user.first_name or "")
-    await message.reply_text(text, parse_mode=None)
-
-
-async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, tg_user = update.effective_message, update.effective_user
-    if message is None or tg_user is None:
+    services = context.services
+    t, lang = services.i18n.t, caller.lang
+    if is_group(message.chat.type):
+        await context.reply("groups.help")
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
-    text = services.i18n.t(lang, "help.user")
-    if is_admin(context, tg_user.id):
-        text += "\n\n" + services.i18n.t(lang, "help.admin")
-    await message.reply_text(text, parse_mode=None)
+    user_help = t(lang, "help.user")
+    if services.config.star_packages:
+        user_help += "\n" + t(lang, "pay.help_user")
+    parts = [user_help, params_help(t, lang)]
+    if custom := custom_help(t, lang, services.custom_types.all()):
+        parts.append(custom)
+    if caller.user_id in services.config.admin_ids:
+        parts.append(t(lang, "help.admin") + "\n\n" + t(lang, "pay.help_admin"))
+    await message.reply_text(fit(t, lang, "\n\n".join(parts)), parse_mode=None)
 
 
-async def balance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, tg_user = update.effective_message, update.effective_user
-    if message is None or tg_user is None:
+async def balance_command(update: Update, context: BotContext) -> None:
+    caller = await context.caller()
+    if caller is None:
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
-    ledger = services.storage.ledger
-    available = await ledger.get_balance(tg_user.id)  # holds excluded
-    held = await ledger.get_held(tg_user.id)
-    key = "account.balance_with_hold" if held else "account.balance"
-    await message.reply_text(
-        services.i18n.t(lang, key, balance=available, held=held), parse_mode=None
-    )
+    services = context.services
+    ledger, config = services.storage.ledger, services.config
+    if config.free_daily_credits:  # free, paid and held credits (storage/ledger.py)
+        b = await ledger.balances(caller.user_id)
+        key = "pay.balance"
+        params: dict[str, object] = {
+            "available": b.available,
+            "free": b.free_available,
+            "paid": b.paid,
+            "held": b.held,
+        }
+    else:
+        available = await ledger.get_balance(caller.user_id)  # holds excluded
+        held = await ledger.get_held(caller.user_id)
+        key = "account.balance_with_hold" if held else "account.balance"
+        params = {"balance": available, "held": held}
+    text = services.i18n.t(caller.lang, key, **params)
+    if (limit := config.max_runs_per_user_per_day) is not None:
+        left = max(0, limit - await services.storage.usage.runs_today(caller.user_id))
+        text += "\n" + services.i18n.t(caller.lang, "access.runs_left", left=left, limit=limit)
+    message = update.effective_message
+    if message is not None:
+        await message.reply_text(text, parse_mode=None)
 
 
 def register_account(application: Application) -> None:

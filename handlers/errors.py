@@ -12,13 +12,15 @@ from telegram import Update
 from telegram.error import BadRequest, Forbidden, NetworkError
 
 from generation.errors import (
+    BotDailyLimitError,
     ErrorCode,
     GenerationError,
     InsufficientBalanceError,
     InvalidInputError,
+    LimitReachedError,
 )
-from handlers.common import Context, language_of, reply_to
-from handlers.deps import Services, get_services
+from handlers.context import BotContext, reply_to
+from handlers.deps import Services
 from handlers.i18n import Translator
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ def error_text(i18n: Translator, lang: str, exc: GenerationError) -> str:
         return i18n.t(lang, "gen.insufficient_balance", price=exc.required, balance=exc.available)
     if isinstance(exc, InvalidInputError) and exc.field in _FIELD_KEYS:
         return i18n.t(lang, _FIELD_KEYS[exc.field])
+    if isinstance(exc, LimitReachedError):  # the spending guards: say when it resets
+        minutes = max(1, int(exc.remaining + 59) // 60)
+        key = "access.limit_bot" if isinstance(exc, BotDailyLimitError) else "access.limit_user"
+        return i18n.t(lang, key, limit=exc.limit, hours=minutes // 60, minutes=minutes % 60)
     return i18n.t(lang, error_key(exc.code))
 
 
@@ -60,13 +66,13 @@ def _describe(update: object) -> Any:
     return repr(update)
 
 
-async def on_error(update: object, context: Context) -> None:
+async def on_error(update: object, context: BotContext) -> None:
     """PTB error handler: log with a reference id and tell the user something went wrong."""
     error = context.error
     services: Services | None = None
     try:
-        services = get_services(context)
-    except (KeyError, AttributeError):
+        services = context.services
+    except KeyError:  # before post_init put the services in
         pass
     ref = secrets.token_hex(4)
     if isinstance(error, GenerationError):
@@ -80,7 +86,7 @@ async def on_error(update: object, context: Context) -> None:
     if services is None or not isinstance(update, Update) or isinstance(error, Forbidden):
         return
     try:
-        lang = await language_of(update, context)
+        lang = await context.language()
         if isinstance(error, GenerationError):
             text = error_text(services.i18n, lang, error)
         else:

@@ -4,7 +4,7 @@ half-open probe → closed), a full outage (every user told in their language, h
 ledger consistent) and recovery without a restart.
 
 Real ``Application`` + real ``GenerationService`` + real SQLite storage + both fakes, built by
-``tests.test_handlers_generate.build_harness``.
+``tests.e2e.inprocess.build_harness``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from generation.models import ChargeState, RunStatus
-from tests.fakes.comfydeploy import _Resp
-from tests.test_handlers_generate import (
+from tests.e2e.inprocess import (
     E2E,
     MAKE_INPUTS,
     FakeClock,
     build_harness,
 )
+from tests.fakes.comfydeploy import _Resp
 
 
 class Sleeps:
@@ -188,7 +188,7 @@ async def test_breaker_skips_open_deployment_until_cooldown(
     env: E2E, breaker_clock: FakeClock
 ) -> None:
     dep = await env.add_deployment()
-    env.cd.fail_next_creates(8, status=500)  # two runs × four attempts
+    env.cd.fail_next_creates(8, status=503)  # two runs × four attempts
     for uid in (3201, 3202):
         user = env.fake.user(uid)
         await env.command(user, "/make x")

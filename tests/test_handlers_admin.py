@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from generation.models import DeploymentInfo, DeploymentRole, RunStatus
-from handlers.admin import known_types
+from handlers.admin_base import known_types
 from storage import Storage
 from tests.test_handlers_account import ADMIN_ID, Harness, make_harness
 
@@ -61,7 +61,7 @@ async def snapshot(storage: Storage) -> dict[str, Any]:
 
 async def test_deployment_add_with_declared_inputs(storage: Storage) -> None:
     backend = FakeBackend([DeploymentInfo(DEP, "make", ("input_prompt", "input_seed"))])
-    async with make_harness(storage, extras={"backend": backend}) as h:
+    async with make_harness(storage, backend=backend) as h:
         text = await admin_says(h, f"/deployment add make {DEP} cook 3")
         assert text == h.t(
             "en",
@@ -83,8 +83,7 @@ async def test_deployment_add_with_declared_inputs(storage: Storage) -> None:
 async def test_deployment_add_when_inputs_cannot_be_checked(
     storage: Storage, backend: FakeBackend | None
 ) -> None:
-    extras = {} if backend is None else {"backend": backend}
-    async with make_harness(storage, extras=extras) as h:
+    async with make_harness(storage, backend=backend) as h:
         text = await admin_says(h, f"/deployment add I2I {DEP.upper()}")
         assert text == h.t(
             "en",
@@ -104,7 +103,16 @@ async def test_deployment_list_enable_disable_remove(h: Harness) -> None:
     await admin_says(h, f"/deployment add UPSCALE {DEP2} api 2")
     listing = await admin_says(h, "/deployments")
     assert DEP in listing and DEP2 in listing  # full ids
-    assert "UPSCALE · api · weight 2 · enabled" in listing
+    assert "🟢 UPSCALE · api · ×2 · ✔0 ✖0 · " + DEP2 in listing  # one compact line each
+    assert listing.endswith(h.t("en", "actions.deployments_hint"))
+    inputs = await admin_says(h, f"/deployment inputs {DEP2}")
+    assert inputs == h.t(
+        "en",
+        "actions.deployment_inputs",
+        type="UPSCALE",
+        id=DEP2,
+        inputs=h.t("en", "admin.inputs_unknown_short"),
+    )
 
     text = await admin_says(h, f"/deployment disable {DEP}")
     assert text == h.t("en", "admin.deployment_disabled", id=DEP)
@@ -240,13 +248,32 @@ async def test_grant_and_setbalance_record_the_admin(h: Harness) -> None:
     assert sorted(entry.amount for entry in history) == [-18, 25]
 
 
-async def test_grant_to_an_unknown_user_creates_them(h: Harness) -> None:
+async def test_grant_to_an_unknown_user_is_refused(h: Harness) -> None:
+    """No silent creation: an id or name the bot has never seen is refused, clearly."""
+    assert await admin_says(h, "/grant 5555 10") == h.t("en", "users.unknown_id", query="5555")
     assert await h.storage.users.get(5555) is None
-    await admin_says(h, "/grant 5555 10")
-    assert await h.storage.users.get(5555) is not None
-    assert await h.storage.ledger.get_balance(5555) == 10
-    await admin_says(h, "/setbalance 6666 4")
-    assert await h.storage.ledger.get_balance(6666) == 4
+    assert await admin_says(h, "/setbalance @ghost_user 4") == h.t(
+        "en", "users.unknown_username", query="@ghost_user"
+    )
+    assert await h.storage.users.count() == 1  # only the admin
+
+
+async def test_grant_by_username_and_by_reply(h: Harness) -> None:
+    bob = h.fake.user(USER, "Bob", username="bob_b")
+    await h.command(bob, "/balance")  # Bob uses the bot: known, by name too
+    assert await admin_says(h, "/grant @BOB_B 7") == h.t(
+        "en", "admin.granted", user_id=USER, amount=7, balance=7
+    )
+    group = -100777
+    h.fake.add_chat(group, title="Team")
+    said = await h.feed(bob.send_text("hi", group, queue=False))
+    admin = h.fake.users[ADMIN_ID]
+    await h.feed(admin.reply_to(said["message"]["message_id"], "/grant 3", chat_id=group))
+    assert h.fake.last_message(group).text == h.t(
+        "en", "admin.granted", user_id=USER, amount=3, balance=10
+    )
+    await h.feed(admin.reply_to(said["message"]["message_id"], "/setbalance 1", chat_id=group))
+    assert await h.storage.ledger.get_balance(USER) == 1
 
 
 async def test_setbalance_cannot_go_below_held_credits(h: Harness) -> None:
@@ -266,8 +293,6 @@ async def test_setbalance_cannot_go_below_held_credits(h: Harness) -> None:
         (f"/grant {USER} -5", "admin.usage.grant"),
         (f"/grant {USER} 0", "admin.usage.grant"),
         (f"/grant {USER} 1.5", "admin.usage.grant"),
-        ("/grant alice 5", "admin.usage.grant"),
-        ("/grant 0 5", "admin.usage.grant"),
         (f"/setbalance {USER} -1", "admin.usage.setbalance"),
         (f"/setbalance {USER} many", "admin.usage.setbalance"),
         ("/setbalance", "admin.usage.setbalance"),
@@ -288,7 +313,8 @@ async def test_stats(h: Harness) -> None:
     await admin_says(h, f"/deployment add MAKE {DEP}")
     await admin_says(h, f"/deployment disable {DEP}")
     text = await admin_says(h, "/stats")
-    assert text == h.t("en", "admin.stats", users=2, runs="—", deployments=1, enabled=0)
+    assert text.startswith(h.t("en", "admin.stats", users=2, runs="—", deployments=1, enabled=0))
+    assert h.t("en", "pay.stats_runs", runs="—") in text.split("\n")
 
 
 async def test_stats_with_runs_and_queue(h: Harness) -> None:
@@ -305,12 +331,14 @@ async def test_stats_with_runs_and_queue(h: Harness) -> None:
     scheduler.submit(QueueItem(f"{1:032x}", USER, USER))
     h.services.generation.scheduler = scheduler
     text = await admin_says(h, "/stats")
-    assert text.split("\n") == [
+    expected = [
         *h.t(
             "en", "admin.stats", users=2, runs="queued: 2, success: 1", deployments=0, enabled=0
         ).split("\n"),
         h.t("en", "admin.stats_queue", queued=1, in_flight=0),
+        h.t("en", "pay.stats_runs", runs="MAKE: 3"),  # today's runs (handlers/admin.py)
     ]
+    assert text.split("\n")[: len(expected)] == expected
 
 
 # ---------------------------------------------------------------- refusal

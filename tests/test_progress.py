@@ -23,8 +23,8 @@ from generation.models import RunRecord, RunStatus
 from handlers.deps import HandlerConfig, Services
 from handlers.i18n import Translator
 from handlers.progress import ProgressRenderer
+from tests.e2e.inprocess import FakeClock
 from tests.fakes.telegram import FakeTelegram
-from tests.test_handlers_generate import FakeClock
 
 RUN = "a" * 32
 USER = 501
@@ -114,11 +114,10 @@ async def env() -> AsyncIterator[Env]:
         generation=StubGeneration(),  # type: ignore[arg-type]
         i18n=Translator.load(),
         config=HandlerConfig(progress_edit_interval=1.5),
-        extras={"delivery": SimpleNamespace()},  # keep delivery out of these tests
     )
     clock = FakeClock()
     renderer = ProgressRenderer(
-        SimpleNamespace(bot=bot),
+        bot,
         services,  # type: ignore[arg-type]
         clock=clock,
         sleep=clock.sleep,
@@ -126,7 +125,7 @@ async def env() -> AsyncIterator[Env]:
     renderer._unsubscribe = services.generation.bus.subscribe(  # type: ignore[attr-defined]
         renderer._on_event
     )
-    services.extras["progress"] = renderer
+    services.progress = renderer
     yield Env(fake, bot, clock, renderer, services, runs)
     renderer._unsubscribe()
     for p in list(renderer._runs.values()):
@@ -150,7 +149,8 @@ async def test_throttle_and_coalesce(env: Env) -> None:
     await env.settle()
     assert len(env.edits()) == 1  # one edit, with the newest state only
     msg = env.fake.message(USER, msg_id)
-    assert msg.text == env.t("progress.running_status", percent=30, status="Executing KSampler")
+    step = env.t("actions.executing", node="KSampler")  # ComfyUI's English, localized
+    assert msg.text == env.t("progress.running_status", percent=30, status=step)
     assert msg.buttons[0]["callback_data"] == f"r:cx:{RUN}"
 
     env.publish(progress(0.5))

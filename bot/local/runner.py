@@ -15,9 +15,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
@@ -25,9 +24,12 @@ from telegram import Update
 from telegram.ext import Application
 from telegram.request import HTTPXRequest
 
-from bot.config import Settings
+from bot.app import build_application, initialize, shutdown
+from bot.config import ConfigError, Settings
 from bot.local.emulator import LOCAL_TOKEN, BotApiEmulator
+from bot.local.guard import exposure_error
 from bot.local.webchat import LOOPBACK_HOSTS, create_webchat_app
+from bot.server import ReadyServer
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +49,6 @@ class LocalRuntime:
     serving: asyncio.Task[None]  # the web server; done once it stopped
     url: str
     user_id: int = LOCAL_USER_ID
-
-
-class _WebServer(uvicorn.Server):
-    """uvicorn without its own signal handling (local mode owns SIGINT/SIGTERM, so it can
-    stop the bot cleanly) and with an event set once it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[Any] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self.ready.set()
 
 
 def local_settings(settings: Settings) -> Settings:
@@ -114,9 +98,13 @@ async def local_mode(
 ) -> AsyncIterator[LocalRuntime]:
     """Run local mode while the block runs. ``sock`` is a listening socket for the web chat
     (default: bound to ``settings.local_listen_host:listen_port``); it is closed at the end."""
-    from bot.app import build_application, initialize, shutdown
-
     host = settings.local_listen_host
+    token = settings.local_mode_token.get_secret_value() if settings.local_mode_token else None
+    bound = sock.getsockname()[0] if sock is not None else host
+    if (refusal := exposure_error(str(bound), token)) is not None:
+        if sock is not None:
+            sock.close()
+        raise ConfigError(refusal)
     if sock is None:
         sock = bind_socket(host, settings.listen_port)
     emulator = BotApiEmulator()
@@ -128,7 +116,7 @@ async def local_mode(
         rate_limit=False,  # the emulator has no flood control to stay under
         preview_step_seconds=preview_step_seconds,
     )
-    server: _WebServer | None = None
+    server: ReadyServer | None = None
     serving: asyncio.Task[None] | None = None
     try:
         await initialize(application)
@@ -143,6 +131,8 @@ async def local_mode(
             user_id=LOCAL_USER_ID,
             backend_label="preview" if effective.preview_backend else "comfydeploy",
             loopback_only=bound_host in LOOPBACK_HOSTS,
+            token=token,
+            allowed_hosts=await _own_hosts(host),
         )
         config = uvicorn.Config(
             webchat,
@@ -151,21 +141,16 @@ async def local_mode(
             lifespan="off",
             timeout_graceful_shutdown=2,
         )
-        server = _WebServer(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="webchat")
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if not server.ready.is_set():
-            serving.result()  # raises why it could not start
-            raise RuntimeError("the web chat server stopped at start-up")
+        # Local mode owns SIGINT/SIGTERM (serve_local), so it can stop the bot cleanly.
+        server = ReadyServer(config, handle_signals=False)
+        serving = await server.start_serving([sock])
         yield LocalRuntime(
             settings=effective,
             emulator=emulator,
             application=application,
             server=server,
             serving=serving,
-            url=page_url(sock, host),
+            url=page_url(sock, host) + (f"/?token={token}" if token else ""),
         )
     finally:
         try:
@@ -213,9 +198,25 @@ async def serve_local(settings: Settings, sock: socket.socket | None = None) -> 
     log.info("local mode stopped")
 
 
+async def _own_hosts(listen_host: str) -> list[str]:
+    """Host names a non-loopback bind answers to: the listen address itself (unless it is a
+    wildcard), this machine's name and its addresses (resolved without blocking the loop)."""
+    hosts = [] if listen_host in ("0.0.0.0", "::", "") else [listen_host.strip("[]")]
+    name = socket.gethostname()
+    hosts.append(name)
+    with contextlib.suppress(OSError):
+        infos = await asyncio.get_running_loop().getaddrinfo(name, None)
+        hosts += [str(info[4][0]) for info in infos]
+    return list(dict.fromkeys(hosts))
+
+
 def run_local(settings: Settings) -> int:
     """``python -m bot`` without a token. Returns the exit code."""
     host = settings.local_listen_host
+    token = settings.local_mode_token
+    if (refusal := exposure_error(host, token.get_secret_value() if token else None)) is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         sock = bind_socket(host, settings.listen_port)
     except OSError as exc:

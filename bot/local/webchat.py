@@ -10,12 +10,16 @@ Routes (starlette):
 * ``POST /api/upload`` (multipart: ``file``, ``caption``, ``lang``, ``as_file``) — a photo, or
   with ``as_file`` an image document (masks for /inpaint keep their exact pixels that way).
 * ``POST /api/press`` ``{"message_id", "data", "lang"}`` — press an inline button.
+* ``POST /api/pay`` ``{"message_id", "lang"}`` — "Pay (test)" on an invoice: the same Stars
+  flow as Telegram's (``pre_checkout_query``, then ``successful_payment`` once the bot says
+  ok), with no real Stars (``bot.local.stars``).
 * ``GET /media/<file_id>`` — a file of the chat (what the bot sent, what the user uploaded).
 * ``GET /healthz``.
 
 Every POST needs the header ``X-Local-Chat: 1`` (a browser sends it cross-origin only after a
-CORS preflight, which is never granted) and, on a loopback bind, the ``Host`` must be
-loopback too (no DNS rebinding): other web pages cannot drive the bot as the local admin.
+CORS preflight, which is never granted) and the ``Host`` must be one the server answers to (no
+DNS rebinding): other web pages cannot drive the bot as the local admin. Off loopback every
+request also needs ``LOCAL_MODE_TOKEN`` (``bot/local/guard.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bot.local.emulator import MAX_UPLOAD, BotApiEmulator, Message, parse_multipart
+from bot.local.guard import LocalTokenMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,17 @@ def message_view(emulator: BotApiEmulator, msg: Message) -> dict[str, Any]:
         out["media"] = f"/media/{msg.file_id}"
         out["w"], out["h"] = msg.width, msg.height
         out["filename"] = msg.filename
+    fields = msg.media_fields or {}
+    if "invoice" in fields:
+        invoice = fields["invoice"]
+        out["invoice"] = {
+            "title": invoice.get("title"),
+            "description": invoice.get("description"),
+            "stars": invoice.get("total_amount"),
+        }
+    for name in ("successful_payment", "refunded_payment"):
+        if name in fields:
+            out[name] = {"stars": fields[name].get("total_amount")}
     rows = (msg.reply_markup or {}).get("inline_keyboard") or []
     if rows:
         out["buttons"] = [
@@ -107,21 +123,45 @@ def create_webchat_app(
     first_name: str = "You",
     backend_label: str | None = None,
     loopback_only: bool = True,
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
-    """The web chat for the single local user ``user_id`` (also the chat id)."""
+    """The web chat for the single local user ``user_id`` (also the chat id). ``token``: every
+    request needs it (``bot/local/guard.py``); ``allowed_hosts``: the Host check's list (loopback
+    names, plus what a non-loopback bind answers to)."""
+    chat = WebChat(emulator, user_id, first_name, backend_label)
+    return chat.app(loopback_only=loopback_only, token=token, allowed_hosts=allowed_hosts)
 
-    def user(lang: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+
+class WebChat:
+    """The routes of the web chat, over one emulator and its one local user."""
+
+    def __init__(
+        self,
+        emulator: BotApiEmulator,
+        user_id: int,
+        first_name: str,
+        backend_label: str | None,
+    ) -> None:
+        self.emulator = emulator
+        self.user_id = user_id
+        self.first_name = first_name
+        self.backend_label = backend_label
+
+    def user(self, lang: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.user_id, "is_bot": False, "first_name": self.first_name}
         code = language_code(lang)
         if code:
             out["language_code"] = code
         return out
 
+    @staticmethod
     def check_post(request: Request) -> Response | None:
         if request.headers.get(LOCAL_HEADER) != "1":
             return JSONResponse({"error": "missing X-Local-Chat header"}, status_code=403)
         return None
 
+    @staticmethod
     async def json_body(request: Request) -> dict[str, Any] | None:
         try:
             body = await request.json()
@@ -129,12 +169,13 @@ def create_webchat_app(
             return None
         return body if isinstance(body, dict) else None
 
+    @staticmethod
     async def index(request: Request) -> Response:
         response = FileResponse(STATIC_DIR / "index.html", media_type="text/html")
         response.headers["cache-control"] = "no-cache"
         return response
 
-    async def state(request: Request) -> Response:
+    async def state(self, request: Request) -> Response:
         q = request.query_params
         try:
             since = int(q.get("since", "-1"))
@@ -142,39 +183,41 @@ def create_webchat_app(
             notice_after = int(q.get("notice", "0"))
         except ValueError:
             return JSONResponse({"error": "bad query"}, status_code=400)
-        version = await emulator.wait_changed(since, wait)
+        version = await self.emulator.wait_changed(since, wait)
         lang = language_code(q.get("lang")) or ""
-        commands = emulator.commands.get(lang) or emulator.commands.get("", [])
+        commands = self.emulator.commands.get(lang) or self.emulator.commands.get("", [])
         return JSONResponse(
             {
                 "version": version,
                 "bot": {
-                    "name": emulator.bot_user["first_name"],
-                    "username": emulator.bot_user["username"],
+                    "name": self.emulator.bot_user["first_name"],
+                    "username": self.emulator.bot_user["username"],
                 },
-                "user_id": user_id,
-                "backend": backend_label,
-                "typing": emulator.typing(user_id),
+                "self.user_id": self.user_id,
+                "backend": self.backend_label,
+                "typing": self.emulator.typing(self.user_id),
                 "commands": commands,
-                "messages": [message_view(emulator, m) for m in emulator.messages(user_id)],
+                "messages": [
+                    message_view(self.emulator, m) for m in self.emulator.messages(self.user_id)
+                ],
                 "notices": [
                     {"id": n.id, "text": n.text, "alert": n.alert}
-                    for n in emulator.notices(user_id, notice_after)
+                    for n in self.emulator.notices(self.user_id, notice_after)
                 ],
             },
             headers={"cache-control": "no-store"},
         )
 
-    async def send(request: Request) -> Response:
-        if (refused := check_post(request)) is not None:
+    async def send(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
             return refused
-        body = await json_body(request)
+        body = await self.json_body(request)
         if body is None or not isinstance(body.get("text"), str):
             return JSONResponse({"error": "text is required"}, status_code=400)
         reply_to = body.get("reply_to")
         try:
-            msg = emulator.send_text(
-                user(body.get("lang")),
+            msg = self.emulator.send_text(
+                self.user(body.get("lang")),
                 body["text"],
                 reply_to=reply_to if isinstance(reply_to, int) else None,
             )
@@ -182,8 +225,8 @@ def create_webchat_app(
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"message_id": msg.message_id})
 
-    async def upload(request: Request) -> Response:
-        if (refused := check_post(request)) is not None:
+    async def upload(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
             return refused
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
@@ -200,8 +243,8 @@ def create_webchat_app(
         filename, data = files["file"]
         reply_to = fields.get("reply_to", "")
         try:
-            msg = emulator.send_photo(
-                user(fields.get("lang")),
+            msg = self.emulator.send_photo(
+                self.user(fields.get("lang")),
                 data,
                 caption=fields.get("caption"),
                 filename=filename,
@@ -212,22 +255,34 @@ def create_webchat_app(
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"message_id": msg.message_id})
 
-    async def press(request: Request) -> Response:
-        if (refused := check_post(request)) is not None:
+    async def press(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
             return refused
-        body = await json_body(request)
+        body = await self.json_body(request)
         if body is None or not isinstance(body.get("message_id"), int):
             return JSONResponse({"error": "message_id is required"}, status_code=400)
         if not isinstance(body.get("data"), str):
             return JSONResponse({"error": "data is required"}, status_code=400)
         try:
-            emulator.press(user(body.get("lang")), body["message_id"], body["data"])
+            self.emulator.press(self.user(body.get("lang")), body["message_id"], body["data"])
         except LookupError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         return JSONResponse({"ok": True})
 
-    async def media(request: Request) -> Response:
-        stored = emulator.file(request.path_params["file_id"])
+    async def pay(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
+            return refused
+        body = await self.json_body(request)
+        if body is None or not isinstance(body.get("message_id"), int):
+            return JSONResponse({"error": "message_id is required"}, status_code=400)
+        try:
+            self.emulator.press_pay(self.user(body.get("lang")), self.user_id, body["message_id"])
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"ok": True})
+
+    async def media(self, request: Request) -> Response:
+        stored = self.emulator.file(request.path_params["file_id"])
         if stored is None:
             return PlainTextResponse("not found", status_code=404)
         headers = {"cache-control": "private, max-age=3600"}
@@ -236,25 +291,37 @@ def create_webchat_app(
             headers["content-disposition"] = f'attachment; filename="{stored.file_id}.{ext}"'
         return Response(stored.data, media_type=stored.content_type, headers=headers)
 
+    @staticmethod
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    middleware = [Middleware(SecurityHeaders)]
-    if loopback_only:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS)))
-    return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/api/state", state),
-            Route("/api/send", send, methods=["POST"]),
-            Route("/api/upload", upload, methods=["POST"]),
-            Route("/api/press", press, methods=["POST"]),
-            Route("/media/{file_id}", media),
-            Route("/healthz", healthz),
-            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-        ],
-        middleware=middleware,
-    )
+    def app(
+        self,
+        *,
+        loopback_only: bool,
+        token: str | None = None,
+        allowed_hosts: list[str] | None = None,
+    ) -> Starlette:
+        middleware = [Middleware(SecurityHeaders)]
+        # The Host check always applies (no DNS rebinding), on any bind.
+        hosts = list(LOOPBACK_HOSTS) if loopback_only else [*LOOPBACK_HOSTS, *(allowed_hosts or [])]
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+        if token:
+            middleware.append(Middleware(LocalTokenMiddleware, token=token))
+        return Starlette(
+            routes=[
+                Route("/", self.index),
+                Route("/api/state", self.state),
+                Route("/api/send", self.send, methods=["POST"]),
+                Route("/api/upload", self.upload, methods=["POST"]),
+                Route("/api/press", self.press, methods=["POST"]),
+                Route("/api/pay", self.pay, methods=["POST"]),
+                Route("/media/{file_id}", self.media),
+                Route("/healthz", self.healthz),
+                Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            ],
+            middleware=middleware,
+        )
 
 
 class SecurityHeaders:

@@ -422,50 +422,73 @@ def substitute(
     given or a value does not fit."""
     out: dict[str, dict[str, Any]] = copy.deepcopy({k: dict(v) for k, v in graph.items()})
     externals = {nid for nid, node in out.items() if is_external(node)}
-    resolved: dict[str, tuple[str, Any]] = {}  # node id → ("value", v) | ("link", [src, i])
+    resolver = _Resolver(out, externals, values)
+    for node_id in sorted(externals):
+        resolver.resolve(node_id)
+    _rewire(out, externals, resolver.resolved)
+    _apply_titles(out, values)
+    if seed is not None and "input_seed" not in values_names(graph):
+        _apply_seed(out, seed)
+    return out
 
-    def resolve(node_id: str, seen: frozenset[str] = frozenset()) -> tuple[str, Any]:
-        if node_id in resolved:
-            return resolved[node_id]
+
+class _Resolver:
+    """What each External node stands for: ("value", v), ("image", ImageRef) or
+    ("link", [src, i]) — following defaults through chains of External nodes."""
+
+    def __init__(
+        self, out: dict[str, dict[str, Any]], externals: set[str], values: Mapping[str, Any]
+    ) -> None:
+        self.out = out
+        self.externals = externals
+        self.values = values
+        self.resolved: dict[str, tuple[str, Any]] = {}
+
+    def resolve(self, node_id: str, seen: frozenset[str] = frozenset()) -> tuple[str, Any]:
+        if node_id in self.resolved:
+            return self.resolved[node_id]
         if node_id in seen:
             raise GraphError("bad_value", f"External node {node_id} is part of a cycle")
-        node = out[node_id]
-        class_type = str(node["class_type"])
-        inputs = node.get("inputs", {})
-        name = str(inputs.get("input_id", "")).strip()
-        kind = _kind(class_type)
-        if name in values and values[name] is not None:
-            value = values[name]
-            if kind == "image":
-                if not isinstance(value, ImageRef):
-                    raise GraphError(
-                        "bad_value", f"{name} must be an uploaded image", input_name=name
-                    )
-                answer: tuple[str, Any] = ("image", value)
-            else:
-                answer = ("value", coerce(kind, value, name=name))
+        node = self.out[node_id]
+        name = str(node.get("inputs", {}).get("input_id", "")).strip()
+        kind = _kind(str(node["class_type"]))
+        if self.values.get(name) is not None:
+            answer = self._given(name, kind, self.values[name])
         else:
-            has_default, default = _external_default(node)
-            if has_default and is_link(default):
-                src = str(default[0])
-                if src in externals:
-                    answer = resolve(src, seen | {node_id})
-                else:
-                    answer = ("link", [src, default[1]])
-            elif has_default and default is not None and kind != "image":
-                answer = ("value", coerce(kind, default, name=name))
-            else:
-                raise GraphError(
-                    "missing_input",
-                    f"the workflow needs {name} (node {node_id}) and has no default",
-                    node_id=node_id,
-                    input_name=name,
-                )
-        resolved[node_id] = answer
+            answer = self._default(node_id, node, name, kind, seen)
+        self.resolved[node_id] = answer
         return answer
 
-    for node_id in sorted(externals):
-        resolve(node_id)
+    @staticmethod
+    def _given(name: str, kind: str, value: Any) -> tuple[str, Any]:
+        if kind != "image":
+            return ("value", coerce(kind, value, name=name))
+        if not isinstance(value, ImageRef):
+            raise GraphError("bad_value", f"{name} must be an uploaded image", input_name=name)
+        return ("image", value)
+
+    def _default(
+        self, node_id: str, node: Mapping[str, Any], name: str, kind: str, seen: frozenset[str]
+    ) -> tuple[str, Any]:
+        has_default, default = _external_default(node)
+        if has_default and is_link(default):
+            src = str(default[0])
+            if src in self.externals:
+                return self.resolve(src, seen | {node_id})
+            return ("link", [src, default[1]])
+        if has_default and default is not None and kind != "image":
+            return ("value", coerce(kind, default, name=name))
+        raise GraphError(
+            "missing_input",
+            f"the workflow needs {name} (node {node_id}) and has no default",
+            node_id=node_id,
+            input_name=name,
+        )
+
+
+def _rewire(
+    out: dict[str, dict[str, Any]], externals: set[str], resolved: Mapping[str, tuple[str, Any]]
+) -> None:
     for node_id, (how, what) in resolved.items():
         if how == "image":
             # Same id: consumers' links [id, 0] now read LoadImage's IMAGE output.
@@ -487,14 +510,14 @@ def substitute(
     for node_id in externals:
         if resolved[node_id][0] != "image":
             del out[node_id]
-    _apply_titles(out, values)
-    if seed is not None and "input_seed" not in values_names(graph):
-        for node in out.values():
-            for widget in SEED_WIDGETS:
-                current = node.get("inputs", {}).get(widget)
-                if isinstance(current, int) and not isinstance(current, bool):
-                    node["inputs"][widget] = seed
-    return out
+
+
+def _apply_seed(out: dict[str, dict[str, Any]], seed: int) -> None:
+    for node in out.values():
+        for widget in SEED_WIDGETS:
+            current = node.get("inputs", {}).get(widget)
+            if isinstance(current, int) and not isinstance(current, bool):
+                node["inputs"][widget] = seed
 
 
 def values_names(graph: Mapping[str, Mapping[str, Any]]) -> set[str]:

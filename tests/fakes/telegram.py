@@ -158,6 +158,11 @@ class FakeMessage:
         return [b.get("text", "") for b in self.buttons]
 
     @property
+    def invoice(self) -> dict[str, Any] | None:
+        """The ``invoice`` of a message the bot sent with sendInvoice."""
+        return self.extra.get("invoice")
+
+    @property
     def content(self) -> str:
         """Text or caption (whichever the message has)."""
         return self.text if self.text is not None else (self.caption or "")
@@ -282,7 +287,9 @@ class FakeTelegram(BotApiCore):
         self.users: dict[int, FakeUser] = {}
         # gates: hold calls of a method (see hold())
         self._gates: dict[str, _Gate] = {}
+        self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> getChatMember status
         self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
+        self._outage: tuple[float, int] | None = None  # (until, status), see outage()
 
     # ------------------------------------------------------------------ wiring helpers
     def request(self, **kwargs: Any) -> Any:
@@ -355,6 +362,11 @@ class FakeTelegram(BotApiCore):
             self._faults.setdefault(method, deque()).append(
                 _Fault(status, retry_after if status == 429 else None, description, timeout)
             )
+
+    def outage(self, until: float, status: int = 502) -> None:
+        """Every call answers ``status`` (a gateway error, like Telegram's own 502s during an
+        incident) until the fake's clock reaches ``until``."""
+        self._outage = (until, status)
 
     def add_chat(
         self, chat_id: int, *, type_: str | None = None, title: str | None = None
@@ -478,6 +490,9 @@ class FakeTelegram(BotApiCore):
         if await self._pass_gate(method, after_handling=False):
             call.status = 502
             return ApiError(502, "Bad Gateway: dropped before it arrived (test gate)").response()
+        if self._outage is not None and self.clock() < self._outage[0]:
+            call.status = self._outage[1]
+            return ApiError(self._outage[1], "Bad Gateway").response()
         try:
             fault = self._take_fault(method)
             if fault is not None:
@@ -683,6 +698,20 @@ class FakeTelegram(BotApiCore):
             raise bad_request("file is too big")
         return super()._m_getFile(params, files)
 
+    def _m_getChatMember(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        """A member's status as set in :attr:`members`: ``member`` or ``left`` (the default);
+        ``creator`` adds ``is_anonymous``."""
+        chat_id = self._known_chat(params)
+        user_id = _int(params, "user_id")
+        assert user_id is not None
+        status = self.members.get((chat_id, user_id), "left")
+        user = self.users.get(user_id)
+        user_dict = user.to_dict() if user else {"id": user_id, "is_bot": False, "first_name": "U"}
+        out: dict[str, Any] = {"status": status, "user": user_dict}
+        if status == "creator":
+            out["is_anonymous"] = False
+        return out
+
 
 class FakeUser:
     """A Telegram user driving the bot: builds updates the way real clients send them."""
@@ -734,8 +763,10 @@ class FakeUser:
         *,
         reply_to: FakeMessage | int | None = None,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
-        return self._message(chat_id, reply_to, queue, text=text)
+        """``thread_id``: the forum topic the message is posted in."""
+        return self._message(chat_id, reply_to, queue, text=text, message_thread_id=thread_id)
 
     def send_command(
         self,
@@ -744,13 +775,16 @@ class FakeUser:
         *,
         reply_to: FakeMessage | int | None = None,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         """``text`` starts with ``/command`` (optionally ``@botname``): a bot_command entity."""
         if not text.startswith("/"):
             raise ValueError("a command starts with '/'")
         length = len(text.split(maxsplit=1)[0])
         entity = {"type": "bot_command", "offset": 0, "length": utf16_len(text[:length])}
-        return self._message(chat_id, reply_to, queue, text=text, entities=[entity])
+        return self._message(
+            chat_id, reply_to, queue, text=text, entities=[entity], message_thread_id=thread_id
+        )
 
     def send_photo(
         self,
@@ -760,6 +794,7 @@ class FakeUser:
         chat_id: int | None = None,
         *,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         """A photo as Telegram delivers it: a list of PhotoSizes (largest last)."""
         fake_file = self.fake.register_file(data, kind="photo", ext="jpg")
@@ -786,6 +821,7 @@ class FakeUser:
             width=size[0],
             height=size[1],
             extra={"photo": sizes},
+            message_thread_id=thread_id,
         )
 
     def send_document(
@@ -891,6 +927,35 @@ class FakeUser:
         else:
             raise AssertionError(f"no button {button!r}; buttons: {current.button_texts}")
         return self.fake._callback_query(self.to_dict(), current, data, queue=queue)
+
+    # --------------------------------------------------------------- Stars payments
+    def pay(self, invoice: FakeMessage, *, complete: bool = True) -> dict[str, Any]:
+        """Press Pay on an invoice the bot sent: a ``pre_checkout_query`` update. With
+        ``complete``, the bot's ``ok=True`` answer charges the Stars and sends the
+        ``successful_payment`` message (see :mod:`bot.local.stars`)."""
+        if invoice.invoice is None:
+            raise AssertionError(f"message {invoice.message_id} is not an invoice")
+        return self.fake.press_pay(
+            self.to_dict(), invoice.chat_id, invoice.message_id, complete=complete
+        )
+
+    def pre_checkout(
+        self, payload: str, total_amount: int, *, currency: str = "XTR", complete: bool = True
+    ) -> dict[str, Any]:
+        """A ``pre_checkout_query`` with any payload (e.g. a forged one)."""
+        self.fake.add_chat(self.id)
+        return self.fake.pre_checkout(
+            self.to_dict(),
+            payload=payload,
+            total_amount=total_amount,
+            currency=currency,
+            complete=complete,
+        )
+
+    def pre_checkout_answer(self, update: dict[str, Any]) -> Any:
+        """How the bot answered the pre-checkout query of ``update`` (None if not yet)."""
+        query = self.fake.pre_checkout_queries.get(update["pre_checkout_query"]["id"])
+        return query if query is not None and query.answered else None
 
     def callback_answer(self, update: dict[str, Any]) -> dict[str, Any] | None:
         """How the bot answered the callback query of ``update`` (None if it did not)."""

@@ -13,6 +13,8 @@
 
   let version = -1;
   let noticeId = 0;
+  let noticesPrimed = false; // the first state only marks old notices as seen (no replay)
+  let pinned = true; // the view follows new content until the user scrolls up
   let attachment = null;
   let commands = [];
   const rendered = new Map(); // message id -> { el, sig }
@@ -36,11 +38,12 @@
     const box = el("div", "media");
     if (m.kind === "photo" || m.kind === "animation") {
       const img = el("img");
+      // Eager: a lazy image at the bottom edge may never load, and it grows the chat when it
+      // does; followMedia keeps the view at the bottom then (unless the user scrolled up).
+      img.addEventListener("load", followMedia);
       img.src = m.media;
       img.alt = m.caption || "image";
-      img.loading = "lazy";
       if (m.w && m.h) img.style.aspectRatio = `${m.w} / ${m.h}`;
-      img.addEventListener("load", () => stickToBottom());
       const link = el("a");
       link.href = m.media;
       link.target = "_blank";
@@ -54,6 +57,7 @@
       video.loop = true;
       video.muted = true;
       video.autoplay = true;
+      video.addEventListener("loadedmetadata", followMedia);
       box.appendChild(video);
     } else {
       box.className = "media file";
@@ -91,6 +95,25 @@
     return kb;
   }
 
+  function invoiceNode(m) {
+    if (!m.invoice) return null;
+    const box = el("div", "invoice");
+    box.appendChild(el("div", "invoice-title", m.invoice.title || ""));
+    box.appendChild(el("div", "invoice-text", m.invoice.description || ""));
+    const pay = el("button", "kb-button pay-button", `Pay (test) · ${m.invoice.stars} ⭐`);
+    pay.type = "button";
+    pay.title = "Local mode: no real Stars are charged";
+    pay.addEventListener("click", () => payInvoice(m.id, pay));
+    box.appendChild(pay);
+    return box;
+  }
+
+  function paymentText(m) {
+    if (m.successful_payment) return `⭐ Paid ${m.successful_payment.stars} Stars (test)`;
+    if (m.refunded_payment) return `⭐ ${m.refunded_payment.stars} Stars refunded (test)`;
+    return null;
+  }
+
   function messageNode(m) {
     const li = el("li", `msg ${m.out ? "out" : "in"}`);
     li.dataset.id = m.id;
@@ -110,7 +133,9 @@
       bubble.appendChild(media);
       bubble.classList.add("has-media");
     }
-    const body = m.text !== null && m.text !== undefined ? m.text : m.caption;
+    const invoice = invoiceNode(m);
+    if (invoice) bubble.appendChild(invoice);
+    const body = m.text !== null && m.text !== undefined ? m.text : m.caption || paymentText(m);
     if (body) bubble.appendChild(el("div", "text", body));
     const meta = el("div", "meta");
     if (m.edits) meta.appendChild(el("span", "edited", "edited"));
@@ -127,7 +152,33 @@
   }
 
   function stickToBottom(force) {
-    if (force || nearBottom()) chat.scrollTop = chat.scrollHeight;
+    if (force || pinned || nearBottom()) {
+      chat.scrollTop = chat.scrollHeight;
+      pinned = true;
+    }
+  }
+
+  // Media that finished loading made the chat taller; nearBottom() is already false then, so
+  // follow it when the view was pinned to the bottom before it grew.
+  function followMedia() {
+    if (pinned) chat.scrollTop = chat.scrollHeight;
+  }
+
+  // Only the user unpins the view: a scroll shortly after their wheel, touch or key input
+  // decides. Scrolls the browser makes itself (scroll anchoring while a message above is
+  // edited, content growing) leave it pinned.
+  let lastUserInput = -Infinity;
+  const userInput = () => (lastUserInput = performance.now());
+  for (const name of ["wheel", "touchmove", "keydown", "pointerdown"]) {
+    chat.addEventListener(name, userInput, { passive: true });
+  }
+  chat.addEventListener("scroll", () => {
+    if (performance.now() - lastUserInput < 1000) pinned = nearBottom();
+  });
+  // Whatever makes the chat taller (an image or video loading, an edit) keeps a pinned view
+  // at the bottom.
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(followMedia).observe(list);
   }
 
   function renderMessages(messages) {
@@ -194,8 +245,9 @@
     renderMessages(state.messages);
     for (const n of state.notices) {
       noticeId = Math.max(noticeId, n.id);
-      toast(n.text, n.alert);
+      if (noticesPrimed) toast(n.text, n.alert);
     }
+    noticesPrimed = true; // notices of before this page load are not shown again
   }
 
   // ------------------------------------------------------------------ network
@@ -242,6 +294,17 @@
       await post("/api/press", { message_id: messageId, data, lang });
     } catch (err) {
       toast(`Could not press the button: ${err.message}`, true);
+    } finally {
+      setTimeout(() => button.classList.remove("pending"), 400);
+    }
+  }
+
+  async function payInvoice(messageId, button) {
+    button.classList.add("pending");
+    try {
+      await post("/api/pay", { message_id: messageId, lang });
+    } catch (err) {
+      toast(`Could not pay: ${err.message}`, true);
     } finally {
       setTimeout(() => button.classList.remove("pending"), 400);
     }
