@@ -108,6 +108,11 @@ class Harness:
                 self.changed.clear()
                 await self.changed.wait()
 
+    @staticmethod
+    async def wait_a_moment(seconds: float) -> None:
+        """A pause between polls of a real server (which has no clock we could drive)."""
+        await asyncio.sleep(seconds)
+
     def of(self, kind: type, run_id: str) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind) and e.run_id == run_id]
 
