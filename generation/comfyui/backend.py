@@ -572,26 +572,31 @@ def _decode_data_uri(value: str, name: str) -> tuple[bytes, str]:
 
 
 class AuthTransport(httpx.AsyncBaseTransport):
-    """Download transport: adds ``Authorization`` to requests for the configured ComfyUI
-    servers (their ``/view`` output URLs) and forwards everything else unchanged."""
+    """Download transport: requests for the configured ComfyUI servers (their ``/view``
+    output URLs) go to the network with ``Authorization`` added; everything else goes to
+    ``fallback`` (the network when None)."""
 
     def __init__(
         self,
         urls: Sequence[str],
         auth: str | None,
-        inner: httpx.AsyncBaseTransport | None = None,
+        fallback: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._origins = {_origin(u) for u in urls}
         self._auth = auth
-        self._inner = inner or httpx.AsyncHTTPTransport()
+        self._network = httpx.AsyncHTTPTransport()
+        self._fallback = fallback
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._auth and _origin(str(request.url)) in self._origins:
-            request.headers["Authorization"] = self._auth
-        return await self._inner.handle_async_request(request)
+        if _origin(str(request.url)) in self._origins:
+            if self._auth:
+                request.headers["Authorization"] = self._auth
+            return await self._network.handle_async_request(request)
+        transport = self._fallback or self._network
+        return await transport.handle_async_request(request)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        await self._network.aclose()
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
