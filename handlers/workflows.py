@@ -45,6 +45,7 @@ _BLOCKING = (
     "dangling_link",
     "external_without_input_id",
     "title_widget_ambiguous",
+    "missing_input",
 )
 # Inputs a type needs from the workflow (the rest may keep their defaults).
 _NEEDS = {"image": "input_image", "mask": "input_mask"}
