@@ -365,3 +365,28 @@ async def test_workflow_remove_lets_the_run_in_flight_finish(e2e: E2E, comfy: Fa
     assert await e2e.storage.workflows.list_workflows() == []
     comfy.resume()
     await delivered(e2e, liam)
+
+
+async def test_local_mode_with_comfyui_url_generates_real_images(
+    tmp_path: Path, comfy: FakeComfyUI
+) -> None:
+    import httpx
+
+    from handlers.deps import services_of
+    from tests.comfyui_support import register
+    from tests.e2e.local import HEADERS, Chat, bot_photos, local_runtime
+
+    async with local_runtime(tmp_path, comfyui_url=comfy.url) as rt:
+        services = services_of(rt.application)
+        assert isinstance(services.backend, ComfyUIBackend)
+        await register(services.storage, "MAKE", "mf", "model-free/make")
+        async with httpx.AsyncClient(base_url=rt.url, headers=HEADERS, timeout=10) as client:
+            chat = Chat(client)
+            first = await chat.refresh(wait=0)
+            assert first["backend"] == "comfyui"
+            await chat.send("/make a lighthouse")
+            photo = (await chat.until(bot_photos, "the photo"))[0]
+            media = await client.get(photo["media"])
+            assert media.status_code == 200 and media.content.startswith(b"\x89PNG")
+            assert (photo["w"], photo["h"]) == (1024, 1024)  # the request's size, rendered
+    assert comfy.executed_prompts, "the ComfyUI double ran nothing"

@@ -25,6 +25,10 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from generation.comfyui.client import safe_url
 
 log = logging.getLogger("generation.comfyui.ws")
+# websockets logs the upgrade request's headers at DEBUG (the Authorization value among them):
+# its records go to this logger, which never passes DEBUG on.
+_PROTOCOL_LOG = logging.getLogger("generation.comfyui.ws.protocol")
+_PROTOCOL_LOG.setLevel(logging.INFO)
 
 MessageHandler = Callable[[Mapping[str, Any]], None]
 Sleep = Callable[[float], Awaitable[Any]]
@@ -134,6 +138,7 @@ class EventStream:
             ping_interval=None,  # our receive timeout pings instead
             close_timeout=2,
             max_size=2**24,
+            logger=_PROTOCOL_LOG,
         ) as ws:
             self.failures = 0
             self.connects += 1
