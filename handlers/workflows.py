@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import time
 from collections.abc import Callable, Sequence
 from pathlib import PurePath
 from typing import Any
@@ -223,10 +224,22 @@ async def workflows_command(
 class WorkflowAlerts:
     """Tell the admins which node and input broke a run (``WORKFLOW_INVALID``)."""
 
-    def __init__(self, bot: Bot, services: Services) -> None:
+    def __init__(
+        self,
+        bot: Bot,
+        services: Services,
+        *,
+        quiet_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bot = bot
         self._services = services
         self._unsubscribe: Callable[[], None] | None = None
+        # one alert per workflow and problem per ``quiet_seconds``: a broken workflow that
+        # every user hits must not flood the admins
+        self._quiet = quiet_seconds
+        self._clock = clock
+        self._last: dict[tuple[str, str], float] = {}
 
     def attach(self) -> WorkflowAlerts:
         self._unsubscribe = self._services.generation.bus.subscribe(
@@ -249,6 +262,10 @@ class WorkflowAlerts:
         run = await services.storage.runs.get_run(event.run_id)
         where = run.deployment_id if run is not None and run.deployment_id else "?"
         type_ = run.type if run is not None else "?"
+        key, now = (where, event.message), self._clock()
+        if now - self._last.get(key, -self._quiet) < self._quiet:
+            return
+        self._last[key] = now
         for admin_id in sorted(services.config.admin_ids):
             user = await services.storage.users.get(admin_id)
             lang = services.i18n.resolve_language(

@@ -224,6 +224,11 @@ async def test_validation_error_users_told_misconfigured_admins_told_where(e2e: 
     assert e2e.t("error.WORKFLOW_INVALID") in text and "EmptyImage" not in text
     alert = await e2e.fake.wait_for_message(ADMIN_ID, "⚠️")
     assert "workflow:bad" in alert.text and "node 2 (EmptyImage) input height" in alert.text
+    hugo = e2e.fake.user(3014)  # the same broken workflow again: no second alert for a while
+    await e2e.command(hugo, "/make again")
+    assert (await wait_done(e2e, hugo)).error_code == "WORKFLOW_INVALID"
+    alerts = [m for m in e2e.fake.messages(ADMIN_ID) if "⚠️" in (m.text or "")]
+    assert len(alerts) == 1
 
 
 async def test_server_restart_fails_the_run_and_releases_the_hold(

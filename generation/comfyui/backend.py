@@ -224,7 +224,9 @@ class ComfyUIBackend:
                 graph = await self._prepare(server, workflow.graph, inputs, images, prompt_id)
                 # Known before the POST: the prompt may run and end before the answer arrives.
                 self._remember(server, prompt_id, graph)
-                await server.client.submit(graph, client_id=self.client_id, prompt_id=prompt_id)
+                answer = await server.client.submit(
+                    graph, client_id=self.client_id, prompt_id=prompt_id
+                )
             except BackendUnavailableError as exc:
                 self._forget(server, prompt_id)
                 self._record_failure(server)
@@ -235,6 +237,14 @@ class ComfyUIBackend:
                 self._forget(server, prompt_id)
                 raise
             self._record_success(server)
+            if answer.get("node_errors"):
+                # 200 with node_errors: some output nodes were dropped, the others run
+                log.warning(
+                    "comfyui %s: prompt %s queued without the outputs of nodes %s",
+                    server.label,
+                    prompt_id,
+                    ", ".join(sorted(str(k) for k in answer["node_errors"])),
+                )
             log.info(
                 "comfyui %s: prompt %s queued (workflow %s)",
                 server.label,
