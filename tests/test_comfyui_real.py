@@ -306,7 +306,8 @@ async def test_telegram_workflow_add_make_progress_photo_and_the_charge(bot: E2E
     assert await bot.storage.workflows.get_by_name("fancy") is None
 
     alice = await _paying_user(bot, 4001)
-    ratio = f"{9 + int(time.time()) % 7}:{16 - int(time.time()) % 5}"  # a size the cache lacks
+    k = int(time.time()) % 6
+    ratio = f"{3 + k}:{2 + k}"  # never square; a size the previous prompt did not have
     started = time.perf_counter()
     await bot.command(alice, f"/make a red fox --ar {ratio}")
     await bot.fake.wait_for(
@@ -321,8 +322,15 @@ async def test_telegram_workflow_add_make_progress_photo_and_the_charge(bot: E2E
     # EmptyImage 0x3366CC, inverted: (204, 153, 51); the blur keeps a flat colour flat
     assert _near(image.getpixel((image.width // 2, image.height // 2)), (204, 153, 51))
     edits = _edits(bot, alice.id, run.progress_message_id)
-    assert edits and edits[-1] == bot.t("progress.done"), edits
-    assert len(edits) >= 2, edits  # progress on the way, then the final state
+    assert edits[-1] == bot.t("progress.done") and bot.t("progress.sending") in edits, edits
+    assert len(edits) >= 3, edits  # progress on the way, sending, done
+    # the live status came from the server's own `executing` messages: a node title of the graph
+    live = {
+        e.live_status
+        for e in bot.events.items
+        if isinstance(e, GenerationProgress) and e.run_id == run.id and e.live_status
+    }
+    assert live and live <= {"Canvas", "Invert", "Blur", "Save"}, live
     await _settled(bot, run)
     _report("telegram_make_latency_s", seconds=latency)
 
