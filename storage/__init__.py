@@ -1,8 +1,10 @@
-"""Persistent state on aiosqlite: users, balances, deployments, LoRAs, runs, settings, prices.
+"""Persistent state on aiosqlite: users, balances, deployments, LoRAs, runs, settings, prices,
+checkpoints.
 
 Open it with ``storage = await Storage.open(path)``; close with ``await storage.close()``.
 """
 
+from storage.checkpoints import Checkpoint, CheckpointRepository
 from storage.deployments import DeploymentRepository
 from storage.errors import (
     DuplicateError,
@@ -21,6 +23,8 @@ from storage.users import User, UserRepository, UserSettings
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
+    "Checkpoint",
+    "CheckpointRepository",
     "DeploymentRepository",
     "DuplicateError",
     "Hold",
