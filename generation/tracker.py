@@ -267,7 +267,14 @@ class RunTracker:
                 log.exception("run %s: releasing the hold failed", run.id)
         if self._on_finished is not None:
             self._on_finished(run)
-        log.info("run %s finished: %s %s", run.id, status.value, run.error_code or "")
+        elapsed = (run.finished_at or run.updated_at) - run.created_at
+        log.info(
+            "run %s finished: %s%s after %.1f s",
+            run.id,
+            status.value,
+            f" {run.error_code}" if run.error_code else "",
+            elapsed,
+        )
         for event in self._final_events(run):
             self._bus.publish(event)
         return True

@@ -256,6 +256,15 @@ class LedgerRepository:
             )
         return True
 
+    async def credits_spent(self) -> int:
+        """Credits charged for generations so far (settled holds), for ``/metrics``."""
+        async with self._db.read() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT COALESCE(-SUM(amount), 0) FROM ledger WHERE reason = ?",
+                (REASON_GENERATION,),
+            )
+        return int(rows[0][0])
+
     # -- audit ------------------------------------------------------------------------------
 
     async def check_consistency(self) -> list[str]:

@@ -1,0 +1,214 @@
+"""Operating signals: every /metrics series is documented, the Grafana dashboard charts only
+real series (and the ones an operator needs), the generation series count and time real runs,
+the INFO log tells one generation's story in a few lines that all carry the run id, and
+apscheduler's per-job chatter is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.logging_setup import setup_logging
+from bot.metrics import Metrics
+from bot.signals import GenerationSignals, count_retry_after, install_gauges
+from generation import (
+    GenerationCancelled,
+    GenerationCompleted,
+    GenerationContext,
+    GenerationEvent,
+    GenerationFailed,
+    GenerationRequest,
+    GenerationStarted,
+    InputImage,
+)
+from storage import Storage
+from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
+from tests.test_generation_with_storage import _service, _wait
+
+ROOT = Path(__file__).resolve().parent.parent
+_CALL = re.compile(
+    r"metrics\.(?:inc|set|counter|gauge_callback|counter_callback|histogram|observe)\(\s*\"([a-z_]+)\"",
+    re.DOTALL,
+)
+TERMINAL = (GenerationCompleted, GenerationFailed, GenerationCancelled)
+NEEDED = {  # what an operator needs on the dashboard (issue: operating signals)
+    "bot_generations_total",
+    "bot_generation_queue_depth",
+    "bot_generation_duration_seconds",
+    "bot_telegram_retry_after_total",
+    "bot_generation_errors_total",
+    "bot_credits_spent_total",
+}
+
+
+def series_in_code() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "bot").rglob("*.py"):
+        names |= {f"bot_{n}" for n in _CALL.findall(path.read_text(encoding="utf-8"))}
+    return names
+
+
+def documented() -> dict[str, str]:
+    text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    return dict(re.findall(r"^\| `(bot_[a-z_]+)` \| (\w+) \|", text, re.MULTILINE))
+
+
+def test_every_series_is_documented_and_nothing_else() -> None:
+    assert set(documented()) == series_in_code()
+
+
+async def test_documented_types_match_the_rendered_ones(storage: Storage) -> None:
+    metrics = Metrics()
+    GenerationSignals(metrics, storage.runs)
+    install_gauges(metrics, _Scheduler(), storage.ledger.credits_spent)
+    rendered = dict(re.findall(r"^# TYPE (\S+) (\S+)$", await metrics.render(), re.MULTILINE))
+    docs = documented()
+    for name, kind in rendered.items():
+        assert docs[name] == kind, name
+
+
+def test_dashboard_uses_only_real_series_and_covers_the_needed_ones() -> None:
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text("utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name) if "seconds" in name else name
+        for e in exprs
+        for name in re.findall(r"\b(bot_[a-z_]+)", e)
+    }
+    assert used <= set(documented()), used - set(documented())
+    assert used >= NEEDED, NEEDED - used
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dashboard["panels"])
+    assert any("histogram_quantile(0.95" in e for e in exprs)
+    for expr in exprs:
+        assert expr.count("(") == expr.count(")"), expr
+
+
+def _png() -> InputImage:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 60, 30)).save(buffer, "PNG")
+    return InputImage(data=buffer.getvalue(), width=64, height=64)
+
+
+class _Scheduler:
+    in_flight = 2
+
+    def queued_count(self, user_id: int | None = None) -> int:
+        return 3
+
+
+async def test_generation_series_from_real_runs(storage: Storage) -> None:
+    fake = FakeComfyDeploy()
+    ok_dep = fake.add_deployment(inputs=["input_prompt"], timeline=Timeline.success("png"))
+    await storage.deployments.add("MAKE", ok_dep)
+    bad_dep = fake.add_deployment(
+        inputs=["input_prompt", "input_image"], timeline=Timeline.failed()
+    )
+    await storage.deployments.add("UPSCALE", bad_dep)
+    await storage.users.get_or_create(7, starting_balance=10)
+    service, events = await _service(storage, fake)
+    metrics = Metrics()
+    signals = GenerationSignals(metrics, storage.runs)
+    recorded: list[GenerationEvent] = []
+    both = asyncio.Event()
+
+    async def on_event(event: GenerationEvent) -> None:  # signals.on_event, then tell the test
+        await signals.on_event(event)
+        recorded.append(event)
+        if len(recorded) == 2:
+            both.set()
+
+    service.bus.subscribe(on_event, *TERMINAL)
+    install_gauges(metrics, service.scheduler, storage.ledger.credits_spent)
+    retry = count_retry_after(metrics)
+    await service.start()
+    try:
+        good = await service.generate(
+            GenerationRequest(prompt="a fox", user_id=7, chat_id=7), GenerationContext(price=4)
+        )
+        started = await _wait(service, events, GenerationStarted, good.id)
+        await fake.run_to_end(started.backend_run_id)
+        await _wait(service, events, GenerationCompleted, good.id)
+        await service.mark_delivered(good.id)
+
+        bad = await service.generate(
+            GenerationRequest(type="UPSCALE", image=_png(), user_id=7, chat_id=7),
+            GenerationContext(price=0),
+        )
+        started = await _wait(service, events, GenerationStarted, bad.id)
+        await fake.run_to_end(started.backend_run_id)
+        await _wait(service, events, GenerationFailed, bad.id)
+        retry("sendMessage")
+        async with asyncio.timeout(5):
+            await both.wait()
+        text = await metrics.render()
+    finally:
+        await service.stop()
+        await service.bus.aclose()
+        await service._test_client.aclose()  # type: ignore[attr-defined]
+        await fake.aclose()
+    assert 'bot_generations_total{status="success",type="MAKE"} 1' in text
+    assert 'bot_generation_errors_total{code="RUN_FAILED"} 1' in text
+    assert 'bot_generation_duration_seconds_count{type="MAKE"} 1' in text
+    assert 'bot_generation_duration_seconds_count{type="UPSCALE"}' not in text  # failures
+    assert 'bot_generation_queue_wait_seconds_count{type="UPSCALE"} 1' in text
+    assert "bot_credits_spent_total 4" in text
+    assert "bot_telegram_retry_after_total 1" in text
+    assert "bot_generation_queue_depth 0" in text and "bot_generations_in_flight 0" in text
+
+
+async def test_one_generation_tells_its_story_at_info(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeComfyDeploy()
+    dep = fake.add_deployment(inputs=["input_prompt"], timeline=Timeline.success("png"))
+    await storage.deployments.add("MAKE", dep)
+    await storage.users.get_or_create(7, starting_balance=10)
+    service, events = await _service(storage, fake)
+    await service.start()
+    caplog.set_level(logging.INFO)
+    try:
+        run = await service.generate(
+            GenerationRequest(prompt="a fox", user_id=7, chat_id=7), GenerationContext(price=1)
+        )
+        started = await _wait(service, events, GenerationStarted, run.id)
+        await fake.run_to_end(started.backend_run_id)
+        await _wait(service, events, GenerationCompleted, run.id)
+        await service.mark_delivered(run.id)
+    finally:
+        await service.stop()
+        await service.bus.aclose()
+        await service._test_client.aclose()  # type: ignore[attr-defined]
+        await fake.aclose()
+    ours = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.INFO and r.name.startswith(("generation", "storage", "bot"))
+    ]
+    story = [m for m in ours if run.id in m]
+    assert ours == story, "every generation log line names its run"
+    assert 3 <= len(story) <= 5, story
+    assert story[0].startswith(f"run {run.id} accepted: type=MAKE user=7 price=1")
+    assert any("submitted: deployment=" in m for m in story)
+    assert re.search(r"finished: success after \d+\.\d s$", story[-1]), story
+
+
+def test_apscheduler_job_noise_is_gone() -> None:
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        setup_logging("INFO")
+        assert not logging.getLogger("apscheduler.scheduler").isEnabledFor(logging.INFO)
+        assert logging.getLogger("apscheduler.scheduler").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("generation.service").isEnabledFor(logging.INFO)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
