@@ -20,10 +20,12 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level, settings.secret_values())
 
-    from bot.app import build_application, run_local_mode, run_polling, serve_webhook
+    from bot.app import build_application, run_polling
+    from bot.local.runner import run_local
+    from bot.server import serve_webhook
 
     if settings.telegram_bot_token is None:
-        return run_local_mode(settings)
+        return run_local(settings)
     application = build_application(settings)
     if settings.webhook_mode:
         asyncio.run(serve_webhook(application, settings))

@@ -1,4 +1,4 @@
-"""Settings from the environment and ``.env`` (design.md §5 — the names are a promise).
+"""Settings from the environment and ``.env`` (the names are a promise: README, Configuration).
 
 ``load_settings()`` turns pydantic's multi-line validation report into one :class:`ConfigError`
 line naming the first bad setting. Secret values are never echoed: the error text is built from
@@ -23,7 +23,7 @@ class ConfigError(Exception):
 
 
 class Settings(BaseSettings):
-    """Every environment variable of design.md §5, with its default."""
+    """Every environment variable (README: Configuration), with its default."""
 
     model_config = SettingsConfigDict(
         env_file=".env",

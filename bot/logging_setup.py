@@ -86,11 +86,6 @@ def _install_record_factory() -> None:
     _factory_installed = True
 
 
-def redaction_filter() -> RedactingFilter:
-    """The process-wide filter (shared so secrets learnt later, e.g. a generated one, apply)."""
-    return _FILTER
-
-
 # Libraries whose DEBUG output dumps raw request data: aiosqlite logs every SQL statement with
 # its parameters (a freshly generated webhook secret before we can know it, user prompts).
 QUIET_LOGGERS = {"aiosqlite": logging.INFO}

@@ -16,11 +16,16 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -28,6 +33,7 @@ from starlette.routing import Route
 from telegram import Update
 from telegram.ext import Application
 
+from bot.app import get_runtime, initialize, shutdown
 from bot.config import Settings
 from bot.metrics import CONTENT_TYPE, Metrics, default_metrics
 from generation.tokens import verify_webhook_token
@@ -41,8 +47,7 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY_BYTES = 1_000_000  # updates and run callbacks are small; refuse anything huge
 
 
-def _webhook_secret(settings: Settings, services: Services) -> str:
-    secret = services.extras.get("webhook_secret")
+def _webhook_secret(settings: Settings, secret: str) -> str:
     if not secret and settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
     if not secret:
@@ -88,10 +93,17 @@ class WebhookTasks:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-def create_app(application: Application, settings: Settings, services: Services) -> Starlette:
+def create_app(
+    application: Application,
+    settings: Settings,
+    services: Services,
+    *,
+    webhook_secret: str = "",
+    metrics: Metrics | None = None,
+) -> Starlette:
     """The starlette app serving Telegram and ComfyDeploy webhooks, health and metrics."""
-    secret = _webhook_secret(settings, services)
-    metrics: Metrics = services.extras.get("metrics") or default_metrics()
+    secret = _webhook_secret(settings, webhook_secret)
+    metrics = metrics or default_metrics()
     tasks = WebhookTasks()
 
     async def telegram(request: Request) -> Response:
@@ -155,3 +167,101 @@ def create_app(application: Application, settings: Settings, services: Services)
     )
     app.state.webhook_tasks = tasks
     return app
+
+
+class ReadyServer(uvicorn.Server):
+    """uvicorn.Server that sets ``ready`` once it listens (callers await it instead of
+    polling). ``handle_signals=False``: the owner handles SIGINT/SIGTERM itself (local mode).
+    Otherwise signals stop serving but are not re-raised once serving stops: uvicorn would
+    kill the process before ``serve_webhook``'s clean shutdown (PTB, the generation service,
+    the database) runs."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        ready: asyncio.Event | None = None,
+        *,
+        handle_signals: bool = True,
+    ) -> None:
+        super().__init__(config)
+        self.ready = ready or asyncio.Event()
+        self._handle_signals = handle_signals
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.ready.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    async def start_serving(self, sockets: list[Any] | None = None) -> asyncio.Task[None]:
+        """Serve in a task; returns once listening (or raises why it could not start)."""
+        serving = asyncio.create_task(self.serve(sockets=sockets), name="http-server")
+        ready = asyncio.create_task(self.ready.wait())
+        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if not self.ready.is_set():
+            serving.result()  # raises why it could not start
+            raise RuntimeError("the HTTP server stopped at start-up")
+        return serving
+
+
+async def serve_webhook(application: Application, settings: Settings) -> None:
+    """Webhook mode: one uvicorn server for Telegram and ComfyDeploy; stops on SIGTERM/SIGINT.
+
+    uvicorn installs the signal handlers and returns from ``serve()`` on a signal; the
+    ``finally`` blocks then stop PTB, the generation service, the backend and the database.
+    """
+    await initialize(application)
+    runtime = get_runtime(application)
+    server_app = None
+    try:
+        assert runtime.services is not None
+        server_app = create_app(
+            application,
+            settings,
+            runtime.services,
+            webhook_secret=runtime.webhook_secret,
+            metrics=runtime.metrics,
+        )
+        await application.start()
+        config = uvicorn.Config(
+            server_app,
+            host=settings.listen_host,
+            port=settings.listen_port,
+            log_config=None,  # use our logging (and its redaction filter)
+            access_log=False,  # access lines would carry per-run webhook tokens
+            lifespan="off",
+        )
+        server = runtime.http_server = ReadyServer(config, runtime.http_ready)
+        serving = await server.start_serving()
+        # Listening: only now tell Telegram where to post.
+        log.info("listening on %s:%s", settings.listen_host, settings.listen_port)
+        try:
+            await application.bot.set_webhook(
+                url=f"{settings.public_url}/telegram",
+                secret_token=runtime.webhook_secret,
+                allowed_updates=Update.ALL_TYPES,
+            )
+        except BaseException:
+            server.should_exit = True
+            await serving
+            raise
+        await serving
+    finally:
+        try:
+            if server_app is not None:
+                await server_app.state.webhook_tasks.drain()
+        finally:
+            await shutdown(application)

@@ -378,7 +378,7 @@ class ComfyDeployClient:
             raise _Retryable(RateLimitedError("ComfyDeploy rate limit"), _retry_after(response))
         if status >= 500:
             if op == "cancel" and _CANCEL_NOT_FOUND_MARKER in detail.lower():
-                # ComfyDeploy wraps its own 404 in a 500 (reference §1.7): not retryable.
+                # ComfyDeploy wraps its own 404 in a 500 (docs/comfydeploy.md): not retryable.
                 raise RunNotFoundError(detail, run_id=run_id)
             raise _Retryable(
                 BackendUnavailableError(f"ComfyDeploy {status}", status=status),

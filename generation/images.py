@@ -2,7 +2,7 @@
 
 ComfyDeploy's External Image node decodes only ``data:image/png|jpeg;base64,...`` data URIs
 (a WebP data URI silently falls back to the workflow's default image) and drops alpha
-(comfydeploy-api.md §2.3). So every input is opened safely (decompression-bomb checks), rotated
+(docs/comfydeploy.md). So every input is opened safely (decompression-bomb checks), rotated
 by its EXIF orientation, re-encoded to PNG unless it is a JPEG, scaled down to ``max_side`` and,
 if still too large, re-encoded as JPEG. Telegram file URLs are never sent: they contain the
 bot token.

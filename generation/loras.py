@@ -1,4 +1,4 @@
-"""LoRA trigger words: insert ``<lora:NAME:WEIGHT>`` tags into a prompt (legacy-bot.md §3).
+"""LoRA trigger words: insert ``<lora:NAME:WEIGHT>`` tags into a prompt (docs/legacy.md).
 
 Rules:
 
@@ -136,14 +136,27 @@ def _apply(
     return LoraResult("".join(out), tuple(name for *_, name in edits))
 
 
-# Known checkpoint names (legacy checkpoint menu) whose family the heuristic cannot guess.
-_KNOWN_CHECKPOINTS = {
-    "proteus_v0.4": "SDXL",
-    "dreamshaper_631bakedvae": "SD1.5",
-    "frankenstein_v2": "SD1.5",
-    "realisticvisionv60b1_v51hypervae": "SD1.5",
-    "picxreal_10": "SD1.5",
-}
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    name: str
+    family: str
+    in_menu: bool = False  # offered by the /settings checkpoint menu
+
+
+# The one checkpoint list: the /settings menu's choices, and legacy names whose family the
+# heuristic in checkpoint_family cannot guess (docs/legacy.md).
+CHECKPOINTS: tuple[Checkpoint, ...] = (
+    Checkpoint("flux-schnell", "FLUX", in_menu=True),
+    Checkpoint("flux-dev", "FLUX", in_menu=True),
+    Checkpoint("sdxl-base", "SDXL", in_menu=True),
+    Checkpoint("pony-xl", "PONYXL", in_menu=True),
+    Checkpoint("proteus_v0.4", "SDXL"),
+    Checkpoint("dreamshaper_631bakedvae", "SD1.5"),
+    Checkpoint("frankenstein_v2", "SD1.5"),
+    Checkpoint("realisticvisionv60b1_v51hypervae", "SD1.5"),
+    Checkpoint("picxreal_10", "SD1.5"),
+)
+_FAMILIES = {c.name: c.family for c in CHECKPOINTS}
 
 
 def checkpoint_family(checkpoint: str | None) -> str | None:
@@ -151,8 +164,8 @@ def checkpoint_family(checkpoint: str | None) -> str | None:
     if not checkpoint or not checkpoint.strip():
         return None
     name = checkpoint.strip().lower().removesuffix(".safetensors").removesuffix(".ckpt")
-    if name in _KNOWN_CHECKPOINTS:
-        return _KNOWN_CHECKPOINTS[name]
+    if name in _FAMILIES:
+        return _FAMILIES[name]
     if "flux" in name:
         return "FLUX"
     if "pony" in name:

@@ -60,6 +60,10 @@ class RunStore(Protocol):
         """Update the given fields (names from ``models.RUN_UPDATABLE_FIELDS``) and return the
         new record. Raises ``KeyError`` for an unknown run id, ``ValueError`` for a bad field."""
 
+    async def update_run_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
+        """Like ``update_run``, but only while the run exists and is not terminal (one
+        statement); ``None`` when nothing was written."""
+
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
     async def get_run_by_backend_id(self, backend_run_id: str) -> RunRecord | None: ...

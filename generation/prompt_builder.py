@@ -1,9 +1,9 @@
 """Build the ComfyDeploy ``inputs`` dict of a request, one builder per template.
 
-Input names are the legacy ones (legacy-bot.md §1.4, §13): ``input_prompt``, ``input_negative``,
+Input names are the legacy ones (docs/legacy.md): ``input_prompt``, ``input_negative``,
 ``input_seed``, ``input_width``, ``input_height``, ``input_steps``, ``input_cfg``,
 ``input_strength``, ``input_checkpoint``, ``input_batch``, ``input_image``, ``input_mask``,
-``input_inpaint_target`` and the PLUS knobs (§1.3). When the deployment's input list is known
+``input_inpaint_target`` and the PLUS knobs. When the deployment's input list is known
 only the names it declares are sent, plus ``input_prompt`` and ``input_negative``.
 
 Images are not handled here: the service prepares them (PNG/JPEG data URI or uploaded URL) and
@@ -31,7 +31,7 @@ ALWAYS_SENT = ("input_prompt", "input_negative")
 _FIXED_FAMILIES = frozenset({"FLUX", "SD3"})
 _TELEGRAM_FILE_RE = re.compile(r"api\.telegram\.org/file/|/file/bot\d+:", re.IGNORECASE)
 
-# feature → (image input, strength, start, end) input names (legacy-bot.md §1.3)
+# feature → (image input, strength, start, end) input names (docs/legacy.md)
 FEATURE_KNOBS: dict[str, tuple[str, str, str, str]] = {
     "control": (
         "input_control_image",
@@ -112,7 +112,7 @@ class PromptBuilder:
         inputs = builder(ctx)
         if resolved.features and not any(knob[1] in inputs for knob in FEATURE_KNOBS.values()):
             # An explicit combined type (e.g. MAKE_STYLE_POSE) on a base without its own knobs:
-            # the base's deployment gets the feature knobs set (design §4).
+            # the base's deployment gets the feature knobs set (docs/legacy.md).
             inputs.update(self._knobs(ctx))
 
         if deployment_inputs is not None:

@@ -36,6 +36,10 @@ class InputImage(BaseModel):
     height: int | None = None
 
 
+# The request fields that hold an InputImage (the one list; storage keeps their metadata).
+IMAGE_FIELDS = ("image", "mask", "control_image", "style_image", "pose_image")
+
+
 class GenerationRequest(BaseModel):
     """What a user asked for. Defaults follow the seed plan (1024×1024, 30 steps, seed −1)."""
 
@@ -96,9 +100,9 @@ class GenerationRequest(BaseModel):
         """JSON-safe form for storage: images are replaced by their metadata."""
         data = self.model_dump(
             mode="json",
-            exclude={"image", "mask", "control_image", "style_image", "pose_image"},
+            exclude=set(IMAGE_FIELDS),
         )
-        for name in ("image", "mask", "control_image", "style_image", "pose_image"):
+        for name in IMAGE_FIELDS:
             img: InputImage | None = getattr(self, name)
             data[name] = (
                 None

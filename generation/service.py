@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from generation.errors import (
     AuthFailedError,
@@ -61,7 +61,7 @@ from generation.models import (
 )
 from generation.ports import Backend, BalanceStore, DeploymentStore, LoraStore, RunStore
 from generation.prompt_builder import PromptBuilder
-from generation.request import GenerationContext, GenerationRequest, InputImage
+from generation.request import IMAGE_FIELDS, GenerationContext, GenerationRequest, InputImage
 from generation.scheduler import FairScheduler, QueueItem
 from generation.selection import DeploymentSelector
 from generation.status import snapshot_from_payload
@@ -71,7 +71,6 @@ from generation.types import ResolvedType, deployment_keys_for, validate_request
 
 log = logging.getLogger(__name__)
 
-_IMAGE_FIELDS = ("image", "mask", "control_image", "style_image", "pose_image")
 _FAILOVER_ERRORS = (BackendUnavailableError, RateLimitedError, DeploymentNotFoundError)
 
 
@@ -108,13 +107,13 @@ def request_from_record(data: Mapping[str, Any]) -> GenerationRequest:
     fields = {
         k: v
         for k, v in data.items()
-        if k in GenerationRequest.model_fields and k not in _IMAGE_FIELDS
+        if k in GenerationRequest.model_fields and k not in IMAGE_FIELDS
     }
     return GenerationRequest.model_validate(fields)
 
 
 def _record_had_images(data: Mapping[str, Any]) -> bool:
-    return any(data.get(name) for name in _IMAGE_FIELDS)
+    return any(data.get(name) for name in IMAGE_FIELDS)
 
 
 class GenerationService:
@@ -544,15 +543,8 @@ class GenerationService:
         return None
 
     async def _update_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
-        """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock).
-        One statement when the store offers ``update_run_if_active`` (SQLite storage)."""
-        conditional = getattr(self.runs, "update_run_if_active", None)
-        if conditional is not None:
-            return cast(RunRecord | None, await conditional(run_id, **changes))
-        current = await self.runs.get_run(run_id)
-        if current is None or current.is_terminal:
-            return None
-        return await self.runs.update_run(run_id, **changes)
+        """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock)."""
+        return await self.runs.update_run_if_active(run_id, **changes)
 
     async def _after_create(self, run: RunRecord, backend_run_id: str, dep_id: str) -> None:
         async with self.tracker.lock(run.id):
@@ -593,7 +585,7 @@ class GenerationService:
         photo: InputImage | None = None
         if request.image is not None:
             photo = await aprepare_image(request.image, field="image")
-        for name in _IMAGE_FIELDS:
+        for name in IMAGE_FIELDS:
             img: InputImage | None = getattr(request, name)
             if img is None:
                 continue

@@ -1,6 +1,6 @@
 """Per-run webhook tokens.
 
-ComfyDeploy webhooks carry no signature (comfydeploy-api.md §1.9), so each run's webhook URL
+ComfyDeploy webhooks carry no signature (docs/comfydeploy.md), so each run's webhook URL
 holds our own run id and an HMAC of it. Only someone who knows the secret can forge a token,
 and a token is only valid for the run it was made for.
 """

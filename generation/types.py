@@ -4,7 +4,7 @@ A *type* is the name admins configure deployments under (``/deployment add MAKE 
 registry says what each type needs (prompt? image? mask?), which feature knobs it supports and
 which prompt-builder template builds its inputs.
 
-Combined types (legacy-bot.md §1.3): a name such as ``MAKE_PLUS_STYLE_POSE`` is a base type plus
+Combined types (docs/legacy.md): a name such as ``MAKE_PLUS_STYLE_POSE`` is a base type plus
 features, written as suffixes in the fixed order ``_CANNY``, ``_STYLE``, ``_POSE``. Features can
 also be switched on by the request flags (``control``/``style``/``pose``). Either way the resolved
 type is named canonically (base + suffixes in order), and deployment selection tries that combined

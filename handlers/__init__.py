@@ -1,27 +1,25 @@
-"""Telegram side of the bot. :func:`register` adds every handler in the right order."""
+"""Telegram side of the bot. :func:`register` adds every handler, in the order that matters.
+
+PTB tries the handlers of a group in the order they were added and runs the first that
+matches; the typed-value input of /settings sits in an earlier group (``menus.INPUT_GROUP``)
+so it sees a message before the commands do.
+"""
 
 from __future__ import annotations
-
-import importlib
-import logging
 
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, MessageHandler, filters
 
-from handlers.common import Context, caller_of, reply
-from handlers.deps import SERVICES_KEY, get_services
-
-log = logging.getLogger(__name__)
-
-# (module, function) of the colleagues' registrations, called when the module exists.
-_OPTIONAL = (
-    ("handlers.menus", "register_menus"),
-    ("handlers.admin", "register_admin"),
-    ("handlers.account", "register_account"),
-)
+from handlers import account, admin, cancel, make, menus, results
+from handlers.context import BotContext
+from handlers.deps import services_of
+from handlers.errors import on_error
+from handlers.flows import build_flows
+from handlers.i2i import I2I_FLOW
+from handlers.inpaint import INPAINT_FLOW
 
 
-async def unknown_command(update: Update, context: Context) -> None:
+async def unknown_command(update: Update, context: BotContext) -> None:
     """A command nobody handles: say so (in groups only when addressed to us by name)."""
     message = update.effective_message
     if message is None or message.text is None:
@@ -31,66 +29,38 @@ async def unknown_command(update: Update, context: Context) -> None:
         username = (context.bot.username or "").lower()
         if "@" not in first or first.split("@", 1)[1].lower() != username:
             return
-    caller = await caller_of(update, context)
-    if caller is not None:
-        await reply(message, get_services(context), caller.lang, "common.unknown_command")
+    if await context.caller() is not None:
+        await context.reply("common.unknown_command")
 
 
-async def unknown_message(update: Update, context: Context) -> None:
+async def unknown_message(update: Update, context: BotContext) -> None:
     """Anything else in a private chat (a sticker, a stray photo, text): a hint, not silence."""
-    message = update.effective_message
-    caller = await caller_of(update, context)
-    if message is not None and caller is not None:
-        await reply(message, get_services(context), caller.lang, "common.unknown_message")
+    if update.effective_message is not None and await context.caller() is not None:
+        await context.reply("common.unknown_message")
 
 
-async def stale_button(update: Update, context: Context) -> None:
-    from handlers.common import answer_query
-
-    caller = await caller_of(update, context)
-    services = get_services(context)
-    lang = caller.lang if caller else services.i18n.resolve_language(None, None)
-    await answer_query(update, services, lang, "common.stale_button")
-
-
-def _attach_renderers(application: Application) -> None:
-    """Progress rendering and result delivery need the services, so they attach when the
-    composition root has put them into ``bot_data`` (it calls ``register`` in post_init)."""
-    services = application.bot_data.get(SERVICES_KEY)
-    if services is None or "progress" in services.extras:
-        return
-    from handlers.progress import ProgressRenderer
-
-    if "http_transport" not in services.extras:
-        # Tests plug a ComfyDeploy double's transport into the composition root; output
-        # files are served by the same double, so delivery downloads through it too.
-        infra = application.bot_data.get("infra")
-        transport = getattr(infra, "comfy_transport", None)
-        if transport is not None:
-            services.extras["http_transport"] = transport
-    ProgressRenderer(application, services).attach()
+async def stale_button(update: Update, context: BotContext) -> None:
+    await context.caller()
+    await context.answer_query("common.stale_button")
 
 
 def register(application: Application) -> None:
-    """Add all handlers, most specific first; the catch-alls come last."""
-    from handlers.cancel import cancel_fallbacks, register_cancel
-    from handlers.delivery import register_result_buttons
-    from handlers.errors import on_error
-    from handlers.generate import build_flows, register_generate
-
-    application.add_handler(build_flows(application, cancel_fallbacks()))
-    register_generate(application)
-    register_cancel(application)
-    register_result_buttons(application)
-    for module_name, function in _OPTIONAL:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            log.warning("%s is not available yet; its commands are not registered", module_name)
-            continue
-        getattr(module, function)(application)
+    """Add all handlers, most specific first; the catch-alls come last. Called by the
+    composition root once ``bot_data["services"]`` is set (the flows read its timeout)."""
+    timeout = services_of(application).config.conversation_timeout
+    # 1. The /i2i and /inpaint conversations: while one waits for a photo or a prompt, its
+    #    states see the user's messages first; /cancel inside one ends it.
+    flows = build_flows([I2I_FLOW, INPAINT_FLOW], cancel.cancel_fallbacks(), timeout)
+    application.add_handler(flows)
+    # 2. One-shot commands and the buttons of progress messages and results.
+    make.register_make(application)
+    cancel.register_cancel(application)
+    results.register_result_buttons(application)
+    # 3. /settings (and its typed-value input group), /start /help /balance, admin commands.
+    menus.register_menus(application)
+    admin.register_admin(application)
+    account.register_account(application)
+    # 4. Catch-alls: unknown commands, stray private messages, buttons nobody understands.
     application.add_handler(MessageHandler(filters.COMMAND, unknown_command))
     application.add_handler(
         MessageHandler(
@@ -100,4 +70,3 @@ def register(application: Application) -> None:
     )
     application.add_handler(CallbackQueryHandler(stale_button))
     application.add_error_handler(on_error)
-    _attach_renderers(application)

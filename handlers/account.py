@@ -3,51 +3,37 @@
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CommandHandler, ContextTypes
+from telegram.ext import Application, CommandHandler
 
-from handlers.deps import get_services
-from handlers.menus import load_user
-
-
-def is_admin(context: ContextTypes.DEFAULT_TYPE, user_id: int) -> bool:
-    return user_id in get_services(context).config.admin_ids
+from handlers.context import BotContext
 
 
-async def start_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, tg_user = update.effective_message, update.effective_user
-    if message is None or tg_user is None:
+async def start_command(update: Update, context: BotContext) -> None:
+    tg_user = update.effective_user
+    if tg_user is not None and await context.caller() is not None:
+        await context.reply("account.start", quote=False, name=tg_user.first_name or "")
+
+
+async def help_command(update: Update, context: BotContext) -> None:
+    message, caller = update.effective_message, await context.caller()
+    if message is None or caller is None:
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
-    text = services.i18n.t(lang, "account.start", name=tg_user.first_name or "")
+    i18n = context.services.i18n
+    text = i18n.t(caller.lang, "help.user")
+    if caller.user_id in context.services.config.admin_ids:
+        text += "\n\n" + i18n.t(caller.lang, "help.admin")
     await message.reply_text(text, parse_mode=None)
 
 
-async def help_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, tg_user = update.effective_message, update.effective_user
-    if message is None or tg_user is None:
+async def balance_command(update: Update, context: BotContext) -> None:
+    caller = await context.caller()
+    if caller is None:
         return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
-    text = services.i18n.t(lang, "help.user")
-    if is_admin(context, tg_user.id):
-        text += "\n\n" + services.i18n.t(lang, "help.admin")
-    await message.reply_text(text, parse_mode=None)
-
-
-async def balance_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, tg_user = update.effective_message, update.effective_user
-    if message is None or tg_user is None:
-        return
-    services = get_services(context)
-    _, lang = await load_user(services, tg_user)
-    ledger = services.storage.ledger
-    available = await ledger.get_balance(tg_user.id)  # holds excluded
-    held = await ledger.get_held(tg_user.id)
+    ledger = context.services.storage.ledger
+    available = await ledger.get_balance(caller.user_id)  # holds excluded
+    held = await ledger.get_held(caller.user_id)
     key = "account.balance_with_hold" if held else "account.balance"
-    await message.reply_text(
-        services.i18n.t(lang, key, balance=available, held=held), parse_mode=None
-    )
+    await context.reply(key, quote=False, balance=available, held=held)
 
 
 def register_account(application: Application) -> None:

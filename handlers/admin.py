@@ -1,4 +1,4 @@
-"""Admin commands (design §5): deployments, LoRAs, prices, balances, stats.
+"""Admin commands: deployments, LoRAs, prices, balances, stats.
 
 Only ``ADMIN_IDS`` may use them; anyone else gets a polite refusal and nothing changes.
 Arguments are validated before anything is written; a mistake gets the command's usage.
@@ -10,7 +10,7 @@ Decisions:
 - ``/grant`` only adds (amount > 0); ``/setbalance`` sets an exact total ≥ 0 (credits on hold
   are part of the total, so it cannot go below them). Both record the admin as the ledger actor.
 - ``/deployment add`` stores the deployment first and then asks the backend (if one is in
-  ``services.extras["backend"]``) for the declared inputs; when that is impossible the
+  ``services.backend``) for the declared inputs; when that is impossible the
   deployment is still added and the reply says the inputs could not be checked.
 """
 
@@ -19,117 +19,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shlex
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from telegram import Update
-from telegram.ext import Application, CommandHandler, ContextTypes
+from telegram.ext import Application, CommandHandler
 
-from generation.models import DeploymentRole
-from handlers.deps import Services, get_services
-from handlers.menus import load_user
+from generation.models import DeploymentConfig, DeploymentRole
+from handlers.admin_base import (
+    Handler,
+    Reply,
+    UsageError,
+    admin_only,
+    parse_float,
+    parse_int,
+    parse_type,
+    parse_uuid,
+    quoted_args,
+)
+from handlers.deps import Services
 from storage.errors import DuplicateError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
-TYPE_RE = re.compile(r"[A-Z0-9_]{1,32}")
 LORA_NAME_RE = re.compile(r"[^\s:<>]{1,128}")  # it goes into <lora:NAME:WEIGHT>
 FAMILY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,16}")
 MAX_WEIGHT = 1000
-MAX_AMOUNT = 10**12
 BACKEND_TIMEOUT = 15.0  # seconds for the optional list_deployments check
-FALLBACK_TYPES = ("MAKE", "I2I", "MAKE_PLUS", "INPAINT", "UPSCALE")
-
-Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
 
 
-class UsageError(Exception):
-    """Bad arguments: reply with the usage text of ``key``."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def known_types() -> str:
-    try:
-        from generation.types import GENERATION_TYPES
-
-        names = tuple(GENERATION_TYPES)
-    except ImportError:  # the registry is optional for this listing
-        names = FALLBACK_TYPES
-    return ", ".join(names)
-
-
-def _int(text: str, usage: str, *, minimum: int, maximum: int = MAX_AMOUNT) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(usage) from None
-    if not minimum <= value <= maximum:
-        raise UsageError(usage)
-    return value
-
-
-def _type(text: str, usage: str) -> str:
-    type_ = text.upper()
-    if not TYPE_RE.fullmatch(type_):
-        raise UsageError(usage)
-    return type_
-
-
-def _uuid(text: str, usage: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise UsageError(usage) from None
-
-
-class Reply:
-    """Localized replies for one update (plain text: user values need no escaping)."""
-
-    def __init__(self, update: Update, services: Services, lang: str) -> None:
-        self.update, self.services, self.lang = update, services, lang
-
-    def t(self, key: str, **params: object) -> str:
-        return self.services.i18n.t(self.lang, key, **params)
-
-    async def __call__(self, key: str, **params: object) -> None:
-        await self.text(self.t(key, **params))
-
-    async def text(self, text: str) -> None:
-        message = self.update.effective_message
-        if message is not None:
-            await message.reply_text(text, parse_mode=None)
-
-
-def admin_only(func: Callable[[Reply, Services, Sequence[str], int], Awaitable[None]]) -> Handler:
-    """Refuse non-admins; turn :class:`UsageError` into the usage reply."""
-
-    async def wrapper(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        tg_user = update.effective_user
-        if tg_user is None or update.effective_message is None:
-            return
-        services = get_services(context)
-        _, lang = await load_user(services, tg_user)
-        reply = Reply(update, services, lang)
-        if tg_user.id not in services.config.admin_ids:
-            log.info("admin command refused for user %s", tg_user.id)
-            await reply("admin.refused")
-            return
-        try:
-            await func(reply, services, list(context.args or ()), tg_user.id)
-        except UsageError as exc:
-            await reply(exc.key, types=known_types())
-
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper
-
-
-def _deployment_line(reply: Reply, dep: Any) -> str:
+def _deployment_line(reply: Reply, dep: DeploymentConfig) -> str:
     state = reply.t("admin.enabled" if dep.enabled else "admin.disabled")
     inputs = ", ".join(dep.inputs) if dep.inputs else reply.t("admin.inputs_unknown_short")
     return reply.t(
@@ -160,7 +77,7 @@ async def deployments_command(
 
 async def _declared_inputs(services: Services, deployment_id: str) -> tuple[str, ...] | None:
     """The deployment's input names from the backend; ``None`` when they cannot be known."""
-    backend = services.extras.get("backend")
+    backend = services.backend
     if backend is None:
         return None
     try:
@@ -178,12 +95,12 @@ async def _deployment_add(reply: Reply, services: Services, args: Sequence[str])
     usage = "admin.usage.deployment"
     if not 2 <= len(args) <= 4:
         raise UsageError(usage)
-    type_ = _type(args[0], usage)
-    deployment_id = _uuid(args[1], "admin.bad_uuid")
+    type_ = parse_type(args[0], usage)
+    deployment_id = parse_uuid(args[1], "admin.bad_uuid")
     role = args[2].lower() if len(args) > 2 else DeploymentRole.DEFAULT.value
     if role not in {r.value for r in DeploymentRole}:
         raise UsageError(usage)
-    weight = _int(args[3], usage, minimum=1, maximum=MAX_WEIGHT) if len(args) > 3 else 1
+    weight = parse_int(args[3], usage, minimum=1, maximum=MAX_WEIGHT) if len(args) > 3 else 1
     try:
         await services.storage.deployments.add(
             type_, deployment_id, role=DeploymentRole(role), weight=weight
@@ -227,7 +144,7 @@ async def deployment_command(
         return
     if verb not in ("remove", "enable", "disable") or len(rest) != 1:
         raise UsageError(usage)
-    deployment_id = _uuid(rest[0], "admin.bad_uuid")
+    deployment_id = parse_uuid(rest[0], "admin.bad_uuid")
     store = services.storage.deployments
     try:
         if verb == "remove":
@@ -264,34 +181,12 @@ async def loras_command(
     await reply.text("\n".join(lines))
 
 
-def _float(text: str, usage: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(usage) from None
-    if not -10.0 <= value <= 10.0:
-        raise UsageError(usage)
-    return value
-
-
-def _quoted_args(update: Update, args: Sequence[str], usage: str) -> Sequence[str]:
-    """Arguments with shell-like quotes, so multi-word triggers fit in one argument:
-    ``/lora add detail "fine detail,extra detail" 0.8``."""
-    text = update.effective_message.text if update.effective_message else None
-    if not text:
-        return args
-    try:
-        return shlex.split(text)[1:]
-    except ValueError:  # unbalanced quotes
-        raise UsageError(usage) from None
-
-
 @admin_only
 async def lora_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
     usage = "admin.usage.lora"
-    args = _quoted_args(reply.update, args, usage)
+    args = quoted_args(reply.update, args, usage)
     if not args:
         raise UsageError(usage)
     verb, rest = args[0].lower(), args[1:]
@@ -307,8 +202,8 @@ async def lora_command(
     triggers = tuple(t.strip() for t in rest[1].split(",") if t.strip())
     if not triggers:
         raise UsageError(usage)
-    weight = _float(rest[2], usage) if len(rest) > 2 else 1.0
-    min_balance = _int(rest[3], usage, minimum=0) if len(rest) > 3 else 0
+    weight = parse_float(rest[2], usage) if len(rest) > 2 else 1.0
+    min_balance = parse_int(rest[3], usage, minimum=0) if len(rest) > 3 else 0
     family = rest[4].upper() if len(rest) > 4 else None
     if family is not None and not FAMILY_RE.fullmatch(family):
         raise UsageError(usage)
@@ -338,8 +233,8 @@ async def price_command(
     usage = "admin.usage.price"
     if len(args) != 2:
         raise UsageError(usage)
-    type_ = _type(args[0], usage)
-    credits = _int(args[1], usage, minimum=0)
+    type_ = parse_type(args[0], usage)
+    credits = parse_int(args[1], usage, minimum=0)
     await services.storage.prices.set(type_, credits)
     await reply("admin.price_set", type=type_, credits=credits)
 
@@ -357,8 +252,8 @@ async def setbalance_command(
     usage = "admin.usage.setbalance"
     if len(args) != 2:
         raise UsageError(usage)
-    user_id = _int(args[0], usage, minimum=1, maximum=10**16)
-    amount = _int(args[1], usage, minimum=0)
+    user_id = parse_int(args[0], usage, minimum=1, maximum=10**16)
+    amount = parse_int(args[1], usage, minimum=0)
     await _ensure_user(services, user_id)
     ledger = services.storage.ledger
     try:  # the amount is the total; credits on hold stay reserved for running generations
@@ -378,26 +273,17 @@ async def grant_command(
     usage = "admin.usage.grant"
     if len(args) != 2:
         raise UsageError(usage)
-    user_id = _int(args[0], usage, minimum=1, maximum=10**16)
-    amount = _int(args[1], usage, minimum=1)
+    user_id = parse_int(args[0], usage, minimum=1, maximum=10**16)
+    amount = parse_int(args[1], usage, minimum=1)
     await _ensure_user(services, user_id)
     await services.storage.ledger.credit(user_id, amount, reason="admin_grant", actor=admin_id)
     balance = await services.storage.ledger.get_balance(user_id)
     await reply("admin.granted", user_id=user_id, amount=amount, balance=balance)
 
 
-async def _users_count(services: Services) -> int | str:
-    count = getattr(services.storage.users, "count", None)
-    if count is None:
-        return "?"
-    return await count()
-
-
 def _queue_figures(services: Services) -> tuple[int, int] | None:
-    """(queued, in flight) from the generation service's scheduler, when it exposes one."""
-    scheduler = getattr(services.generation, "scheduler", None)
-    if scheduler is None:
-        return None
+    """(queued, in flight) from the generation service's scheduler."""
+    scheduler = services.generation.scheduler
     try:
         return int(scheduler.queued_count()), int(scheduler.in_flight)
     except Exception:  # an optional figure; never fail /stats over it
@@ -415,7 +301,7 @@ async def stats_command(
     lines = [
         reply.t(
             "admin.stats",
-            users=await _users_count(services),
+            users=await storage.users.count(),
             runs=runs,
             deployments=len(deployments),
             enabled=sum(1 for d in deployments if d.enabled),

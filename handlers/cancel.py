@@ -15,67 +15,62 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Conv
 
 from generation.errors import GenerationError
 from handlers.callbacks import RunAction
-from handlers.common import Context, answer_query, caller_of, reply
-from handlers.deps import get_services
-from handlers.generate import FLOWS, clear_flows, flow_key_exists
+from handlers.context import BotContext
+from handlers.flows import clear_flows, in_any_flow
 
 log = logging.getLogger(__name__)
 
 
-async def _cancel_all(update: Update, context: Context, *, in_flow: bool) -> None:
+async def _cancel_all(update: Update, context: BotContext, *, in_flow: bool) -> None:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     if message is None or caller is None:
         return
-    services = get_services(context)
+    services = context.services
     if in_flow:
         clear_flows(context, message)
     cancelled = await services.generation.cancel_user_generations(caller.user_id)
     if cancelled:
-        await reply(message, services, caller.lang, "cancel.done", count=len(cancelled))
+        await context.reply("cancel.done", count=len(cancelled))
     elif in_flow:
-        await reply(message, services, caller.lang, "cancel.flow_ended")
+        await context.reply("cancel.flow_ended")
     else:
-        await reply(message, services, caller.lang, "cancel.nothing")
+        await context.reply("cancel.nothing")
 
 
-async def cancel_command(update: Update, context: Context) -> None:
+async def cancel_command(update: Update, context: BotContext) -> None:
     """/cancel outside any flow."""
     message = update.effective_message
-    in_flow = message is not None and any(flow_key_exists(context, name, message) for name in FLOWS)
+    in_flow = message is not None and in_any_flow(context, message)
     await _cancel_all(update, context, in_flow=in_flow)
 
 
-async def cancel_in_flow(update: Update, context: Context) -> int:
+async def cancel_in_flow(update: Update, context: BotContext) -> int:
     """/cancel as the fallback of the /i2i and /inpaint conversations."""
     await _cancel_all(update, context, in_flow=True)
     return ConversationHandler.END
 
 
-async def cancel_button(update: Update, context: Context) -> None:
+async def cancel_button(update: Update, context: BotContext) -> None:
     """The Cancel button: only the user who started the generation may press it."""
-    query = update.callback_query
-    services = get_services(context)
-    caller = await caller_of(update, context)
-    lang = caller.lang if caller else services.i18n.resolve_language(None, None)
-    match = RunAction.regex.match(query.data or "") if query else None
-    run = await services.storage.runs.get_run(match.group(2)) if match else None
+    services = context.services
+    caller = await context.caller()
+    run = await context.button_run()
     if run is None or caller is None:
-        await answer_query(update, services, lang, "common.stale_button")
         return
     if run.user_id != caller.user_id:
-        await answer_query(update, services, lang, "cancel.not_yours", show_alert=True)
+        await context.answer_query("cancel.not_yours", show_alert=True)
         return
     if run.is_terminal:
-        await answer_query(update, services, lang, "cancel.already_finished")
+        await context.answer_query("cancel.already_finished")
         return
     try:
         await services.generation.cancel_generation(run.id)
     except GenerationError as exc:
         log.info("cancel of run %s failed: %s", run.id, exc.code)
-        await answer_query(update, services, lang, "cancel.failed", show_alert=True)
+        await context.answer_query("cancel.failed", show_alert=True)
         return
-    await answer_query(update, services, lang, "cancel.cancelling")
+    await context.answer_query("cancel.cancelling")
 
 
 def cancel_fallbacks() -> list[CommandHandler]:

@@ -1,111 +1,43 @@
 """Result delivery: on ``GenerationCompleted`` send the outputs as replies to the request.
 
-Images go with ``send_photo`` (re-encoded to JPEG under 10 MB and 10 000 px width+height when
-needed, in a worker thread), plus the original with ``send_document`` when the user asked for
-PNG files or the photo limits were exceeded; gifs with ``send_animation``; videos with
-``send_video``; anything else as a document. The caption carries the prompt and the seed; the
-last media carries the result buttons. Sends are retried with tenacity (``retry_after``
-honoured, never on ``BadRequest``). After delivery the hold is settled
-(``mark_delivered``); when nothing could be delivered the user is told and the hold released.
-Each run is delivered once, even when ``GenerationCompleted`` is published twice.
-
-The result buttons live here too: again with a new seed, show parameters, original file.
+The send loop: download every output (``handlers/telegram_io.py``), plan the sends
+(``handlers/delivery_plan.py``), send them with bounded retries; the caption carries the
+prompt and the seed, the last item the result buttons (``handlers/results.py``). Each item
+sent is noted in the run's ``meta`` right away, so a delivery resumed after a crash sends only
+the missing ones. After delivery the hold is settled (``mark_delivered``); when nothing could
+be delivered the user is told and the hold released. Each run is delivered once, even when
+``GenerationCompleted`` is published twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
-import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from PIL import Image
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
-from telegram.constants import FileSizeLimit, MessageLimit
-from telegram.ext import Application, CallbackQueryHandler
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from telegram import Bot
 
 from generation.events import GenerationCompleted, GenerationEvent
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
-from handlers.callbacks import RunAction
-from handlers.common import Context, answer_query, caller_of, reply_to
-from handlers.deps import Services, get_services
-from handlers.progress import is_transient, telegram_wait
+from handlers.delivery_plan import Fetched, plan_delivery
+from handlers.deps import Services
+from handlers.keyboards import result_keyboard
+from handlers.origin import DELIVERED_ITEMS_KEY, Origin
+from handlers.telegram_io import (
+    CAPTION_LIMIT,
+    Sleep,
+    call_with_retry,
+    download,
+    output_filename,
+    prepare_photo_async,
+    truncate_prompt,
+)
 
 log = logging.getLogger(__name__)
-
-PHOTO_MAX_BYTES = int(FileSizeLimit.PHOTOSIZE_UPLOAD)  # 10 MB
-UPLOAD_MAX_BYTES = int(FileSizeLimit.FILESIZE_UPLOAD)  # 50 MB
-PHOTO_MAX_DIMENSION_SUM = 10_000
-PHOTO_MAX_RATIO = 20
-CAPTION_LIMIT = int(MessageLimit.CAPTION_LENGTH)  # 1024
-SEND_ATTEMPTS = 4
-DOWNLOAD_ATTEMPTS = 3
-DELIVERED_ITEMS_KEY = "delivered_items"  # RunRecord.meta: items of the result already sent
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([0-9.]+))?>")
-
-
-class DownloadError(Exception):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedPhoto:
-    photo: bytes | None  # None: cannot be sent as a photo at all (extreme aspect ratio)
-    reencoded: bool  # the original broke a photo limit, so it also goes as a document
-    filename: str
-
-
-def prepare_photo(data: bytes, filename: str = "result.png") -> PreparedPhoto:
-    """Fit an image into Telegram's photo limits (runs in a worker thread)."""
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        ratio = max(width, height) / max(1, min(width, height))
-        if ratio > PHOTO_MAX_RATIO:
-            return PreparedPhoto(None, True, filename)
-        fits = len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_DIMENSION_SUM
-        if fits:
-            return PreparedPhoto(data, False, filename)
-        rgb = img.convert("RGB")
-    scale = min(1.0, PHOTO_MAX_DIMENSION_SUM / (width + height))
-    quality = 90
-    for _ in range(12):  # bounded: quality first, then size
-        w, h = max(1, int(width * scale)), max(1, int(height * scale))
-        frame = rgb if (w, h) == rgb.size else rgb.resize((w, h), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        frame.save(out, "JPEG", quality=quality, optimize=True)
-        if out.tell() <= PHOTO_MAX_BYTES:
-            stem = filename.rsplit(".", 1)[0] or "result"
-            return PreparedPhoto(out.getvalue(), True, f"{stem}.jpg")
-        if quality > 70:
-            quality -= 10
-        else:
-            scale *= 0.75
-    return PreparedPhoto(None, True, filename)
-
-
-def _filename(output: MediaOutput, index: int) -> str:
-    if output.filename:
-        return output.filename.rsplit("/", 1)[-1]
-    tail = output.url.split("?", 1)[0].rsplit("/", 1)[-1]
-    return tail or f"result_{index}"
-
-
-def truncate_prompt(template: Callable[[str], str], prompt: str, limit: int) -> str:
-    """Shorten ``prompt`` so that ``template(prompt)`` fits into ``limit`` characters."""
-    text = template(prompt)
-    if len(text) <= limit:
-        return text
-    room = limit - len(template(""))
-    if room <= 1:
-        return template("")[:limit]
-    return template(prompt[: room - 1].rstrip() + "…")
 
 
 class Delivery:
@@ -113,29 +45,31 @@ class Delivery:
 
     def __init__(
         self,
-        application: Application,
+        bot: Bot,
         services: Services,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        sleep: Sleep = asyncio.sleep,
         download_timeout: float = 60.0,
     ) -> None:
-        self._app = application
+        self._bot = bot
         self._services = services
         self._sleep = sleep
-        transport = transport or services.extras.get("http_transport")
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=download_timeout, follow_redirects=True
+            transport=transport or services.http_transport,
+            timeout=download_timeout,
+            follow_redirects=True,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._unsubscribe: Callable[[], None] | None = None
 
     def attach(self) -> Delivery:
+        """Subscribe to the bus and become ``services.delivery``."""
         self._unsubscribe = self._services.generation.bus.subscribe(
             self._on_completed, GenerationCompleted
         )
-        self._services.extras["delivery"] = self
+        self._services.delivery = self
         return self
 
     async def detach(self) -> None:
@@ -149,8 +83,8 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._http.aclose()
-        if self._services.extras.get("delivery") is self:
-            del self._services.extras["delivery"]
+        if self._services.delivery is self:
+            self._services.delivery = None
 
     async def drain(self) -> None:
         while self._tasks:
@@ -165,26 +99,25 @@ class Delivery:
         self._seen[run_id] = None
         while len(self._seen) > 10_000:
             self._seen.popitem(last=False)
-        task = asyncio.get_running_loop().create_task(self._deliver(run_id, event))
+        outputs = event.outputs if isinstance(event, GenerationCompleted) else ()
+        task = asyncio.get_running_loop().create_task(self._deliver(run_id, tuple(outputs)))
         self._tasks[run_id] = task
         task.add_done_callback(lambda _t, r=run_id: self._tasks.pop(r, None))
 
-    def _progress(self) -> Any:
-        return self._services.extras.get("progress")
-
     async def _show(self, run_id: str, key: str, *, final: bool = False) -> None:
-        progress = self._progress()
+        progress = self._services.progress
         if progress is not None:
             await progress.show(run_id, key, final=final)
 
-    async def _deliver(self, run_id: str, event: GenerationEvent) -> None:
+    async def _deliver(self, run_id: str, event_outputs: tuple[MediaOutput, ...]) -> None:
         services = self._services
         run = await services.storage.runs.get_run(run_id)
         if run is None or run.delivery_state is not DeliveryState.PENDING:
             return
-        outputs = run.outputs or getattr(event, "outputs", ())
+        outputs = run.outputs or event_outputs
         await self._show(run_id, "progress.sending")
-        lang = (run.meta or {}).get("lang") or "en"
+        origin = Origin.of(run)
+        lang = origin.lang or "en"
         try:
             sent = await self._send_outputs(run, tuple(outputs), lang)
         except asyncio.CancelledError:
@@ -203,91 +136,26 @@ class Delivery:
                 "send_message",
                 chat_id=run.chat_id,
                 text=services.i18n.t(lang, key),
-                **self._reply_kwargs(run),
+                **origin.reply_kwargs(),
             )
         await self._show(run_id, "progress.delivery_failed", final=True)
 
     # -- sending --------------------------------------------------------------------------------
 
-    def _reply_kwargs(self, run: RunRecord) -> dict[str, Any]:
-        meta = run.meta or {}
-        kwargs: dict[str, Any] = {
-            "reply_parameters": reply_to(meta.get("reply_to_message_id")),
-            "parse_mode": None,
-        }
-        if meta.get("message_thread_id"):
-            kwargs["message_thread_id"] = meta["message_thread_id"]
-        return kwargs
-
     async def _send(self, method: str, **kwargs: Any) -> Any:
         """A Bot API send with bounded retries (flood control honoured)."""
-        bot = self._app.bot
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=telegram_wait(),
-            stop=stop_after_attempt(SEND_ATTEMPTS),
-            sleep=self._sleep,
-            reraise=True,
-        ):
-            with attempt:
-                return await getattr(bot, method)(**kwargs)
-        return None  # pragma: no cover - AsyncRetrying either returns or raises
+        return await call_with_retry(getattr(self._bot, method), self._sleep, **kwargs)
 
     async def download(self, url: str) -> bytes:
-        """Fetch an output file (at most 50 MB), retrying transport errors and 5xx."""
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(
-                lambda e: (
-                    isinstance(e, httpx.TransportError)
-                    or (isinstance(e, httpx.HTTPStatusError) and e.response.status_code >= 500)
-                )
-            ),
-            wait=lambda rs: 0.5 * rs.attempt_number,
-            stop=stop_after_attempt(DOWNLOAD_ATTEMPTS),
-            sleep=self._sleep,
-            reraise=True,
-        ):
-            with attempt:
-                async with self._http.stream("GET", url) as response:
-                    response.raise_for_status()
-                    buf = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        buf += chunk
-                        if len(buf) > UPLOAD_MAX_BYTES:
-                            raise DownloadError("output larger than the upload limit")
-                    return bytes(buf)
-        raise DownloadError("unreachable")  # pragma: no cover
+        return await download(self._http, url, self._sleep)
 
     def caption(self, run: RunRecord, lang: str) -> str:
-        request = run.request or {}
-        prompt = str((run.meta or {}).get("prompt") or request.get("prompt") or "")
-        seed = request.get("seed", -1)
+        prompt = Origin.of(run).prompt_of(run)
+        seed = (run.request or {}).get("seed", -1)
         i18n = self._services.i18n
         return truncate_prompt(
             lambda p: i18n.t(lang, "result.caption", prompt=p, seed=seed), prompt, CAPTION_LIMIT
         )
-
-    def result_markup(self, run: RunRecord, lang: str, *, original: bool) -> InlineKeyboardMarkup:
-        t = self._services.i18n.t
-        row = [
-            InlineKeyboardButton(
-                t(lang, "result.again_button"), callback_data=RunAction("ag", run.id).pack()
-            ),
-            InlineKeyboardButton(
-                t(lang, "result.params_button"), callback_data=RunAction("pm", run.id).pack()
-            ),
-        ]
-        rows = [row]
-        if original:
-            rows.append(
-                [
-                    InlineKeyboardButton(
-                        t(lang, "result.original_button"),
-                        callback_data=RunAction("og", run.id).pack(),
-                    )
-                ]
-            )
-        return InlineKeyboardMarkup(rows)
 
     async def _png_as_file(self, user_id: int) -> bool:
         try:
@@ -295,7 +163,22 @@ class Delivery:
         except Exception:
             log.warning("could not read settings of user %s", user_id, exc_info=True)
             return False
-        return bool(getattr(getattr(user, "settings", None), "png_as_file", False))
+        return user is not None and user.settings.png_as_file
+
+    async def _fetch(self, run: RunRecord, outputs: tuple[MediaOutput, ...]) -> list[Fetched]:
+        fetched: list[Fetched] = []
+        for index, output in enumerate(outputs):
+            try:
+                data = await self.download(output.url)
+            except Exception as exc:
+                log.warning("run %s: could not download output %d: %s", run.id, index, exc)
+                continue
+            name = output_filename(output, index)
+            photo = None
+            if output.media_type is MediaType.IMAGE:
+                photo = await prepare_photo_async(data, name)
+            fetched.append(Fetched(index, output.media_type, name, data, photo))
+        return fetched
 
     async def _send_outputs(
         self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str
@@ -304,67 +187,29 @@ class Delivery:
         if not outputs:
             return 0
         png_as_file = await self._png_as_file(run.user_id)
+        plan = plan_delivery(await self._fetch(run, outputs), png_as_file=png_as_file)
         caption = self.caption(run, lang)
-        base = {"chat_id": run.chat_id, **self._reply_kwargs(run)}
-        plan: list[tuple[str, str, dict[str, Any]]] = []  # (item key, method, kwargs)
-        original_offer = False
-        for index, output in enumerate(outputs):
-            try:
-                data = await self.download(output.url)
-            except Exception as exc:
-                log.warning("run %s: could not download output %d: %s", run.id, index, exc)
-                continue
-            name = _filename(output, index)
-            if output.media_type is MediaType.IMAGE:
-                try:
-                    prepared = await asyncio.to_thread(prepare_photo, data, name)
-                except Exception:
-                    log.warning("run %s: output %d is not a readable image", run.id, index)
-                    prepared = PreparedPhoto(None, True, name)
-                if prepared.photo is not None:
-                    plan.append(
-                        (
-                            f"{index}:photo",
-                            "send_photo",
-                            {"photo": prepared.photo, "filename": prepared.filename},
-                        )
-                    )
-                as_file = png_as_file or prepared.reencoded
-                if as_file and len(data) <= UPLOAD_MAX_BYTES:
-                    plan.append(
-                        (f"{index}:document", "send_document", {"document": data, "filename": name})
-                    )
-                else:
-                    original_offer = True
-            elif output.media_type is MediaType.ANIMATION:
-                plan.append(
-                    (f"{index}:animation", "send_animation", {"animation": data, "filename": name})
-                )
-            elif output.media_type is MediaType.VIDEO:
-                plan.append((f"{index}:video", "send_video", {"video": data, "filename": name}))
-            else:
-                plan.append(
-                    (f"{index}:document", "send_document", {"document": data, "filename": name})
-                )
+        base = {"chat_id": run.chat_id, **Origin.of(run).reply_kwargs()}
         # Items already delivered before a crash/restart are not sent again (see
         # _note_delivered); only an item killed between Telegram's answer and our note repeats.
         done = set((run.meta or {}).get(DELIVERED_ITEMS_KEY) or ())
         sent = 0
-        for position, (key, method, kwargs) in enumerate(plan):
-            if key in done:
+        for position, item in enumerate(plan.items):
+            if item.key in done:
                 sent += 1
                 continue
-            last = position == len(plan) - 1
             extra: dict[str, Any] = {"caption": caption}
-            if last:
-                extra["reply_markup"] = self.result_markup(run, lang, original=original_offer)
+            if position == len(plan.items) - 1:
+                extra["reply_markup"] = result_keyboard(
+                    self._services.i18n, run.id, lang, original=plan.offer_original
+                )
             try:
-                await self._send(method, **base, **kwargs, **extra)
+                await self._send(item.method, **base, **item.kwargs, **extra)
                 sent += 1
             except Exception as exc:
-                log.warning("run %s: %s failed: %s", run.id, method, exc)
+                log.warning("run %s: %s failed: %s", run.id, item.method, exc)
                 continue
-            done.add(key)
+            done.add(item.key)
             await self._note_delivered(run.id, done)
         return sent
 
@@ -383,7 +228,7 @@ class Delivery:
 
     async def send_original(self, run: RunRecord, lang: str) -> int:
         """Send the image outputs of ``run`` as documents (the "original file" button)."""
-        base = {"chat_id": run.chat_id, **self._reply_kwargs(run)}
+        base = {"chat_id": run.chat_id, **Origin.of(run).reply_kwargs()}
         sent = 0
         for index, output in enumerate(run.outputs):
             if output.media_type is not MediaType.IMAGE:
@@ -393,116 +238,8 @@ class Delivery:
                 "send_document",
                 **base,
                 document=data,
-                filename=_filename(output, index),
+                filename=output_filename(output, index),
                 caption=self.caption(run, lang),
             )
             sent += 1
         return sent
-
-
-# -- result buttons ------------------------------------------------------------------------------
-
-
-async def _run_for_button(update: Update, context: Context) -> tuple[RunRecord | None, str]:
-    """The run a result button is about, and the presser's language; answers stale buttons."""
-    services = get_services(context)
-    query = update.callback_query
-    caller = await caller_of(update, context)
-    lang = caller.lang if caller else "en"
-    match = RunAction.regex.match(query.data or "") if query else None
-    run = await services.storage.runs.get_run(match.group(2)) if match else None
-    if run is None:
-        await answer_query(update, services, lang, "common.stale_button")
-    return run, lang
-
-
-async def again_button(update: Update, context: Context) -> None:
-    """Again with a new seed: the stored request, seed −1, as a new run of the presser."""
-    from handlers.generate import resubmit  # local: generate imports progress → delivery
-
-    run, lang = await _run_for_button(update, context)
-    if run is None:
-        return
-    services = get_services(context)
-    request = run.request or {}
-    if any(
-        request.get(name)
-        for name in ("image", "mask", "control_image", "style_image", "pose_image")
-    ):
-        await answer_query(update, services, lang, "result.again_needs_photo", show_alert=True)
-        return
-    await answer_query(update, services, lang, "result.again_started")
-    await resubmit(update, context, run)
-
-
-async def params_button(update: Update, context: Context) -> None:
-    run, lang = await _run_for_button(update, context)
-    if run is None:
-        return
-    services = get_services(context)
-    await answer_query(update, services, lang, "result.params_shown")
-    r = run.request or {}
-    loras = (
-        ", ".join(
-            f"{name}:{weight or '1'}"
-            for name, weight in _LORA_TAG.findall(str(r.get("prompt", "")))
-        )
-        or "—"
-    )
-    negative = r.get("negative_prompt")
-    text = services.i18n.t(
-        lang,
-        "result.params",
-        type=run.type,
-        prompt=(run.meta or {}).get("prompt") or r.get("prompt", ""),
-        negative=negative if negative else "—",
-        width=r.get("width", "?"),
-        height=r.get("height", "?"),
-        steps=r.get("steps", "?"),
-        cfg=r.get("cfg", "?"),
-        seed=r.get("seed", "?"),
-        checkpoint=r.get("checkpoint") or "—",
-        loras=loras,
-    )
-    message = update.effective_message
-    await context.bot.send_message(
-        run.chat_id if message is None else message.chat_id,
-        text[: MessageLimit.MAX_TEXT_LENGTH],
-        parse_mode=None,
-        reply_parameters=reply_to(message.message_id if message else None),
-    )
-
-
-async def original_button(update: Update, context: Context) -> None:
-    run, lang = await _run_for_button(update, context)
-    if run is None:
-        return
-    services = get_services(context)
-    delivery: Delivery | None = services.extras.get("delivery")
-    if delivery is None or not run.outputs:
-        await answer_query(update, services, lang, "common.stale_button")
-        return
-    await answer_query(update, services, lang, "result.original_sending")
-    try:
-        sent = await delivery.send_original(run, lang)
-    except Exception:
-        log.warning("original file of run %s could not be sent", run.id, exc_info=True)
-        sent = 0
-    if not sent:
-        message = update.effective_message
-        if message is not None:
-            await message.reply_text(
-                services.i18n.t(lang, "result.delivery_failed"), parse_mode=None
-            )
-
-
-def register_result_buttons(application: Application) -> None:
-    application.add_handler(
-        CallbackQueryHandler(again_button, pattern=RunAction.action_pattern("ag"))
-    )
-    application.add_handler(
-        CallbackQueryHandler(params_button, pattern=RunAction.action_pattern("pm"))
-    )
-    application.add_handler(
-        CallbackQueryHandler(original_button, pattern=RunAction.action_pattern("og"))
-    )

@@ -1,16 +1,22 @@
 """What handlers need from the composition root, in one typed object.
 
-``bot/`` builds a :class:`Services` in ``post_init`` and stores it in
-``application.bot_data["services"]``; handlers fetch it with :func:`get_services`.
-Handlers never import ``bot`` (dependency direction: bot → handlers → generation, storage).
+``bot/app.py`` builds a :class:`Services` in ``post_init`` and stores it in
+``application.bot_data["services"]``; handlers reach it as ``context.services`` (see
+``handlers/context.py``). Handlers never import ``bot`` (bot → handlers → generation, storage).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
+    import httpx
+    from telegram import InlineKeyboardMarkup
+    from telegram.ext import Application
+
+    from generation.models import RunRecord
+    from generation.ports import Backend
     from generation.service import GenerationService
     from handlers.i18n import Translator
     from storage import Storage
@@ -30,16 +36,42 @@ class HandlerConfig:
     max_in_flight: int = 10
 
 
+class ProgressView(Protocol):
+    """The progress messages (``handlers/progress.py``), as the submit seam and delivery use it."""
+
+    def initial_text(self, run: RunRecord, lang: str) -> str: ...
+
+    def cancel_markup(self, run_id: str, lang: str) -> InlineKeyboardMarkup: ...
+
+    def register(
+        self, run: RunRecord, message_id: int, text: str, *, has_button: bool = True
+    ) -> None: ...
+
+    async def show(
+        self, run_id: str, key: str, *, final: bool = False, **params: object
+    ) -> None: ...
+
+
+class OriginalSender(Protocol):
+    """Result delivery (``handlers/delivery.py``), as the "original file" button uses it."""
+
+    async def send_original(self, run: RunRecord, lang: str) -> int: ...
+
+
 @dataclass(slots=True)
 class Services:
     storage: Storage
     generation: GenerationService
     i18n: Translator
-    config: HandlerConfig = field(default_factory=HandlerConfig)
-    extras: dict[str, Any] = field(default_factory=dict)  # progress renderer, metrics, ...
+    config: HandlerConfig
+    backend: Backend | None = None  # /deployment add asks it for the declared inputs
+    # Output files are downloaded through this transport (a test double, or the preview
+    # backend's in-process files); None: the network.
+    http_transport: httpx.AsyncBaseTransport | None = None
+    backend_label: str | None = None  # e.g. "preview": progress texts say so
+    progress: ProgressView | None = None  # set by ProgressRenderer.attach
+    delivery: OriginalSender | None = None  # set by Delivery.attach
 
 
-def get_services(context: Any) -> Services:
-    """Services from a PTB ``CallbackContext`` (or an ``Application``)."""
-    app = getattr(context, "application", context)
-    return app.bot_data[SERVICES_KEY]
+def services_of(application: Application) -> Services:
+    return application.bot_data[SERVICES_KEY]

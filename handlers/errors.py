@@ -17,8 +17,8 @@ from generation.errors import (
     InsufficientBalanceError,
     InvalidInputError,
 )
-from handlers.common import Context, language_of, reply_to
-from handlers.deps import Services, get_services
+from handlers.context import BotContext, reply_to
+from handlers.deps import Services
 from handlers.i18n import Translator
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,13 @@ def _describe(update: object) -> Any:
     return repr(update)
 
 
-async def on_error(update: object, context: Context) -> None:
+async def on_error(update: object, context: BotContext) -> None:
     """PTB error handler: log with a reference id and tell the user something went wrong."""
     error = context.error
     services: Services | None = None
     try:
-        services = get_services(context)
-    except (KeyError, AttributeError):
+        services = context.services
+    except KeyError:  # before post_init put the services in
         pass
     ref = secrets.token_hex(4)
     if isinstance(error, GenerationError):
@@ -80,7 +80,7 @@ async def on_error(update: object, context: Context) -> None:
     if services is None or not isinstance(update, Update) or isinstance(error, Forbidden):
         return
     try:
-        lang = await language_of(update, context)
+        lang = await context.language()
         if isinstance(error, GenerationError):
             text = error_text(services.i18n, lang, error)
         else:

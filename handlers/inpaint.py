@@ -9,8 +9,6 @@ the photo. When the INPAINT deployments take a text description of the area
 
 from __future__ import annotations
 
-from typing import Any
-
 from telegram import Message, Update
 from telegram.ext import (
     CommandHandler,
@@ -19,19 +17,12 @@ from telegram.ext import (
     filters,
 )
 
-from handlers.common import Caller, Context, caller_of, command_args, reply
-from handlers.deps import Services, get_services
-from handlers.generate import (
-    IMAGE_MESSAGE,
-    addressed_to_us,
-    caption_command,
-    clear_flow,
-    clear_flows,
-    fetch_image,
-    flow_data,
-    submit,
-)
+from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
+from handlers.context import BotContext, Caller
+from handlers.deps import Services
+from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data, reminder
 from handlers.media import MediaError, download_mask, image_ref
+from handlers.submit import submit
 
 PHOTO, MASK, TARGET, PROMPT = range(10, 14)
 FLOW = "inpaint"
@@ -49,21 +40,21 @@ async def wants_text_target(services: Services) -> bool:
     return takes_target and not takes_mask
 
 
-async def _after_photo(message: Message, context: Context, caller: Caller) -> int:
-    services = get_services(context)
+async def _after_photo(message: Message, context: BotContext, caller: Caller) -> int:
+    services = context.services
     flow = flow_data(context, FLOW, message)
     if await wants_text_target(services):
         flow["target_mode"] = True
-        await reply(message, services, caller.lang, "inpaint.send_target")
+        await context.reply("inpaint.send_target")
         return TARGET
-    await reply(message, services, caller.lang, "inpaint.send_mask")
+    await context.reply("inpaint.send_mask")
     return MASK
 
 
-async def _next_or_submit(message: Message, context: Context, caller: Caller) -> int:
+async def _next_or_submit(message: Message, context: BotContext, caller: Caller) -> int:
     flow = flow_data(context, FLOW, message)
     if not flow.get("prompt"):
-        await reply(message, get_services(context), caller.lang, "inpaint.send_prompt")
+        await context.reply("inpaint.send_prompt")
         return PROMPT
     clear_flow(context, FLOW, message)
     await submit(
@@ -80,25 +71,25 @@ async def _next_or_submit(message: Message, context: Context, caller: Caller) ->
 
 
 async def _start(
-    message: Message, context: Context, caller: Caller, prompt: str, source: Message | None
+    message: Message, context: BotContext, caller: Caller, prompt: str, source: Message | None
 ) -> int:
     clear_flows(context, message)
     flow = flow_data(context, FLOW, message)
     flow["prompt"] = prompt
     if source is not None and (source.photo or source.document):
-        image = await fetch_image(message, context, caller, source)
+        image = await fetch_image(context, source)
         if image is None:
             clear_flow(context, FLOW, message)
             return ConversationHandler.END
         flow["image"] = image
         return await _after_photo(message, context, caller)
-    await reply(message, get_services(context), caller.lang, "inpaint.send_photo")
+    await context.reply("inpaint.send_photo")
     return PHOTO
 
 
-async def inpaint_command(update: Update, context: Context) -> int | None:
+async def inpaint_command(update: Update, context: BotContext) -> int | None:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     if message is None or caller is None or not addressed_to_us(message.text, context):
         return None
     return await _start(
@@ -106,19 +97,19 @@ async def inpaint_command(update: Update, context: Context) -> int | None:
     )
 
 
-async def inpaint_caption(update: Update, context: Context) -> int | None:
+async def inpaint_caption(update: Update, context: BotContext) -> int | None:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     if message is None or caller is None or not addressed_to_us(message.caption, context):
         return None
     return await _start(message, context, caller, command_args(message.caption), message)
 
 
-async def on_photo(update: Update, context: Context) -> int:
+async def on_photo(update: Update, context: BotContext) -> int:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     assert message is not None and caller is not None
-    image = await fetch_image(message, context, caller, message)
+    image = await fetch_image(context, message)
     if image is None:
         return PHOTO
     flow = flow_data(context, FLOW, message)
@@ -128,11 +119,10 @@ async def on_photo(update: Update, context: Context) -> int:
     return await _after_photo(message, context, caller)
 
 
-async def on_mask(update: Update, context: Context) -> int:
+async def on_mask(update: Update, context: BotContext) -> int:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     assert message is not None and caller is not None
-    services = get_services(context)
     flow = flow_data(context, FLOW, message)
     try:
         ref = image_ref(message)
@@ -140,69 +130,57 @@ async def on_mask(update: Update, context: Context) -> int:
             raise MediaError("inpaint.send_mask")
         flow["mask"] = await download_mask(context.bot, ref, flow.get("image"))
     except MediaError as exc:
-        await reply(message, services, caller.lang, exc.key, **exc.params)
+        await context.reply(exc.key, **exc.params)
         return MASK
     if not flow.get("prompt") and message.caption:
         flow["prompt"] = message.caption.strip()
     return await _next_or_submit(message, context, caller)
 
 
-async def on_target(update: Update, context: Context) -> int:
+async def on_target(update: Update, context: BotContext) -> int:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     assert message is not None and caller is not None
     flow = flow_data(context, FLOW, message)
     flow["target"] = (message.text or "").strip()
     return await _next_or_submit(message, context, caller)
 
 
-async def on_prompt(update: Update, context: Context) -> int:
+async def on_prompt(update: Update, context: BotContext) -> int:
     message = update.effective_message
-    caller = await caller_of(update, context)
+    caller = await context.caller()
     assert message is not None and caller is not None
     flow = flow_data(context, FLOW, message)
     if flow.get("image") is None:  # state lost (restart): start over
-        await reply(message, get_services(context), caller.lang, "inpaint.send_photo")
+        await context.reply("inpaint.send_photo")
         return PHOTO
     flow["prompt"] = (message.text or "").strip()
     return await _next_or_submit(message, context, caller)
 
 
-def _reminder(key: str) -> Any:
-    async def remind(update: Update, context: Context) -> None:
-        message = update.effective_message
-        caller = await caller_of(update, context)
-        if message is not None and caller is not None:
-            await reply(message, get_services(context), caller.lang, key)
-        return None  # stay in the current state
+_TEXT = filters.TEXT & ~filters.COMMAND
 
-    return remind
-
-
-def inpaint_entry_points() -> list[Any]:
-    return [
+INPAINT_FLOW = Flow(
+    entry_points=[
         CommandHandler("inpaint", inpaint_command),
         MessageHandler(IMAGE_MESSAGE & caption_command("inpaint"), inpaint_caption),
-    ]
-
-
-def inpaint_states() -> dict[object, list[Any]]:
-    text = filters.TEXT & ~filters.COMMAND
-    return {
+    ],
+    states={
         PHOTO: [
             MessageHandler(IMAGE_MESSAGE, on_photo),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_photo")),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_photo")),
         ],
         MASK: [
             MessageHandler(IMAGE_MESSAGE, on_mask),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_mask")),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_mask")),
         ],
         TARGET: [
-            MessageHandler(text, on_target),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_target")),
+            MessageHandler(_TEXT, on_target),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_target")),
         ],
         PROMPT: [
-            MessageHandler(text, on_prompt),
-            MessageHandler(~filters.COMMAND, _reminder("inpaint.send_prompt")),
+            MessageHandler(_TEXT, on_prompt),
+            MessageHandler(~filters.COMMAND, reminder("inpaint.send_prompt")),
         ],
-    }
+    },
+)

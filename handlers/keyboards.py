@@ -8,12 +8,12 @@ double tap is harmless.
 
 from __future__ import annotations
 
-from typing import Any
-
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from handlers.callbacks import MenuAction
+from generation.loras import CHECKPOINTS as ALL_CHECKPOINTS
+from handlers.callbacks import MenuAction, RunAction
 from handlers.i18n import Translator
+from storage.users import UserSettings
 
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (1024, 1024),
@@ -24,8 +24,8 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
 )
 STEP_PRESETS: tuple[int, ...] = (20, 30, 40, 50)
-# A few well-known checkpoints; "default" (None in the settings) lets the deployment decide.
-CHECKPOINTS: tuple[str, ...] = ("flux-schnell", "flux-dev", "sdxl-base", "pony-xl")
+# The menu's checkpoints (generation/loras.py); "default" (None in the settings): the deployment's.
+CHECKPOINTS = tuple(c.name for c in ALL_CHECKPOINTS if c.in_menu)
 DEFAULT_CHECKPOINT = "default"
 # Native names: a language menu must be readable by someone who does not read the current one.
 LANGUAGE_NAMES: dict[str, str] = {
@@ -76,7 +76,9 @@ def _back_row(tr: Translator, lang: str, owner: int) -> list[InlineKeyboardButto
     return [_button(tr.t(lang, "settings.btn.back"), owner, HOME)]
 
 
-def home_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def home_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     png_on = bool(settings.png_as_file)
     png_label = tr.t(lang, "settings.btn.png_on" if png_on else "settings.btn.png_off")
     return InlineKeyboardMarkup(
@@ -99,7 +101,9 @@ def home_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inlin
     )
 
 
-def size_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def size_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     current = (settings.width, settings.height)
     buttons = [
         _button(_mark((w, h) == current, f"{w}×{h}"), owner, SIZE, size_value(w, h))
@@ -109,7 +113,9 @@ def size_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inlin
     return InlineKeyboardMarkup([*rows, _back_row(tr, lang, owner)])
 
 
-def steps_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def steps_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     row = [
         _button(_mark(steps == settings.steps, str(steps)), owner, STEPS, str(steps))
         for steps in STEP_PRESETS
@@ -117,7 +123,9 @@ def steps_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inli
     return InlineKeyboardMarkup([row, _back_row(tr, lang, owner)])
 
 
-def seed_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def seed_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     random_label = _mark(settings.seed == -1, tr.t(lang, "settings.btn.seed_random"))
     return InlineKeyboardMarkup(
         [
@@ -128,7 +136,9 @@ def seed_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> Inlin
     )
 
 
-def negative_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def negative_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     neg = settings.negative_prompt
     return InlineKeyboardMarkup(
         [
@@ -152,7 +162,7 @@ def negative_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> I
 
 
 def checkpoint_keyboard(
-    tr: Translator, lang: str, owner: int, settings: Any
+    tr: Translator, lang: str, owner: int, settings: UserSettings
 ) -> InlineKeyboardMarkup:
     current = settings.checkpoint or DEFAULT_CHECKPOINT
     rows = [
@@ -169,7 +179,9 @@ def checkpoint_keyboard(
     return InlineKeyboardMarkup([*rows, _back_row(tr, lang, owner)])
 
 
-def language_keyboard(tr: Translator, lang: str, owner: int, settings: Any) -> InlineKeyboardMarkup:
+def language_keyboard(
+    tr: Translator, lang: str, owner: int, settings: UserSettings
+) -> InlineKeyboardMarkup:
     row = [
         _button(_mark(code == lang, name), owner, LANG, code)
         for code, name in LANGUAGE_NAMES.items()
@@ -191,3 +203,27 @@ MENU_KEYBOARDS = {
     CKPT: checkpoint_keyboard,
     LANG: language_keyboard,
 }
+
+
+def cancel_keyboard(i18n: Translator, run_id: str, lang: str) -> InlineKeyboardMarkup:
+    """The Cancel button of a progress message (callback data ``r:cx:<run id>``)."""
+    button = InlineKeyboardButton(
+        i18n.t(lang, "progress.cancel_button"), callback_data=RunAction("cx", run_id).pack()
+    )
+    return InlineKeyboardMarkup([[button]])
+
+
+def result_keyboard(
+    i18n: Translator, run_id: str, lang: str, *, original: bool
+) -> InlineKeyboardMarkup:
+    """The buttons under a result: again with a new seed, parameters, (original file)."""
+
+    def button(key: str, action: str) -> InlineKeyboardButton:
+        return InlineKeyboardButton(
+            i18n.t(lang, key), callback_data=RunAction(action, run_id).pack()
+        )
+
+    rows = [[button("result.again_button", "ag"), button("result.params_button", "pm")]]
+    if original:
+        rows.append([button("result.original_button", "og")])
+    return InlineKeyboardMarkup(rows)

@@ -60,15 +60,6 @@ def image_ref(message: Message | None) -> ImageRef | None:
     return None
 
 
-def has_image(message: Message | None) -> bool:
-    if message is None:
-        return False
-    if message.photo:
-        return True
-    doc = message.document
-    return doc is not None and (doc.mime_type or "").lower().startswith("image/")
-
-
 def _too_large() -> MediaError:
     return MediaError("gen.image_too_large", max_side=MAX_SIDE_PIXELS)
 

@@ -15,14 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from telegram import InlineKeyboardMarkup, Update
+from telegram import CallbackQuery, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest
 from telegram.ext import (
     Application,
     ApplicationHandlerStop,
     CallbackQueryHandler,
     CommandHandler,
-    ContextTypes,
     MessageHandler,
     filters,
 )
@@ -30,7 +29,9 @@ from telegram.ext import (
 from generation.request import MAX_PROMPT_LENGTH, MAX_SEED
 from handlers import keyboards as kb
 from handlers.callbacks import MenuAction, SettingsAction, parse
-from handlers.deps import Services, get_services
+from handlers.context import BotContext
+from handlers.deps import Services
+from storage.users import UserSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,7 @@ class PendingInput:
     expires_at: float  # time.monotonic()
 
 
-async def load_user(services: Services, tg_user: Any) -> tuple[Any, str]:
-    """The stored user (created on first contact) and the language to talk to them in."""
-    user, _ = await services.storage.users.get_or_create(
-        tg_user.id,
-        language_code=tg_user.language_code,
-        starting_balance=services.config.starting_balance,
-    )
-    lang = services.i18n.resolve_language(user.settings.language, tg_user.language_code)
-    return user, lang
-
-
-def render_summary(services: Services, lang: str, settings: Any) -> str:
+def render_summary(services: Services, lang: str, settings: UserSettings) -> str:
     t = services.i18n.t
     if settings.negative_prompt is None:
         negative = t(lang, "settings.value.default")
@@ -94,7 +84,7 @@ _HINTS = {
 
 
 def render_menu(
-    services: Services, lang: str, owner: int, settings: Any, menu: str = kb.HOME
+    services: Services, lang: str, owner: int, settings: UserSettings, menu: str = kb.HOME
 ) -> tuple[str, InlineKeyboardMarkup]:
     """Text and keyboard of one menu view."""
     text = render_summary(services, lang, settings)
@@ -104,19 +94,21 @@ def render_menu(
     return text, keyboard
 
 
-async def settings_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def settings_command(update: Update, context: BotContext) -> None:
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
         return
-    services = get_services(context)
-    user, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     if context.user_data is not None:
         context.user_data.pop(PENDING_KEY, None)
     text, keyboard = render_menu(services, lang, tg_user.id, user.settings)
     await message.reply_text(text, reply_markup=keyboard, parse_mode=None)
 
 
-async def _edit(query: Any, text: str, keyboard: InlineKeyboardMarkup | None) -> None:
+async def _edit(query: CallbackQuery, text: str, keyboard: InlineKeyboardMarkup | None) -> None:
     """Edit the menu message unless it already shows exactly this."""
     current = query.message
     if current is not None and current.text == text and current.reply_markup == keyboard:
@@ -128,7 +120,7 @@ async def _edit(query: Any, text: str, keyboard: InlineKeyboardMarkup | None) ->
             raise
 
 
-async def _answer(query: Any, text: str | None = None, *, alert: bool = False) -> None:
+async def _answer(query: CallbackQuery, text: str | None = None, *, alert: bool = False) -> None:
     try:
         await query.answer(text, show_alert=alert)
     except BadRequest as exc:  # answering a too-old query is not worth an error
@@ -154,17 +146,20 @@ def _apply(menu: str, value: str) -> dict[str, Any] | None:
     return None
 
 
-def _changed(settings: Any, changes: dict[str, Any]) -> bool:
-    return any(getattr(settings, key) != value for key, value in changes.items())
+def _changed(settings: UserSettings, changes: dict[str, Any]) -> bool:
+    current = settings.model_dump()
+    return any(current[key] != value for key, value in changes.items())
 
 
-async def menu_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def menu_callback(update: Update, context: BotContext) -> None:
     query = update.callback_query
     if query is None:
         return
-    services = get_services(context)
+    services = context.services
     tg_user = query.from_user
-    user, lang = await load_user(services, tg_user)
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     action = parse(query.data)
     owner = _owner_of(action, query)
     if owner is None or not isinstance(action, (MenuAction, SettingsAction)):
@@ -217,7 +212,7 @@ async def menu_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> N
     await _answer(query, toast)
 
 
-def _owner_of(action: Any, query: Any) -> int | None:
+def _owner_of(action: object, query: CallbackQuery) -> int | None:
     """The menu's owner: in the data, or (``SettingsAction`` menus) the private chat's user or
     the sender of the /settings message the menu replies to (PTB quotes it in groups)."""
     if isinstance(action, MenuAction):
@@ -231,25 +226,17 @@ def _owner_of(action: Any, query: Any) -> int | None:
     return None
 
 
-async def unknown_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def unknown_callback(update: Update, context: BotContext) -> None:
     """A button whose data none of our patterns understands (old keyboard, other version)."""
     query = update.callback_query
     if query is None:
         return
-    services = get_services(context)
-    lang = services.i18n.resolve_language(None, query.from_user.language_code)
-    try:
-        user = await services.storage.users.get(query.from_user.id)
-        if user is not None:
-            lang = services.i18n.resolve_language(
-                user.settings.language, query.from_user.language_code
-            )
-    except Exception:  # the polite answer matters more than the language here
-        log.exception("could not load user for a stale callback")
+    services = context.services
+    lang = await context.language()
     await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
 
 
-def _take_pending(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> PendingInput | None:
+def _take_pending(context: BotContext, chat_id: int) -> PendingInput | None:
     user_data = context.user_data
     if not user_data:
         return None
@@ -263,12 +250,12 @@ def _take_pending(context: ContextTypes.DEFAULT_TYPE, chat_id: int) -> PendingIn
 
 
 async def _show_home_again(
-    context: ContextTypes.DEFAULT_TYPE,
+    context: BotContext,
     services: Services,
     pending: PendingInput,
     lang: str,
     owner: int,
-    settings: Any,
+    settings: UserSettings,
 ) -> None:
     if pending.message_id is None:
         return
@@ -285,7 +272,7 @@ async def _show_home_again(
         log.info("could not re-render the settings menu: %s", exc)
 
 
-async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def pending_text(update: Update, context: BotContext) -> None:
     """A typed seed or negative prompt; anything else passes through to later groups."""
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None or message.text is None:
@@ -293,8 +280,10 @@ async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     pending = _take_pending(context, message.chat.id)
     if pending is None:
         return
-    services = get_services(context)
-    user, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     t = services.i18n.t
     text = message.text.strip()
     if pending.field == kb.SEED:
@@ -318,7 +307,7 @@ async def pending_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     raise ApplicationHandlerStop
 
 
-async def pending_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def pending_cancel(update: Update, context: BotContext) -> None:
     """/cancel while a typed value is awaited drops the wait (and nothing else)."""
     message, tg_user = update.effective_message, update.effective_user
     if message is None or tg_user is None:
@@ -328,8 +317,10 @@ async def pending_cancel(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
         return  # the generation /cancel handles it
     assert context.user_data is not None
     context.user_data.pop(PENDING_KEY, None)
-    services = get_services(context)
-    user, lang = await load_user(services, tg_user)
+    services = context.services
+    caller = await context.caller()
+    assert caller is not None  # effective_user checked above
+    user, lang = caller.user, caller.lang
     await _show_home_again(context, services, pending, lang, tg_user.id, user.settings)
     await message.reply_text(services.i18n.t(lang, "settings.input_cancelled"), parse_mode=None)
     raise ApplicationHandlerStop

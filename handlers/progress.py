@@ -21,17 +21,13 @@ import asyncio
 import contextlib
 import logging
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from telegram import InlineKeyboardButton, InlineKeyboardMarkup
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
-from telegram.ext import Application
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+from telegram import Bot, InlineKeyboardMarkup
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter
 
 from generation.events import (
     GenerationCancelled,
@@ -42,54 +38,16 @@ from generation.events import (
     GenerationStarted,
 )
 from generation.models import RunRecord, RunStatus
-from handlers.callbacks import RunAction
-from handlers.common import is_group
 from handlers.deps import Services
 from handlers.errors import reason_text
-from handlers.i18n import Translator
+from handlers.keyboards import cancel_keyboard
+from handlers.origin import Origin
+from handlers.telegram_io import retry_after_seconds, telegram_retrying
 
 log = logging.getLogger(__name__)
 
 MAX_TRACKED = 5000  # runs kept in memory; the oldest finished-or-orphaned ones go first
 FINAL_EDIT_ATTEMPTS = 5
-
-
-def retry_after_seconds(exc: RetryAfter) -> float:
-    """``RetryAfter.retry_after`` is ``int`` or ``timedelta`` depending on PTB settings."""
-    with warnings.catch_warnings():  # the int form is deprecated; both are handled here
-        warnings.simplefilter("ignore")
-        value: Any = exc.retry_after
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return float(value)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: flood control, time-outs, transport errors — never a ``BadRequest``
-    (which subclasses ``NetworkError``) nor ``Forbidden``."""
-    if isinstance(exc, RetryAfter | TimedOut):
-        return True
-    return isinstance(exc, NetworkError) and not isinstance(exc, BadRequest | Forbidden)
-
-
-def telegram_wait(fallback: float = 1.0) -> Callable[[Any], float]:
-    """A tenacity ``wait`` that honours ``retry_after`` and otherwise waits ``fallback``·n."""
-
-    def wait(retry_state: Any) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, RetryAfter):
-            return retry_after_seconds(exc) + 0.1
-        return fallback * retry_state.attempt_number
-
-    return wait
-
-
-def cancel_keyboard(i18n: Translator, run_id: str, lang: str) -> InlineKeyboardMarkup:
-    """The Cancel button of a progress message (callback data ``r:cx:<run id>``)."""
-    button = InlineKeyboardButton(
-        i18n.t(lang, "progress.cancel_button"), callback_data=RunAction("cx", run_id).pack()
-    )
-    return InlineKeyboardMarkup([[button]])
 
 
 def _not_modified(exc: BadRequest) -> bool:
@@ -123,13 +81,13 @@ class ProgressRenderer:
 
     def __init__(
         self,
-        application: Application,
+        bot: Bot,
         services: Services,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        self._app = application
+        self._bot = bot
         self._services = services
         self._clock = clock
         self._sleep = sleep
@@ -140,7 +98,7 @@ class ProgressRenderer:
     # -- wiring ---------------------------------------------------------------------------------
 
     def attach(self) -> ProgressRenderer:
-        """Subscribe to the bus; also attach result delivery unless the root already did."""
+        """Subscribe to the bus and become ``services.progress``."""
         bus = self._services.generation.bus
         self._unsubscribe = bus.subscribe(
             self._on_event,
@@ -150,32 +108,8 @@ class ProgressRenderer:
             GenerationFailed,
             GenerationCancelled,
         )
-        self._services.extras["progress"] = self
-        if "delivery" not in self._services.extras:
-            from handlers.delivery import Delivery  # local: delivery imports this module
-
-            Delivery(self._app, self._services, sleep=self._sleep).attach()
+        self._services.progress = self
         return self
-
-    async def shutdown(self, grace: float = 10.0) -> None:
-        """Graceful stop (SIGTERM): give deliveries and final edits already under way
-        ``grace`` seconds to finish, then detach. A delivery cut short stays PENDING in the
-        database and is redone (only its missing items) on the next start."""
-        delivery = self._services.extras.get("delivery")
-
-        async def settle() -> None:
-            await self._services.generation.bus.drain()
-            if delivery is not None:
-                await delivery.drain()
-            await self.drain()
-
-        try:
-            await asyncio.wait_for(settle(), grace)
-        except TimeoutError:
-            log.warning(
-                "shutdown: deliveries still running after %.0f s resume at next start", grace
-            )
-        await self.detach()
 
     async def detach(self) -> None:
         if self._unsubscribe is not None:
@@ -187,17 +121,14 @@ class ProgressRenderer:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        delivery = self._services.extras.get("delivery")
-        if delivery is not None:
-            await delivery.detach()
-        if self._services.extras.get("progress") is self:
-            del self._services.extras["progress"]
+        if self._services.progress is self:
+            self._services.progress = None
 
     # -- text -----------------------------------------------------------------------------------
 
     def _t(self, lang: str, key: str, **params: object) -> str:
         text = self._services.i18n.t(lang, key, **params)
-        if self._services.extras.get("backend_label"):  # e.g. the local preview backend
+        if self._services.backend_label:  # e.g. the local preview backend
             text = f"{text} · {self._services.i18n.t(lang, 'progress.preview')}"
         return text
 
@@ -270,14 +201,14 @@ class ProgressRenderer:
         return p
 
     def _from_record(self, run: RunRecord) -> _Progress:
-        meta = run.meta or {}
-        lang = meta.get("lang") or self._services.i18n.resolve_language(None, None)
+        origin = Origin.of(run)
+        lang = origin.lang or self._services.i18n.resolve_language(None, None)
         return _Progress(
             run_id=run.id,
             user_id=run.user_id,
             chat_id=run.chat_id,
             lang=lang,
-            group=is_group(meta.get("chat_type")),
+            group=origin.group,
             message_id=run.progress_message_id,
         )
 
@@ -307,12 +238,6 @@ class ProgressRenderer:
         p.desired = (text, not final)
         p.final = p.final or final
         self._kick(p)
-
-    async def wait_shown(self, run_id: str) -> None:
-        """Wait until the final state of ``run_id`` is shown (or given up)."""
-        p = self._runs.get(run_id)
-        if p is not None:
-            await p.finished.wait()
 
     def is_finished(self, run_id: str) -> bool:
         p = self._runs.get(run_id)
@@ -393,7 +318,7 @@ class ProgressRenderer:
         self.edits += 1
         markup = self.cancel_markup(p.run_id, p.lang) if has_button else None
         try:
-            await self._app.bot.edit_message_text(
+            await self._bot.edit_message_text(
                 text,
                 chat_id=p.chat_id,
                 message_id=p.message_id,
@@ -432,13 +357,7 @@ class ProgressRenderer:
     async def _edit_final(self, p: _Progress, text: str) -> bool | None:
         """The final state: retried with tenacity, honouring ``retry_after``."""
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(is_transient),
-                wait=telegram_wait(),
-                stop=stop_after_attempt(FINAL_EDIT_ATTEMPTS),
-                sleep=self._sleep,
-                reraise=True,
-            ):
+            async for attempt in telegram_retrying(FINAL_EDIT_ATTEMPTS, self._sleep):
                 with attempt:
                     await self._call_edit(p, text, False)
         except BadRequest as exc:

@@ -4,7 +4,7 @@ half-open probe → closed), a full outage (every user told in their language, h
 ledger consistent) and recovery without a restart.
 
 Real ``Application`` + real ``GenerationService`` + real SQLite storage + both fakes, built by
-``tests.test_handlers_generate.build_harness``.
+``tests.e2e.inprocess.build_harness``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from generation.models import ChargeState, RunStatus
-from tests.fakes.comfydeploy import _Resp
-from tests.test_handlers_generate import (
+from tests.e2e.inprocess import (
     E2E,
     MAKE_INPUTS,
     FakeClock,
     build_harness,
 )
+from tests.fakes.comfydeploy import _Resp
 
 
 class Sleeps:

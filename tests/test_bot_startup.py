@@ -15,12 +15,12 @@ import pytest
 from telegram import Update
 from telegram.ext import Application, ContextTypes, TypeHandler
 
-from bot.app import build_application, get_infra, initialize, serve_webhook, shutdown
+from bot.app import build_application, get_runtime, initialize, shutdown
 from bot.config import Settings
 from bot.processor import PerChatUpdateProcessor
-from bot.server import SECRET_HEADER
+from bot.server import SECRET_HEADER, serve_webhook
 from generation.service import GenerationService
-from handlers.deps import Services, get_services
+from handlers.deps import Services, services_of
 from handlers.i18n import SUPPORTED_LANGUAGES, Translator
 from tests.fakes.comfydeploy import FakeComfyDeploy
 from tests.fakes.telegram import FakeTelegram
@@ -71,14 +71,14 @@ async def test_post_init_wires_everything_and_shutdown_closes_it(
     app = build(make_settings(tmp_path, fake, comfy), fake, comfy)
     await initialize(app)
     try:
-        services = get_services(app)
+        services = services_of(app)
         assert isinstance(services, Services)
         assert isinstance(services.generation, GenerationService)
         assert services.config.admin_ids == frozenset({7})
         assert (tmp_path / "db" / "bot.sqlite3").exists()
         # the webhook secret was generated, stored and handed to the generation module
         stored = await services.storage.settings.get("webhook_secret")
-        assert stored and services.extras["webhook_secret"] == stored
+        assert stored and get_runtime(app).webhook_secret == stored
         assert services.generation.settings.webhook_secret == stored
         assert services.generation.settings.webhook_url is None  # polling mode
         # localized command menus: default (English) + one per language
@@ -90,7 +90,7 @@ async def test_post_init_wires_everything_and_shutdown_closes_it(
         assert len(app.handlers) > 1  # handlers.register added the bot's handlers
     finally:
         await shutdown(app)
-    infra = get_infra(app)
+    infra = get_runtime(app)
     assert infra.closed and not infra.service_started
     assert infra.storage.db.closed
 
@@ -105,8 +105,8 @@ async def test_configured_webhook_secret_is_used_in_webhook_mode(
     assert app.updater is None  # webhook mode: our own server feeds update_queue
     await initialize(app)
     try:
-        services = get_services(app)
-        assert services.extras["webhook_secret"] == "configured_Secret-1"
+        services = services_of(app)
+        assert get_runtime(app).webhook_secret == "configured_Secret-1"
         assert await services.storage.settings.get("webhook_secret") is None
         gen = services.generation.settings
         assert gen.webhook_url == "https://b.example/comfydeploy/webhook"
@@ -118,11 +118,11 @@ async def test_missing_api_key_starts_with_a_warning(
     tmp_path: Path, fake: FakeTelegram, comfy: FakeComfyDeploy, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = build(make_settings(tmp_path, fake, comfy, comfydeploy_api_key=None), fake, comfy)
-    with caplog.at_level(logging.WARNING, logger="bot.app"):
+    with caplog.at_level(logging.WARNING, logger="bot.backends"):
         await initialize(app)
     try:
         assert any("COMFYDEPLOY_API_KEY" in r.getMessage() for r in caplog.records)
-        assert get_infra(app).service_started
+        assert get_runtime(app).service_started
     finally:
         await shutdown(app)
 
@@ -147,11 +147,11 @@ async def test_polling_delivers_updates_and_counts_them(
             await asyncio.wait_for(seen.wait(), 3.0)
             reply = await fake.wait_for(lambda: fake.last_message(1001), what="a reply")
             assert reply.content  # the handlers answered /start
-            assert get_infra(app).metrics.value("updates_total") >= 1
+            assert get_runtime(app).metrics.value("updates_total") >= 1
             await app.updater.stop()
         finally:
             await shutdown(app)
-    secret = get_infra(app).webhook_secret
+    secret = get_runtime(app).webhook_secret
     for value in (fake.token, API_KEY_MARK, secret):
         assert value not in caplog.text
 
@@ -179,7 +179,7 @@ async def test_webhook_mode_serves_and_stops_cleanly(
 
     app.add_handler(TypeHandler(Update, spy), group=1000)
     runner = asyncio.create_task(serve_webhook(app, settings))
-    infra = get_infra(app)
+    infra = get_runtime(app)
     await asyncio.wait_for(infra.http_ready.wait(), 10.0)
     await fake.wait_for(lambda: fake.webhook is not None, what="setWebhook after listening")
     assert fake.webhook is not None

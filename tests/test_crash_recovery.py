@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import USER_ID, BotWorld, bot_world
+from tests.e2e.process import USER_ID, BotWorld, bot_world
 from tests.fakes.comfydeploy import Timeline
 
 LOCALE = json.loads((Path(__file__).resolve().parents[1] / "locales" / "en.json").read_text())

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -14,9 +13,10 @@ from telegram import Bot
 
 from generation.events import EventBus, GenerationCompleted
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
-from handlers.delivery import CAPTION_LIMIT, Delivery, prepare_photo, truncate_prompt
+from handlers.delivery import Delivery
 from handlers.deps import HandlerConfig, Services
 from handlers.i18n import Translator
+from handlers.telegram_io import CAPTION_LIMIT, prepare_photo, truncate_prompt
 from storage import Storage
 from tests.fakes.comfydeploy import FakeComfyDeploy
 from tests.fakes.telegram import FakeTelegram
@@ -104,7 +104,7 @@ async def env(storage: Storage) -> AsyncIterator[Env]:
         config=HandlerConfig(),
     )
     delivery = Delivery(
-        SimpleNamespace(bot=bot),
+        bot,
         services,  # type: ignore[arg-type]
         transport=cd.transport,
         sleep=no_sleep,

@@ -26,9 +26,9 @@ import pytest
 from telegram import Update
 from telegram.request import HTTPXRequest
 
+from tests.e2e.inprocess import E2E, build_harness
 from tests.fakes.comfydeploy import Timeline
 from tests.fakes.telegram import FakeTelegram, FloodControl
-from tests.test_handlers_generate import E2E, build_harness
 
 USERS = 100
 LIMIT_SECONDS = 25.0

@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.e2e.inprocess import ADMIN_ID, E2E
 from tests.test_fuzz_updates import _describe, fuzz_session
-from tests.test_handlers_generate import ADMIN_ID, E2E
 
 EXAMPLES = 1000
 OUTSIDER = 9001

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from telegram import Update
 
+from tests.e2e.inprocess import ADMIN_ID, E2E, MAKE_INPUTS, build_harness
 from tests.fakes.comfydeploy import Timeline
 from tests.fakes.telegram import FakeMessage
-from tests.test_handlers_generate import ADMIN_ID, E2E, MAKE_INPUTS, build_harness
 
 EXAMPLES = 1000
 

@@ -17,6 +17,7 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.app import get_runtime
 from bot.config import Settings
 from bot.server import COMFYDEPLOY_PATH, create_app
 from generation.tokens import webhook_token
@@ -87,9 +88,12 @@ def payloads(backend_ids: list[str]) -> st.SearchStrategy[Any]:
 def test_random_webhook_payloads_change_nothing_they_should_not(tmp_path: Path) -> None:
     ran = [0]
     with fuzz_session(tmp_path) as (loop, env, errors):
-        secret = env.services.extras["webhook_secret"]
+        secret = get_runtime(env.app).webhook_secret
         app = create_app(
-            env.app, Settings(_env_file=None, public_url="http://bot.test"), env.services
+            env.app,
+            Settings(_env_file=None, public_url="http://bot.test"),
+            env.services,
+            webhook_secret=secret,
         )
         http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 40001)),

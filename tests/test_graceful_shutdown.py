@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.harness import USER_ID, BotWorld, bot_world, wait_until
+from tests.e2e.process import USER_ID, BotWorld, bot_world, wait_until
 
 LOCALE = json.loads((Path(__file__).resolve().parents[1] / "locales" / "en.json").read_text())
 DONE = LOCALE["progress.done"]
@@ -130,7 +130,7 @@ async def test_sigterm_in_webhook_mode_shuts_down_cleanly(tmp_path: Path) -> Non
     import socket
     import sys
 
-    from tests.e2e.harness import REPO_ROOT, START_TIMEOUT
+    from tests.e2e.process import REPO_ROOT, START_TIMEOUT
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

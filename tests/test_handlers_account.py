@@ -19,6 +19,7 @@ from telegram.ext import Application, ApplicationBuilder
 
 from handlers.account import register_account
 from handlers.admin import register_admin
+from handlers.context import CONTEXT_TYPES
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services
 from handlers.i18n import Translator
 from handlers.menus import register_menus
@@ -96,7 +97,7 @@ class Harness:
 
 @asynccontextmanager
 async def make_harness(
-    storage: Storage, *, starting_balance: int = 0, extras: dict[str, Any] | None = None
+    storage: Storage, *, starting_balance: int = 0, backend: Any = None
 ) -> AsyncIterator[Harness]:
     fake = FakeTelegram()
     app = (
@@ -105,6 +106,7 @@ async def make_harness(
         .request(fake.request())
         .get_updates_request(fake.request())
         .updater(None)
+        .context_types(CONTEXT_TYPES)
         .build()
     )
     i18n = Translator.load()
@@ -113,7 +115,7 @@ async def make_harness(
         generation=StubGeneration(),  # type: ignore[arg-type]
         i18n=i18n,
         config=HandlerConfig(admin_ids=frozenset({ADMIN_ID}), starting_balance=starting_balance),
-        extras=dict(extras or {}),
+        backend=backend,
     )
     app.bot_data[SERVICES_KEY] = services
     register_account(app)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from generation.models import DeploymentInfo, DeploymentRole, RunStatus
-from handlers.admin import known_types
+from handlers.admin_base import known_types
 from storage import Storage
 from tests.test_handlers_account import ADMIN_ID, Harness, make_harness
 
@@ -61,7 +61,7 @@ async def snapshot(storage: Storage) -> dict[str, Any]:
 
 async def test_deployment_add_with_declared_inputs(storage: Storage) -> None:
     backend = FakeBackend([DeploymentInfo(DEP, "make", ("input_prompt", "input_seed"))])
-    async with make_harness(storage, extras={"backend": backend}) as h:
+    async with make_harness(storage, backend=backend) as h:
         text = await admin_says(h, f"/deployment add make {DEP} cook 3")
         assert text == h.t(
             "en",
@@ -83,8 +83,7 @@ async def test_deployment_add_with_declared_inputs(storage: Storage) -> None:
 async def test_deployment_add_when_inputs_cannot_be_checked(
     storage: Storage, backend: FakeBackend | None
 ) -> None:
-    extras = {} if backend is None else {"backend": backend}
-    async with make_harness(storage, extras=extras) as h:
+    async with make_harness(storage, backend=backend) as h:
         text = await admin_says(h, f"/deployment add I2I {DEP.upper()}")
         assert text == h.t(
             "en",

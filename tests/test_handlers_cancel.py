@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from generation.models import ChargeState, RunStatus
+from tests.e2e.inprocess import E2E, make_e2e
 from tests.fakes.comfydeploy import Timeline
-from tests.test_handlers_generate import E2E, make_e2e
 
 
 @pytest.fixture

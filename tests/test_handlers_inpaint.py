@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.test_handlers_generate import E2E, MAKE_INPUTS, jpeg, make_e2e, png
+from tests.e2e.inprocess import E2E, MAKE_INPUTS, jpeg, make_e2e, png
 
 
 @pytest.fixture

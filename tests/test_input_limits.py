@@ -19,7 +19,7 @@ from PIL import Image
 import handlers.media  # noqa: F401  (sets Pillow's decompression-bomb limit)
 from generation.images import MAX_SIDE_PIXELS as IMAGE_MAX_SIDE
 from generation.request import MAX_PROMPT_LENGTH
-from tests.test_handlers_generate import E2E, MAKE_INPUTS, build_harness, jpeg, png
+from tests.e2e.inprocess import E2E, MAKE_INPUTS, build_harness, jpeg, png
 
 I2I_INPUTS = (*MAKE_INPUTS, "input_image")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +16,31 @@ import httpx
 import pytest
 from PIL import Image
 
-from bot.app import build_application, get_infra, initialize, shutdown
+from bot.app import build_application, get_runtime, initialize, shutdown
 from bot.config import Settings, load_settings
 from bot.local.emulator import BotApiEmulator, command_entities
-from bot.local.runner import LOCAL_USER_ID, LocalRuntime, bind_socket, local_mode
+from bot.local.runner import LOCAL_USER_ID, LocalRuntime
 from bot.local.webchat import language_code
 from generation.client import ComfyDeployClient
 from generation.preview import PREVIEW_DEPLOYMENTS, PreviewBackend
-from handlers.deps import get_services
+from handlers.deps import services_of
+from tests.e2e.local import (
+    HEADERS,
+    Chat,
+    answer_to,
+    bot_photos,
+    local_runtime,
+    make_settings,
+    png_bytes,
+    reply_to,
+)
 
-WAIT = 15.0  # upper bound for one scenario step (never reached when things work)
-HEADERS = {"X-Local-Chat": "1"}
 PROMPT = "a lighthouse at dusk"
-
-
-def make_settings(tmp_path: Path, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_path": str(tmp_path / "bot.sqlite3"),
-        "progress_edit_interval": 0.05,
-        "run_poll_interval": 0.2,
-    }
-    values.update(extra)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
-    sock = bind_socket("127.0.0.1", 0)
-    async with local_mode(make_settings(tmp_path), sock=sock, preview_step_seconds=0.05) as rt:
+    async with local_runtime(tmp_path) as rt:
         yield rt
 
 
@@ -51,75 +48,6 @@ async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
 async def client(runtime: LocalRuntime) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=runtime.url, headers=HEADERS, timeout=10) as c:
         yield c
-
-
-class Chat:
-    """Reads the chat through the page's long poll and remembers every state it saw."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-        self.version = -1
-        self.state: dict[str, Any] = {}
-        self.seen_texts: dict[int, list[str]] = {}
-
-    async def send(self, text: str, lang: str = "en") -> int:
-        r = await self.client.post("/api/send", json={"text": text, "lang": lang})
-        assert r.status_code == 200, r.text
-        return r.json()["message_id"]
-
-    async def refresh(self, wait: float = 2.0) -> dict[str, Any]:
-        r = await self.client.get(
-            "/api/state", params={"since": self.version, "wait": wait, "lang": "en"}
-        )
-        assert r.status_code == 200
-        self.state = r.json()
-        self.version = self.state["version"]
-        for m in self.state["messages"]:
-            texts = self.seen_texts.setdefault(m["id"], [])
-            body = m["text"] if m["text"] is not None else m["caption"]
-            if not texts or texts[-1] != body:
-                texts.append(body)
-        return self.state
-
-    async def until(self, predicate: Callable[[list[dict[str, Any]]], Any], what: str) -> Any:
-        """Long-poll until ``predicate(messages)`` is truthy (bounded by WAIT)."""
-        try:
-            async with asyncio.timeout(WAIT):
-                while True:
-                    state = await self.refresh()
-                    if result := predicate(state["messages"]):
-                        return result
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}: {self.state}") from None
-
-
-def bot_photos(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [m for m in messages if not m["out"] and m["kind"] == "photo"]
-
-
-def reply_to(message_id: int) -> Callable[[list[dict[str, Any]]], Any]:
-    def find(messages: list[dict[str, Any]]) -> Any:
-        for m in messages:
-            if not m["out"] and (m.get("reply_to") or {}).get("id") == message_id:
-                return m
-        return None
-
-    return find
-
-
-def answer_to(message_id: int) -> Callable[[list[dict[str, Any]]], Any]:
-    """The bot's first message after ``message_id`` (a reply or not)."""
-
-    def find(messages: list[dict[str, Any]]) -> Any:
-        return next((m for m in messages if not m["out"] and m["id"] > message_id), None)
-
-    return find
-
-
-def png_bytes(size: tuple[int, int] = (96, 64), colour: str = "teal") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------ the whole flow
@@ -188,9 +116,9 @@ async def test_local_user_is_an_admin_and_sees_the_preview_deployments(
     request_id = await chat.send("/deployments")
     answer = await chat.until(answer_to(request_id), "the deployments list")
     assert PREVIEW_DEPLOYMENTS["MAKE"] in answer["text"]
-    services = get_services(runtime.application)
+    services = services_of(runtime.application)
     assert LOCAL_USER_ID in services.config.admin_ids
-    assert isinstance(get_infra(runtime.application).client, PreviewBackend)
+    assert isinstance(get_runtime(runtime.application).backend, PreviewBackend)
 
 
 async def test_browser_language_reaches_the_bot(
@@ -199,7 +127,7 @@ async def test_browser_language_reaches_the_bot(
     chat = Chat(client)
     request_id = await chat.send("/help", lang="de-DE")
     answer = await chat.until(answer_to(request_id), "the help text")
-    i18n = get_services(runtime.application).i18n
+    i18n = services_of(runtime.application).i18n
     assert answer["text"].startswith(i18n.t("de", "help.user"))
     assert i18n.t("de", "help.user") != i18n.t("en", "help.user")
 
@@ -359,10 +287,10 @@ async def test_preview_setting_with_a_token_uses_the_preview_backend(tmp_path: P
 
     app = await start(generation_backend="preview", comfydeploy_api_key="real-key")
     try:
-        services = get_services(app)
-        assert isinstance(get_infra(app).client, PreviewBackend)
-        assert services.extras["backend_label"] == "preview"
-        assert services.extras["http_transport"] is get_infra(app).client.transport
+        services = services_of(app)
+        assert isinstance(get_runtime(app).backend, PreviewBackend)
+        assert services.backend_label == "preview"
+        assert services.http_transport is get_runtime(app).backend.transport
         stored = await services.storage.deployments.list_deployments("MAKE")
         assert [d.deployment_id for d in stored] == [PREVIEW_DEPLOYMENTS["MAKE"]]
     finally:
@@ -370,9 +298,9 @@ async def test_preview_setting_with_a_token_uses_the_preview_backend(tmp_path: P
     # back on ComfyDeploy: the preview deployments are removed, nothing is labelled preview
     app = await start(generation_backend="comfydeploy", comfydeploy_api_key="real-key")
     try:
-        services = get_services(app)
-        assert isinstance(get_infra(app).client, ComfyDeployClient)
-        assert "backend_label" not in services.extras
+        services = services_of(app)
+        assert isinstance(get_runtime(app).backend, ComfyDeployClient)
+        assert services.backend_label is None
         assert await services.storage.deployments.list_deployments() == []
     finally:
         await shutdown(app)

@@ -80,3 +80,37 @@ def test_scanner_catches_literals() -> None:
 @pytest.mark.parametrize("path", sorted(HANDLERS.glob("*.py")), ids=lambda p: p.name)
 def test_handler_module_has_no_hardcoded_text(path: Path) -> None:
     assert offending_calls(path.read_text(encoding="utf-8")) == []
+
+
+KEY_METHODS = {"reply", "answer_query", "text"}  # handlers/context.py: BotContext, by locale key
+
+
+def literal_keys(source: str) -> list[tuple[int, str]]:
+    """String literals passed as the key to ``context.reply/answer_query/text``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        target = node.func.value
+        if node.func.attr not in KEY_METHODS or not isinstance(target, ast.Name):
+            continue
+        if target.id != "context" or not node.args:
+            continue
+        first = node.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            found.append((node.lineno, first.value))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(HANDLERS.glob("*.py")), ids=lambda p: p.name)
+def test_context_replies_use_existing_locale_keys(path: Path) -> None:
+    import json
+
+    english = json.loads((HANDLERS.parent / "locales" / "en.json").read_text(encoding="utf-8"))
+    keys = literal_keys(path.read_text(encoding="utf-8"))
+    assert [(line, key) for line, key in keys if key not in english] == []
+
+
+def test_key_scanner_finds_keys() -> None:
+    source = "async def f(context):\n    await context.reply('gen.make_usage', a=1)\n"
+    assert literal_keys(source) == [(2, "gen.make_usage")]

@@ -23,8 +23,8 @@ from generation.models import RunRecord, RunStatus
 from handlers.deps import HandlerConfig, Services
 from handlers.i18n import Translator
 from handlers.progress import ProgressRenderer
+from tests.e2e.inprocess import FakeClock
 from tests.fakes.telegram import FakeTelegram
-from tests.test_handlers_generate import FakeClock
 
 RUN = "a" * 32
 USER = 501
@@ -114,11 +114,10 @@ async def env() -> AsyncIterator[Env]:
         generation=StubGeneration(),  # type: ignore[arg-type]
         i18n=Translator.load(),
         config=HandlerConfig(progress_edit_interval=1.5),
-        extras={"delivery": SimpleNamespace()},  # keep delivery out of these tests
     )
     clock = FakeClock()
     renderer = ProgressRenderer(
-        SimpleNamespace(bot=bot),
+        bot,
         services,  # type: ignore[arg-type]
         clock=clock,
         sleep=clock.sleep,
@@ -126,7 +125,7 @@ async def env() -> AsyncIterator[Env]:
     renderer._unsubscribe = services.generation.bus.subscribe(  # type: ignore[attr-defined]
         renderer._on_event
     )
-    services.extras["progress"] = renderer
+    services.progress = renderer
     yield Env(fake, bot, clock, renderer, services, runs)
     renderer._unsubscribe()
     for p in list(renderer._runs.values()):

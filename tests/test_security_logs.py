@@ -20,12 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bot.app import get_runtime
 from bot.config import Settings
 from bot.logging_setup import REDACTED
 from bot.server import COMFYDEPLOY_PATH, SECRET_HEADER, TELEGRAM_PATH, create_app
 from generation.models import RunStatus
+from tests.e2e.inprocess import ADMIN_ID, E2E, MAKE_INPUTS, build_harness, jpeg
 from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
-from tests.test_handlers_generate import ADMIN_ID, E2E, MAKE_INPUTS, build_harness, jpeg
 
 API_KEY = "cd_live_Zq8RkT2mVx9Lp4Hs7Wn3Jb6Yc1Fd5Gu0"
 WEBHOOK_SECRET = "whsec_Ek3Mp9Rt7Qx2Vn5Bz8Lc4Hj6"
@@ -77,7 +78,7 @@ async def env(tmp_path: Path, capture: Capture) -> AsyncIterator[E2E]:
 
 async def test_no_secret_in_logs_requests_or_messages(env: E2E, capture: Capture) -> None:
     token = env.fake.token
-    assert env.services.extras["webhook_secret"] == WEBHOOK_SECRET
+    assert get_runtime(env.app).webhook_secret == WEBHOOK_SECRET
     admin = env.fake.user(ADMIN_ID, "Ada")
     alice = env.fake.user(7101, "Alice")
     mallory = env.fake.user(7102, "Mallory")
@@ -124,7 +125,12 @@ async def test_no_secret_in_logs_requests_or_messages(env: E2E, capture: Capture
     await env.settle()
 
     # webhook mode: a wrong Telegram secret and a forged run token are refused
-    app = create_app(env.app, Settings(_env_file=None, public_url="http://bot.test"), env.services)
+    app = create_app(
+        env.app,
+        Settings(_env_file=None, public_url="http://bot.test"),
+        env.services,
+        webhook_secret=get_runtime(env.app).webhook_secret,
+    )
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40002))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
         bad = await http.post(TELEGRAM_PATH, json={"update_id": 1}, headers={SECRET_HEADER: "x"})

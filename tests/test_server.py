@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.metrics import Metrics, default_metrics
 from bot.server import SECRET_HEADER, create_app
 from generation.tokens import webhook_token
-from handlers.deps import Services
+from handlers.deps import HandlerConfig, Services
 from handlers.i18n import Translator
 from storage import Storage
 from tests.fakes.telegram import FakeTelegram
@@ -72,10 +72,10 @@ async def client(
         storage=storage,
         generation=generation,  # type: ignore[arg-type]
         i18n=Translator.load(),
-        extras={"webhook_secret": SECRET, "metrics": metrics},
+        config=HandlerConfig(),
     )
     settings = Settings(_env_file=None, public_url="http://bot.test")
-    app = create_app(application, settings, services)
+    app = create_app(application, settings, services, webhook_secret=SECRET, metrics=metrics)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
         http.app = app  # type: ignore[attr-defined]

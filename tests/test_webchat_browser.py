@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from bot.config import Settings
-from bot.local.runner import LocalRuntime, bind_socket, local_mode
+from bot.local.runner import LocalRuntime
+from handlers.deps import services_of
+from tests.e2e.local import local_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "/make a lighthouse at dusk"
@@ -90,14 +91,7 @@ def chromium() -> str:
 
 @pytest.fixture
 async def runtime(tmp_path: Path) -> AsyncIterator[LocalRuntime]:
-    settings = Settings(
-        _env_file=None,
-        database_path=str(tmp_path / "bot.sqlite3"),
-        progress_edit_interval=0.2,
-        run_poll_interval=0.2,
-    )
-    sock = bind_socket("127.0.0.1", 0)
-    async with local_mode(settings, sock=sock, preview_step_seconds=0.2) as rt:
+    async with local_runtime(tmp_path, step=0.2) as rt:
         yield rt
 
 
@@ -126,7 +120,7 @@ async def test_the_web_chat_in_a_real_browser(
 
     out_dir = tmp_path / "output"
     out_dir.mkdir()
-    i18n = runtime.application.bot_data["services"].i18n
+    i18n = services_of(runtime.application).i18n
     again_text = i18n.t("en", "result.again_button")
 
     async with async_playwright() as pw:

@@ -15,13 +15,14 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from bot.app import generation_settings
+from bot.app import get_runtime
+from bot.backends import generation_settings
 from bot.config import Settings
 from bot.server import COMFYDEPLOY_PATH, create_app
 from generation.models import ChargeState, DeliveryState, RunStatus
 from generation.tokens import webhook_token
+from tests.e2e.inprocess import E2E, build_harness
 from tests.fakes.comfydeploy import Timeline
-from tests.test_handlers_generate import E2E, build_harness
 
 
 class Hooks:
@@ -51,7 +52,9 @@ async def env(tmp_path: Path) -> AsyncIterator[E2E]:
 @pytest.fixture
 async def server(env: E2E) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     settings = Settings(_env_file=None, public_url="http://bot.test")
-    app = create_app(env.app, settings, env.services)
+    app = create_app(
+        env.app, settings, env.services, webhook_secret=get_runtime(env.app).webhook_secret
+    )
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
         yield http, app
@@ -97,7 +100,7 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
     before = await _snapshot(env, run.id)
     sent_before = len(env.fake.call_log)
     base = f"http://bot.test{COMFYDEPLOY_PATH}"
-    secret = env.services.extras["webhook_secret"]
+    secret = get_runtime(env.app).webhook_secret
 
     forged = [
         f"{base}?r={run.id}&t={'0' * 32}",  # wrong token

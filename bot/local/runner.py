@@ -15,9 +15,8 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
@@ -25,9 +24,11 @@ from telegram import Update
 from telegram.ext import Application
 from telegram.request import HTTPXRequest
 
+from bot.app import build_application, initialize, shutdown
 from bot.config import Settings
 from bot.local.emulator import LOCAL_TOKEN, BotApiEmulator
 from bot.local.webchat import LOOPBACK_HOSTS, create_webchat_app
+from bot.server import ReadyServer
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +48,6 @@ class LocalRuntime:
     serving: asyncio.Task[None]  # the web server; done once it stopped
     url: str
     user_id: int = LOCAL_USER_ID
-
-
-class _WebServer(uvicorn.Server):
-    """uvicorn without its own signal handling (local mode owns SIGINT/SIGTERM, so it can
-    stop the bot cleanly) and with an event set once it listens."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[Any] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self.ready.set()
 
 
 def local_settings(settings: Settings) -> Settings:
@@ -114,8 +97,6 @@ async def local_mode(
 ) -> AsyncIterator[LocalRuntime]:
     """Run local mode while the block runs. ``sock`` is a listening socket for the web chat
     (default: bound to ``settings.local_listen_host:listen_port``); it is closed at the end."""
-    from bot.app import build_application, initialize, shutdown
-
     host = settings.local_listen_host
     if sock is None:
         sock = bind_socket(host, settings.listen_port)
@@ -128,7 +109,7 @@ async def local_mode(
         rate_limit=False,  # the emulator has no flood control to stay under
         preview_step_seconds=preview_step_seconds,
     )
-    server: _WebServer | None = None
+    server: ReadyServer | None = None
     serving: asyncio.Task[None] | None = None
     try:
         await initialize(application)
@@ -151,14 +132,9 @@ async def local_mode(
             lifespan="off",
             timeout_graceful_shutdown=2,
         )
-        server = _WebServer(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="webchat")
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait({serving, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if not server.ready.is_set():
-            serving.result()  # raises why it could not start
-            raise RuntimeError("the web chat server stopped at start-up")
+        # Local mode owns SIGINT/SIGTERM (serve_local), so it can stop the bot cleanly.
+        server = ReadyServer(config, handle_signals=False)
+        serving = await server.start_serving([sock])
         yield LocalRuntime(
             settings=effective,
             emulator=emulator,

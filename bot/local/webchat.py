@@ -109,19 +109,38 @@ def create_webchat_app(
     loopback_only: bool = True,
 ) -> Starlette:
     """The web chat for the single local user ``user_id`` (also the chat id)."""
+    return WebChat(emulator, user_id, first_name, backend_label).app(loopback_only=loopback_only)
 
-    def user(lang: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+
+class WebChat:
+    """The routes of the web chat, over one emulator and its one local user."""
+
+    def __init__(
+        self,
+        emulator: BotApiEmulator,
+        user_id: int,
+        first_name: str,
+        backend_label: str | None,
+    ) -> None:
+        self.emulator = emulator
+        self.user_id = user_id
+        self.first_name = first_name
+        self.backend_label = backend_label
+
+    def user(self, lang: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.user_id, "is_bot": False, "first_name": self.first_name}
         code = language_code(lang)
         if code:
             out["language_code"] = code
         return out
 
+    @staticmethod
     def check_post(request: Request) -> Response | None:
         if request.headers.get(LOCAL_HEADER) != "1":
             return JSONResponse({"error": "missing X-Local-Chat header"}, status_code=403)
         return None
 
+    @staticmethod
     async def json_body(request: Request) -> dict[str, Any] | None:
         try:
             body = await request.json()
@@ -129,12 +148,13 @@ def create_webchat_app(
             return None
         return body if isinstance(body, dict) else None
 
+    @staticmethod
     async def index(request: Request) -> Response:
         response = FileResponse(STATIC_DIR / "index.html", media_type="text/html")
         response.headers["cache-control"] = "no-cache"
         return response
 
-    async def state(request: Request) -> Response:
+    async def state(self, request: Request) -> Response:
         q = request.query_params
         try:
             since = int(q.get("since", "-1"))
@@ -142,39 +162,41 @@ def create_webchat_app(
             notice_after = int(q.get("notice", "0"))
         except ValueError:
             return JSONResponse({"error": "bad query"}, status_code=400)
-        version = await emulator.wait_changed(since, wait)
+        version = await self.emulator.wait_changed(since, wait)
         lang = language_code(q.get("lang")) or ""
-        commands = emulator.commands.get(lang) or emulator.commands.get("", [])
+        commands = self.emulator.commands.get(lang) or self.emulator.commands.get("", [])
         return JSONResponse(
             {
                 "version": version,
                 "bot": {
-                    "name": emulator.bot_user["first_name"],
-                    "username": emulator.bot_user["username"],
+                    "name": self.emulator.bot_user["first_name"],
+                    "username": self.emulator.bot_user["username"],
                 },
-                "user_id": user_id,
-                "backend": backend_label,
-                "typing": emulator.typing(user_id),
+                "self.user_id": self.user_id,
+                "backend": self.backend_label,
+                "typing": self.emulator.typing(self.user_id),
                 "commands": commands,
-                "messages": [message_view(emulator, m) for m in emulator.messages(user_id)],
+                "messages": [
+                    message_view(self.emulator, m) for m in self.emulator.messages(self.user_id)
+                ],
                 "notices": [
                     {"id": n.id, "text": n.text, "alert": n.alert}
-                    for n in emulator.notices(user_id, notice_after)
+                    for n in self.emulator.notices(self.user_id, notice_after)
                 ],
             },
             headers={"cache-control": "no-store"},
         )
 
-    async def send(request: Request) -> Response:
-        if (refused := check_post(request)) is not None:
+    async def send(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
             return refused
-        body = await json_body(request)
+        body = await self.json_body(request)
         if body is None or not isinstance(body.get("text"), str):
             return JSONResponse({"error": "text is required"}, status_code=400)
         reply_to = body.get("reply_to")
         try:
-            msg = emulator.send_text(
-                user(body.get("lang")),
+            msg = self.emulator.send_text(
+                self.user(body.get("lang")),
                 body["text"],
                 reply_to=reply_to if isinstance(reply_to, int) else None,
             )
@@ -182,8 +204,8 @@ def create_webchat_app(
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"message_id": msg.message_id})
 
-    async def upload(request: Request) -> Response:
-        if (refused := check_post(request)) is not None:
+    async def upload(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
             return refused
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
@@ -200,8 +222,8 @@ def create_webchat_app(
         filename, data = files["file"]
         reply_to = fields.get("reply_to", "")
         try:
-            msg = emulator.send_photo(
-                user(fields.get("lang")),
+            msg = self.emulator.send_photo(
+                self.user(fields.get("lang")),
                 data,
                 caption=fields.get("caption"),
                 filename=filename,
@@ -212,22 +234,22 @@ def create_webchat_app(
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"message_id": msg.message_id})
 
-    async def press(request: Request) -> Response:
-        if (refused := check_post(request)) is not None:
+    async def press(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
             return refused
-        body = await json_body(request)
+        body = await self.json_body(request)
         if body is None or not isinstance(body.get("message_id"), int):
             return JSONResponse({"error": "message_id is required"}, status_code=400)
         if not isinstance(body.get("data"), str):
             return JSONResponse({"error": "data is required"}, status_code=400)
         try:
-            emulator.press(user(body.get("lang")), body["message_id"], body["data"])
+            self.emulator.press(self.user(body.get("lang")), body["message_id"], body["data"])
         except LookupError as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
         return JSONResponse({"ok": True})
 
-    async def media(request: Request) -> Response:
-        stored = emulator.file(request.path_params["file_id"])
+    async def media(self, request: Request) -> Response:
+        stored = self.emulator.file(request.path_params["file_id"])
         if stored is None:
             return PlainTextResponse("not found", status_code=404)
         headers = {"cache-control": "private, max-age=3600"}
@@ -236,25 +258,27 @@ def create_webchat_app(
             headers["content-disposition"] = f'attachment; filename="{stored.file_id}.{ext}"'
         return Response(stored.data, media_type=stored.content_type, headers=headers)
 
+    @staticmethod
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    middleware = [Middleware(SecurityHeaders)]
-    if loopback_only:
-        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS)))
-    return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/api/state", state),
-            Route("/api/send", send, methods=["POST"]),
-            Route("/api/upload", upload, methods=["POST"]),
-            Route("/api/press", press, methods=["POST"]),
-            Route("/media/{file_id}", media),
-            Route("/healthz", healthz),
-            Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
-        ],
-        middleware=middleware,
-    )
+    def app(self, *, loopback_only: bool) -> Starlette:
+        middleware = [Middleware(SecurityHeaders)]
+        if loopback_only:
+            middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS)))
+        return Starlette(
+            routes=[
+                Route("/", self.index),
+                Route("/api/state", self.state),
+                Route("/api/send", self.send, methods=["POST"]),
+                Route("/api/upload", self.upload, methods=["POST"]),
+                Route("/api/press", self.press, methods=["POST"]),
+                Route("/media/{file_id}", self.media),
+                Route("/healthz", self.healthz),
+                Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            ],
+            middleware=middleware,
+        )
 
 
 class SecurityHeaders:

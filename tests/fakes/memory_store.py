@@ -130,6 +130,12 @@ class MemoryStore:
         self.runs[run.id] = run
         return run
 
+    async def update_run_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
+        current = self.runs.get(run_id)
+        if current is None or current.is_terminal:
+            return None
+        return await self.update_run(run_id, **changes)
+
     async def update_run(self, run_id: str, **changes: Any) -> RunRecord:
         if run_id not in self.runs:
             raise KeyError(run_id)

@@ -1,0 +1,162 @@
+"""The one path every generation takes: request → ``GenerationService`` → progress message.
+
+:func:`submit` builds a ``GenerationRequest`` from the prompt and the user's settings, checks
+the price against the balance (no run is created when the user cannot pay), calls
+``GenerationService.generate`` (which returns at once), sends the progress message with its
+Cancel button as a reply to the request and hands it to the progress renderer. The same
+message delivered twice (after a restart) starts no second run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from telegram import Message
+
+from generation.errors import GenerationError
+from generation.models import RunRecord
+from generation.request import (
+    IMAGE_FIELDS,
+    MAX_PROMPT_LENGTH,
+    GenerationContext,
+    GenerationRequest,
+    InputImage,
+)
+from handlers.context import BotContext, Caller, reply_to
+from handlers.deps import Services
+from handlers.errors import error_text
+from handlers.keyboards import cancel_keyboard
+from handlers.origin import Origin
+
+log = logging.getLogger(__name__)
+
+_SETTINGS_FIELDS = ("width", "height", "steps", "seed", "negative_prompt", "checkpoint")
+
+
+def _user_fields(caller: Caller) -> dict[str, Any]:
+    settings = caller.settings.model_dump()
+    return {name: settings[name] for name in _SETTINGS_FIELDS if settings[name] is not None}
+
+
+async def _already_started(
+    message: Message, services: Services, caller: Caller
+) -> RunRecord | None:
+    """The run this very message started before (redelivered after a restart)."""
+    if message.from_user is None or message.from_user.is_bot:
+        return None
+    seen = await services.storage.runs.find_run_for_message(
+        caller.user_id, message.chat_id, message.message_id
+    )
+    if seen is not None:
+        log.info("message %s already started run %s", message.message_id, seen.id)
+        if seen.progress_message_id is None and not seen.is_terminal:
+            await show_progress_message(message, services, seen, caller.lang)
+    return seen
+
+
+async def submit(
+    message: Message,
+    context: BotContext,
+    caller: Caller,
+    *,
+    type_: str,
+    prompt: str,
+    image: InputImage | None = None,
+    mask: InputImage | None = None,
+    inpaint_target: str | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunRecord | None:
+    """Start one generation and show its progress message; ``None`` when refused (the user
+    has been told why)."""
+    services = context.services
+    if (seen := await _already_started(message, services, caller)) is not None:
+        return seen
+    prompt = (prompt or "").strip()
+    if len(prompt) > MAX_PROMPT_LENGTH:
+        await context.reply("gen.prompt_too_long", limit=MAX_PROMPT_LENGTH, length=len(prompt))
+        return None
+    fields: dict[str, Any] = base.copy() if base else _user_fields(caller)
+    fields.update(
+        type=type_,
+        prompt=prompt,
+        user_id=caller.user_id,
+        chat_id=message.chat_id,
+        image=image,
+        mask=mask,
+        inpaint_target=inpaint_target,
+    )
+    try:
+        request = GenerationRequest(**fields)
+    except ValidationError as exc:
+        log.info("invalid request from user %s: %s", caller.user_id, exc.errors()[:3])
+        await context.reply("error.INVALID_INPUT")
+        return None
+
+    price = await services.storage.prices.get(request.type)
+    if price > 0:
+        balance = await services.storage.ledger.get_balance(caller.user_id)
+        if balance < price:
+            await context.reply("gen.insufficient_balance", price=price, balance=balance)
+            return None
+    origin = Origin.of_message(message, caller.lang, prompt)
+    try:
+        run = await services.generation.generate(
+            request, GenerationContext(price=price, meta=origin.to_meta())
+        )
+    except GenerationError as exc:
+        log.info("generation refused for user %s: %s", caller.user_id, exc.code)
+        await message.reply_text(
+            error_text(services.i18n, caller.lang, exc),
+            parse_mode=None,
+            reply_parameters=reply_to(message.message_id),
+        )
+        return None
+    await show_progress_message(message, services, run, caller.lang)
+    return run
+
+
+async def show_progress_message(
+    message: Message, services: Services, run: RunRecord, lang: str
+) -> None:
+    """Send the progress message (queued · position N + Cancel) and register it."""
+    renderer = services.progress
+    if renderer is not None:
+        text = renderer.initial_text(run, lang)
+        markup = renderer.cancel_markup(run.id, lang)
+    else:  # no renderer attached: a static message, still with its Cancel button
+        text = services.i18n.t(lang, "progress.submitting")
+        markup = cancel_keyboard(services.i18n, run.id, lang)
+    sent = await message.reply_text(
+        text, reply_markup=markup, parse_mode=None, reply_parameters=reply_to(message.message_id)
+    )
+    try:
+        await services.generation.attach_progress_message(run.id, sent.message_id)
+    except GenerationError:
+        log.warning("run %s vanished before its progress message was attached", run.id)
+    if renderer is not None:
+        renderer.register(run, sent.message_id, text)
+
+
+async def resubmit(message: Message, context: BotContext, run: RunRecord) -> RunRecord | None:
+    """ "Again with a new seed": the stored request of ``run`` with seed −1, for the presser."""
+    caller = await context.caller()
+    if caller is None:
+        return None
+    stored = dict(run.request or {})
+    base = {
+        name: value
+        for name, value in stored.items()
+        if name in GenerationRequest.model_fields and name not in IMAGE_FIELDS
+    }
+    base["seed"] = -1
+    return await submit(
+        message,
+        context,
+        caller,
+        type_=run.type,
+        prompt=Origin.of(run).prompt_of(run),
+        inpaint_target=base.pop("inpaint_target", None),
+        base=base,
+    )
