@@ -27,7 +27,7 @@ COMMANDS = ("doctor", "backup", "restore")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bot",
-        description="Without a command: run the bot. With one: operate it.",
+        description="Without a command: run the bot (README). With one: operate it.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     doctor = sub.add_parser("doctor", help="check the configuration (changes nothing)")

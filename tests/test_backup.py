@@ -68,7 +68,7 @@ def _env(db: Path) -> dict[str, str]:
 
 def _cli(db: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
+        [sys.executable, "-m", "bot", *args],
         cwd=cwd,  # no .env there
         env=_env(db),
         capture_output=True,

@@ -358,7 +358,7 @@ def test_cli_exit_status_and_json(tmp_path: Path) -> None:
     env |= {"PYTHONPATH": str(ROOT), "DATABASE_PATH": str(tmp_path / "bot.sqlite3")}
     env |= {"GENERATION_BACKEND": "preview"}
     result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "doctor", "--json"],
+        [sys.executable, "-m", "bot", "doctor", "--json"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
