@@ -39,6 +39,7 @@ from bot.logging_setup import install_redaction
 from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
+from bot.signals import GenerationSignals, count_retry_after, install_gauges
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
@@ -132,7 +133,9 @@ def build_application(
         .post_shutdown(_post_shutdown)
     )
     if rate_limit:
-        builder = builder.rate_limiter(BotRateLimiter())  # see bot/rate_limit.py
+        # see bot/rate_limit.py; every 429 is counted (bot_telegram_retry_after_total)
+        limiter = BotRateLimiter(on_retry_after=count_retry_after(runtime.metrics))
+        builder = builder.rate_limiter(limiter)
     if request is not None:
         builder = builder.request(request)
     if settings.webhook_mode:
@@ -237,6 +240,11 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         return {(("status", str(status)),): float(n) for status, n in counts.items()}
 
     runtime.metrics.gauge_callback("runs", runs_by_status, "Generation runs by status")
+    # The generation series (docs/metrics.md): counted from the bus, read from the scheduler
+    # and the ledger.
+    assert runtime.service is not None and runtime.storage is not None
+    GenerationSignals(runtime.metrics, runtime.storage.runs).subscribe(runtime.service.bus)
+    install_gauges(runtime.metrics, runtime.service.scheduler, runtime.storage.ledger.credits_spent)
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]

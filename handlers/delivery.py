@@ -127,9 +127,17 @@ class Delivery:
             sent = 0
         if sent:
             await services.generation.mark_delivered(run_id)
+            log.info(
+                "run %s delivered: %d message(s) for %d output(s), charged %d",
+                run_id,
+                sent,
+                len(outputs),
+                run.price,
+            )
             await self._show(run_id, "progress.done", final=True)
             return
         await services.generation.mark_delivery_failed(run_id)
+        log.info("run %s not delivered (%d output(s)); hold released", run_id, len(outputs))
         key = "result.no_outputs" if not outputs else "result.delivery_failed"
         with contextlib.suppress(Exception):
             await self._send(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot.app import get_runtime
 from bot.logging_setup import setup_logging
 from bot.metrics import Metrics
 from bot.signals import GenerationSignals, count_retry_after, install_gauges
@@ -29,6 +30,7 @@ from generation import (
     InputImage,
 )
 from storage import Storage
+from tests.e2e.inprocess import make_e2e
 from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
 from tests.test_generation_with_storage import _service, _wait
 
@@ -212,3 +214,36 @@ def test_apscheduler_job_noise_is_gone() -> None:
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+async def test_the_whole_bot_tells_one_story_and_counts_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the real application (handlers, delivery): ≤ 5 INFO lines per generation, each
+    with the run id, and the run counted on the application's /metrics registry."""
+    env, close = await make_e2e(tmp_path)
+    try:
+        await env.add_deployment()
+        await env.storage.prices.set("MAKE", 2)
+        alice = env.fake.user(1001)
+        await env.storage.users.get_or_create(alice.id, language_code="en")
+        await env.storage.ledger.set_balance(alice.id, 5, actor=None)
+        caplog.set_level(logging.INFO)
+        await env.command(alice, "/make a red fox in snow")
+        run = await env.latest_run(alice.id)
+        await env.finish(run.id)
+        metrics = get_runtime(env.app).metrics
+        text = await metrics.render()
+    finally:
+        await close()
+    story = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and r.name.startswith(("generation", "handlers", "bot"))
+    ]
+    assert all(run.id in m for m in story), story
+    assert 4 <= len(story) <= 5, story
+    assert "delivered: 1 message(s) for 1 output(s), charged 2" in story[-1]
+    assert 'bot_generations_total{status="success",type="MAKE"} 1' in text
+    assert "bot_credits_spent_total 2" in text
+    assert 'bot_generation_duration_seconds_count{type="MAKE"} 1' in text
