@@ -196,6 +196,18 @@ def missing_inputs(type_name: str, declared: tuple[str, ...] | list[str]) -> lis
     return [" or ".join(group) for group in required_inputs(type_name) if not have & set(group)]
 
 
+def summary_lines() -> list[str]:
+    """One line per type, ``MAKE: input_prompt*, input_negative, …`` (``*``: required), for
+    the admins' /help."""
+    lines = []
+    for name in GENERATION_TYPES:
+        contract = contract_for(name)
+        required = {n for group in contract.required for n in group}
+        names = [f"{i.name}*" if i.name in required else i.name for i in contract.inputs]
+        lines.append(f"{name}: {', '.join(names)}")
+    return lines
+
+
 def _output_text() -> str:
     kinds: dict[str, list[str]] = {}
     for ext, media in MEDIA_EXTENSIONS.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from telegram import Update
 from telegram.ext import Application, CommandHandler
 
+from generation.contract import summary_lines
 from handlers.context import BotContext
 
 
@@ -20,9 +21,13 @@ async def help_command(update: Update, context: BotContext) -> None:
         return
     i18n = context.services.i18n
     text = i18n.t(caller.lang, "help.user")
-    if caller.user_id in context.services.config.admin_ids:
+    admin = caller.user_id in context.services.config.admin_ids
+    if admin:
         text += "\n\n" + i18n.t(caller.lang, "help.admin")
     await message.reply_text(text, parse_mode=None)
+    if admin:  # the workflow contract (generation/contract.py), as its own message
+        types = "\n".join(summary_lines())
+        await message.reply_text(i18n.t(caller.lang, "contract.help", types=types), parse_mode=None)
 
 
 async def balance_command(update: Update, context: BotContext) -> None:
