@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _describe(report: BackupReport) -> str:
-    ledger = "ledger consistent" if not report.ledger_problems else report.ledger_problems[0]
+    if not report.ledger_checked:
+        ledger = "ledger audited when a bot migrates it"
+    else:
+        ledger = "ledger consistent" if not report.ledger_problems else report.ledger_problems[0]
     return (
         f"schema v{report.schema_version}, {report.size / 1024:.0f} KiB, "
         f"integrity {report.integrity}, {ledger}"
@@ -49,7 +52,9 @@ def _describe(report: BackupReport) -> str:
 
 def run_backup(settings: Settings, target: str) -> int:
     try:
-        report = asyncio.run(backup_database(settings.database_path, target))
+        report = asyncio.run(
+            backup_database(settings.database_path, target, audit_schema=LATEST_VERSION)
+        )
     except StorageError as exc:
         print(f"✗ backup failed: {exc}", file=sys.stderr)
         return 1

@@ -173,7 +173,11 @@ async def database_checks(
         checks.append(_schema_check(version))
         if version < 1 or version > LATEST_VERSION:
             return checks, []
-        checks.append(await _ledger_check(db))
+        if version < LATEST_VERSION:  # the audit reads today's schema
+            detail = "not audited yet: the next start migrates the database, then it can be"
+            checks.append(Check("ledger", True, detail))
+        else:
+            checks.append(await _ledger_check(db))
         return checks, await DeploymentRepository(db).list_deployments()
     except sqlite3.DatabaseError as exc:
         return [

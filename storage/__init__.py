@@ -1,9 +1,10 @@
 """Persistent state on aiosqlite: users, balances, deployments, LoRAs, runs, settings, prices,
-checkpoints.
+payments, access, usage and checkpoints.
 
 Open it with ``storage = await Storage.open(path)``; close with ``await storage.close()``.
 """
 
+from storage.access import AccessRepository, AccessState
 from storage.checkpoints import Checkpoint, CheckpointRepository
 from storage.deployments import DeploymentRepository
 from storage.errors import (
@@ -14,15 +15,20 @@ from storage.errors import (
     ValidationError,
 )
 from storage.facade import DEFAULT_DATABASE_PATH, Storage
-from storage.ledger import Hold, LedgerEntry, LedgerRepository
+from storage.ledger import Balances, Hold, LedgerEntry, LedgerRepository
 from storage.loras import LoraRepository
+from storage.payments import Payment, PaymentRepository, PaymentResult, RefundPlan, RefundResult
 from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.usage import RunLimits, UsageRepository, UsageStats
 from storage.users import User, UserRepository, UserSettings
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
+    "AccessRepository",
+    "AccessState",
+    "Balances",
     "Checkpoint",
     "CheckpointRepository",
     "DeploymentRepository",
@@ -32,12 +38,20 @@ __all__ = [
     "LedgerRepository",
     "LoraRepository",
     "NotFoundError",
+    "Payment",
+    "PaymentRepository",
+    "PaymentResult",
     "PriceRepository",
+    "RefundPlan",
+    "RefundResult",
+    "RunLimits",
     "RunRepository",
     "SchemaVersionError",
     "SettingsRepository",
     "Storage",
     "StorageError",
+    "UsageRepository",
+    "UsageStats",
     "User",
     "UserRepository",
     "UserSettings",

@@ -42,6 +42,7 @@ class BackupReport:
     integrity: str  # "ok" or SQLite's first complaint
     ledger_problems: tuple[str, ...] = field(default=())
     seconds: float = 0.0
+    ledger_checked: bool = False  # only a file at the code's schema version can be audited
 
     @property
     def ok(self) -> bool:
@@ -96,8 +97,12 @@ def _read_only_uri(file: Path) -> tuple[str, int]:
     return f"{file.resolve().as_uri()}?mode=ro", file.stat().st_size
 
 
-async def inspect_backup(path: str | Path) -> BackupReport:
-    """Integrity, schema version and ledger invariants of a database file (read only)."""
+async def inspect_backup(path: str | Path, *, audit_schema: int | None = None) -> BackupReport:
+    """Integrity, schema version and ledger invariants of a database file (read only).
+
+    The ledger audit (:meth:`LedgerRepository.check_consistency`) reads today's schema, so it
+    runs only when the file is at ``audit_schema`` (the code's latest version); an older copy
+    is migrated, then audited, when a bot opens it."""
     file = Path(path)
     uri, size = await asyncio.to_thread(_read_only_uri, file)
     try:
@@ -119,7 +124,8 @@ async def inspect_backup(path: str | Path) -> BackupReport:
                 )
                 schema = int(rows[0][0])
         problems: tuple[str, ...] = ()
-        if schema >= 1 and integrity == "ok":
+        audited = schema >= 1 and schema == audit_schema and integrity == "ok"
+        if audited:
             problems = tuple(await LedgerRepository(db).check_consistency())
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"{str(file)!r} is not a usable SQLite database: {exc}") from exc
@@ -131,20 +137,26 @@ async def inspect_backup(path: str | Path) -> BackupReport:
         size=size,
         integrity=integrity,
         ledger_problems=problems,
+        ledger_checked=audited,
     )
 
 
 async def backup_database(
-    source: str | Path, target: str | Path, *, busy_timeout_ms: int = 5000
+    source: str | Path,
+    target: str | Path,
+    *,
+    busy_timeout_ms: int = 5000,
+    audit_schema: int | None = None,
 ) -> BackupReport:
-    """A consistent copy of ``source`` at ``target`` (replaced if present), then checked."""
+    """A consistent copy of ``source`` at ``target`` (replaced if present), then checked
+    (the ledger too when the copy is at ``audit_schema``, see :func:`inspect_backup`)."""
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise StorageError("the backup file must not be the database itself")
     started = time.perf_counter()
     await asyncio.to_thread(_copy, source, target, busy_timeout_ms)
     seconds = time.perf_counter() - started
-    report = await inspect_backup(target)
+    report = await inspect_backup(target, audit_schema=audit_schema)
     return BackupReport(
         path=report.path,
         schema_version=report.schema_version,
@@ -152,6 +164,7 @@ async def backup_database(
         integrity=report.integrity,
         ledger_problems=report.ledger_problems,
         seconds=seconds,
+        ledger_checked=report.ledger_checked,
     )
 
 
@@ -189,7 +202,7 @@ async def restore_database(
     backup, database = Path(backup), Path(database)
     if not is_file_database(database):
         raise StorageError("only a database file can be restored")
-    report = await inspect_backup(backup)
+    report = await inspect_backup(backup, audit_schema=latest_version)
     if report.integrity != "ok":
         raise StorageError(f"backup {str(backup)!r} is damaged: {report.integrity}")
     if report.ledger_problems:

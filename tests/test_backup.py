@@ -104,8 +104,9 @@ def test_backup_while_the_bot_writes_then_restore(tmp_path: Path) -> None:
             result = _cli(db, "backup", str(target), cwd=tmp_path)
             assert result.returncode == 0, result.stdout + result.stderr
             assert "integrity ok, ledger consistent" in result.stdout
-            report = asyncio.run(inspect_backup(target))
-            assert report.ok and report.schema_version == LATEST_VERSION
+            report = asyncio.run(inspect_backup(target, audit_schema=LATEST_VERSION))
+            assert report.ok and report.ledger_checked
+            assert report.schema_version == LATEST_VERSION
             counts.append(_ledger_rows(target))
 
         assert database_in_use(db)
@@ -154,8 +155,8 @@ async def test_migrations_back_up_an_existing_database_first(tmp_path: Path) -> 
     await store.close()
     copies = list(backup_dir(path).glob("bot-v1-*.sqlite3"))
     assert len(copies) == 1
-    report = await inspect_backup(copies[0])
-    assert report.ok and report.schema_version == 1
+    report = await inspect_backup(copies[0], audit_schema=LATEST_VERSION)
+    assert report.ok and report.schema_version == 1 and not report.ledger_checked
     conn = sqlite3.connect(copies[0])
     assert conn.execute("SELECT id FROM users").fetchall() == [(7,)]
     conn.close()
@@ -194,7 +195,7 @@ async def test_restore_refuses_an_inconsistent_ledger(storage: Storage, tmp_path
     async with storage.db.write() as conn:  # a cached balance that the ledger does not back
         await conn.execute("UPDATE users SET balance = 99 WHERE id = 1")
     copy = tmp_path / "bad-ledger.sqlite3"
-    report = await backup_database(storage.path, copy)
+    report = await backup_database(storage.path, copy, audit_schema=LATEST_VERSION)
     assert not report.ok and "ledger sum" in report.ledger_problems[0]
     with pytest.raises(StorageError, match="inconsistent ledger"):
         await restore_database(copy, tmp_path / "x.sqlite3", latest_version=LATEST_VERSION)
