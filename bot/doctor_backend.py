@@ -121,7 +121,12 @@ async def backend_checks(
     by_id = {d.id: d for d in listed}
     checks = [key_check]
     runnable: set[str] = set()
+    preview_ids = set(PREVIEW_DEPLOYMENTS.values())
     for config in configured:
+        if config.deployment_id in preview_ids:  # sync_preview_deployments drops it at start
+            name = f"deployment {config.type} {config.deployment_id}"
+            checks.append(Check(name, True, "a preview deployment: removed at the next start"))
+            continue
         check = _deployment_check(config, by_id.get(config.deployment_id))
         checks.append(check)
         if check.ok and config.enabled:

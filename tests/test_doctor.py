@@ -315,6 +315,20 @@ async def test_deployment_checks(world: World) -> None:
         assert "has nowhere to run" in failed(report, command).detail
 
 
+async def test_leftover_preview_deployments_are_not_errors(world: World) -> None:
+    from generation.preview import PREVIEW_DEPLOYMENTS
+
+    store = await Storage.open(world.db)
+    try:
+        await store.deployments.add("MAKE", PREVIEW_DEPLOYMENTS["MAKE"], inputs=["input_prompt"])
+    finally:
+        await store.close()
+    report = await world.check()
+    check = line(report, f"deployment MAKE {PREVIEW_DEPLOYMENTS['MAKE']}")
+    assert check.ok and "removed at the next start" in check.detail
+    assert report.ok, report.text()
+
+
 async def test_the_doctor_changes_nothing(world: World) -> None:
     def digest() -> str:
         return hashlib.sha256(world.db.read_bytes()).hexdigest()
