@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from bot.config import ConfigError, Settings, load_settings
@@ -123,8 +121,8 @@ def run(
     return (0 if report.ok else 1), redactor.redact(output)
 
 
-def main(*, json_output: bool = False, argv: Sequence[str] | None = None) -> int:
-    del argv  # parsed by bot.cli
+def main(*, json_output: bool = False) -> int:
+    """``python -m bot doctor [--json]`` (arguments parsed by :mod:`bot.cli`)."""
     # Every finding is in the report: keep library warnings (client retries) off the terminal.
     logging.getLogger().addHandler(logging.NullHandler())
     status, output = run(json_output=json_output)
@@ -133,7 +131,3 @@ def main(*, json_output: bool = False, argv: Sequence[str] | None = None) -> int
 
 
 __all__ = ["Check", "DoctorEnv", "Report", "diagnose", "main", "run"]
-
-
-if __name__ == "__main__":
-    sys.exit(main(json_output="--json" in sys.argv[1:]))
