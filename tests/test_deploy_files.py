@@ -230,3 +230,23 @@ def test_check_jsonschema_cli_agrees() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _verify_unit(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """``systemd-analyze verify`` on the unit, its interpreter pointed at this Python."""
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed (Debian: systemd)")
+    unit = tmp_path / "comfy-telegram-bot.service"
+    unit.write_text(text.replace("/opt/comfy-telegram-bot/.venv/bin/python", sys.executable))
+    return subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_systemd_verify_accepts_the_unit(tmp_path: Path) -> None:
+    text = (DEPLOY / "comfy-telegram-bot.service").read_text(encoding="utf-8")
+    result = _verify_unit(tmp_path, text)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    broken = _verify_unit(tmp_path, text.replace("Restart=on-failure", "Restart=sometimes"))
+    assert "restart specifier" in broken.stderr  # the check is live
