@@ -41,13 +41,15 @@ from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
 from bot.signals import GenerationSignals, count_retry_after, install_gauges
 from generation.billing import PayloadSigner
+from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
 from handlers import register
 from handlers.context import CONTEXT_TYPES, BotContext
+from handlers.custom_commands import BUILTIN_COMMANDS, menu_commands, refresh_registry
 from handlers.delivery import Delivery
-from handlers.deps import SERVICES_KEY, HandlerConfig, Services
+from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
 from storage import RunLimits, Storage
@@ -55,7 +57,19 @@ from storage import RunLimits, Storage
 log = logging.getLogger(__name__)
 
 # Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
-MENU_COMMANDS = ("make", "i2i", "inpaint", "cancel", "balance", "settings", "help", "start")
+MENU_COMMANDS = (
+    "make",
+    "quickmake",
+    "i2i",
+    "inpaint",
+    "upscale",
+    "cancel",
+    "balance",
+    "settings",
+    "id",
+    "help",
+    "start",
+)
 PAYMENT_COMMANDS = ("buy", "paysupport", "terms")  # in the menu when STAR_PACKAGES is set
 MAX_RUNNING_UPDATES = 256
 SHUTDOWN_GRACE = 10.0  # seconds deliveries and final progress edits get on a graceful stop
@@ -222,6 +236,7 @@ def build_services(runtime: Runtime, service: GenerationService) -> Services:
         # Output files come from the same (test) ComfyDeploy unless the backend serves them.
         http_transport=transport or runtime.comfy_transport,
         backend_label=backend_label(backend) if backend is not None else None,
+        custom_types=CustomTypeRegistry(reserved_commands=BUILTIN_COMMANDS),
     )
 
 
@@ -231,10 +246,13 @@ async def set_commands(
     *,
     payments: bool = False,
 ) -> None:
-    """Localized command menu: English as the default, plus one per supported language."""
+    """Localized command menu: English as the default, plus one per supported language; the
+    commands of admin-added types (``/animate``) follow the bot's own."""
     names = MENU_COMMANDS + (PAYMENT_COMMANDS if payments else ())
+    custom = services_of(application).custom_types.all()
     for lang in SUPPORTED_LANGUAGES:
         commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in names]
+        commands += menu_commands(i18n.t, lang, custom)
         code = None if lang == DEFAULT_LANGUAGE else lang
         try:
             await application.bot.set_my_commands(commands, language_code=code)
@@ -288,7 +306,13 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
-    await set_commands(application, services.i18n, payments=bool(settings.star_packages))
+    await refresh_registry(services.storage, services.custom_types)
+
+    async def publish() -> None:
+        await set_commands(application, services.i18n, payments=bool(settings.star_packages))
+
+    services.publish_commands = publish
+    await publish()
     await service.start()
     runtime.service_started = True
     log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")

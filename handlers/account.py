@@ -6,7 +6,11 @@ from telegram import Update
 from telegram.ext import Application, CommandHandler
 
 from generation.contract import summary_lines
+from handlers.common import addressed_to_us, is_group
 from handlers.context import BotContext
+from handlers.custom_commands import help_lines as custom_help
+from handlers.prompt_params import help_text as params_help
+from handlers.text_fit import fit
 
 
 async def start_command(update: Update, context: BotContext) -> None:
@@ -16,21 +20,29 @@ async def start_command(update: Update, context: BotContext) -> None:
 
 
 async def help_command(update: Update, context: BotContext) -> None:
+    """The command list, the inline parameters and the admin-added types' commands; in a
+    group only a short version (the full one in a private chat)."""
     message, caller = update.effective_message, await context.caller()
-    if message is None or caller is None:
+    if message is None or caller is None or not addressed_to_us(message.text, context):
         return
-    i18n = context.services.i18n
-    text = i18n.t(caller.lang, "help.user")
-    if context.services.config.star_packages:
-        text += "\n" + i18n.t(caller.lang, "pay.help_user")
-    admin = caller.user_id in context.services.config.admin_ids
+    services = context.services
+    t, lang = services.i18n.t, caller.lang
+    if is_group(message.chat.type):
+        await context.reply("groups.help")
+        return
+    user_help = t(lang, "help.user")
+    if services.config.star_packages:
+        user_help += "\n" + t(lang, "pay.help_user")
+    parts = [user_help, params_help(t, lang)]
+    if custom := custom_help(t, lang, services.custom_types.all()):
+        parts.append(custom)
+    admin = caller.user_id in services.config.admin_ids
     if admin:
-        text += "\n\n" + i18n.t(caller.lang, "help.admin")
-        text += "\n\n" + i18n.t(caller.lang, "pay.help_admin")
-    await message.reply_text(text, parse_mode=None)
+        parts.append(t(lang, "help.admin") + "\n\n" + t(lang, "pay.help_admin"))
+    await message.reply_text(fit(t, lang, "\n\n".join(parts)), parse_mode=None)
     if admin:  # the workflow contract (generation/contract.py), as its own message
         types = "\n".join(summary_lines())
-        await message.reply_text(i18n.t(caller.lang, "contract.help", types=types), parse_mode=None)
+        await message.reply_text(t(lang, "contract.help", types=types), parse_mode=None)
 
 
 async def balance_command(update: Update, context: BotContext) -> None:

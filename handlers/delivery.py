@@ -23,9 +23,10 @@ from telegram import Bot
 
 from generation.events import GenerationCompleted, GenerationEvent
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
-from handlers.delivery_plan import Fetched, plan_delivery
+from handlers.actions import deployed_types, record_delivered, result_keyboard
+from handlers.albums import send_album
+from handlers.delivery_plan import Fetched, Item, plan_delivery
 from handlers.deps import Services
-from handlers.keyboards import result_keyboard
 from handlers.origin import DELIVERED_ITEMS_KEY, Origin
 from handlers.telegram_io import (
     CAPTION_LIMIT,
@@ -191,34 +192,81 @@ class Delivery:
     async def _send_outputs(
         self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str
     ) -> int:
-        """Send every output; returns how many were delivered."""
+        """Send every output; returns how many were delivered. Two or more photos go as one
+        album, followed by the message with the per-image buttons (U1…, V1…)."""
         if not outputs:
             return 0
         png_as_file = await self._png_as_file(run.user_id)
         plan = plan_delivery(await self._fetch(run, outputs), png_as_file=png_as_file)
         caption = self.caption(run, lang)
         base = {"chat_id": run.chat_id, **Origin.of(run).reply_kwargs()}
+        deployed = await deployed_types(self._services.storage)
+        documents = {
+            item.key.split(":")[0] for item in plan.items if item.method == "send_document"
+        }
+        photos = [item for item in plan.items if item.method == "send_photo"]
         # Items already delivered before a crash/restart are not sent again (see
         # _note_delivered); only an item killed between Telegram's answer and our note repeats.
         done = set((run.meta or {}).get(DELIVERED_ITEMS_KEY) or ())
         sent = 0
-        for position, item in enumerate(plan.items):
+        if len(photos) >= 2:
+            sent += await self._send_album(run, photos, lang, caption, base, deployed, done)
+        rest = [item for item in plan.items if len(photos) < 2 or item not in photos]
+        for position, item in enumerate(rest):
             if item.key in done:
                 sent += 1
                 continue
             extra: dict[str, Any] = {"caption": caption}
-            if position == len(plan.items) - 1:
-                extra["reply_markup"] = result_keyboard(
-                    self._services.i18n, run.id, lang, original=plan.offer_original
+            if position == len(rest) - 1 and len(photos) < 2:
+                original = any(i.key.split(":")[0] not in documents for i in photos)
+                keyboard = result_keyboard(
+                    self._services, lang, run, deployed, original=original or plan.offer_original
                 )
+                if keyboard is not None:
+                    extra["reply_markup"] = keyboard
             try:
-                await self._send(item.method, **base, **item.kwargs, **extra)
+                message = await self._send(item.method, **base, **item.kwargs, **extra)
                 sent += 1
             except Exception as exc:
                 log.warning("run %s: %s failed: %s", run.id, item.method, exc)
                 continue
+            await record_delivered(self._services.storage, run.id, _index(item), message)
             done.add(item.key)
             await self._note_delivered(run.id, done)
+        return sent
+
+    async def _send_album(
+        self,
+        run: RunRecord,
+        photos: list[Item],
+        lang: str,
+        caption: str,
+        base: dict[str, Any],
+        deployed: set[str],
+        done: set[str],
+    ) -> int:
+        if all(item.key in done for item in photos):
+            return len(photos)
+        items = [(_index(i), i.kwargs["photo"], i.kwargs["filename"]) for i in photos][:10]
+        keyboard = result_keyboard(
+            self._services, lang, run, deployed, items=[i for i, _, _ in items]
+        )
+        try:
+            sent = await send_album(
+                self._send,
+                self._services.storage,
+                run.id,
+                items,
+                caption=caption,
+                base=base,
+                keyboard=keyboard,
+                keyboard_text=self._services.i18n.t(lang, "actions.batch_pick", count=len(items)),
+            )
+        except Exception as exc:
+            log.warning("run %s: the album failed: %s", run.id, exc)
+            return 0
+        done.update(item.key for item in photos)
+        await self._note_delivered(run.id, done)
         return sent
 
     async def _note_delivered(self, run_id: str, keys: set[str]) -> None:
@@ -251,3 +299,7 @@ class Delivery:
             )
             sent += 1
         return sent
+
+
+def _index(item: Item) -> int:
+    return int(item.key.split(":", 1)[0])

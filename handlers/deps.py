@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from generation.billing import AccessMode, StarPackage
+from generation.custom_types import CustomTypeRegistry
 
 if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
     import httpx
@@ -64,9 +66,11 @@ class ProgressView(Protocol):
 
 
 class OriginalSender(Protocol):
-    """Result delivery (``handlers/delivery.py``), as the "original file" button uses it."""
+    """Result delivery (``handlers/delivery.py``), as the result buttons use it."""
 
     async def send_original(self, run: RunRecord, lang: str) -> int: ...
+
+    async def download(self, url: str) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -82,6 +86,11 @@ class Services:
     backend_label: str | None = None  # e.g. "preview": progress texts say so
     progress: ProgressView | None = None  # set by ProgressRenderer.attach
     delivery: OriginalSender | None = None  # set by Delivery.attach
+    # Types admins added (``/deployment add ANIMATE <id>`` → ``/animate``); refreshed by
+    # handlers/custom_commands.py after deployments or /type options change.
+    custom_types: CustomTypeRegistry = field(default_factory=CustomTypeRegistry)
+    # Re-publishes the command menu (set_my_commands) with the custom types; set by bot/.
+    publish_commands: Callable[[], Awaitable[None]] | None = None
     signer: PayloadSigner | None = None  # signs Stars invoice payloads (None: no /buy)
 
 

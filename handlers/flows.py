@@ -19,7 +19,7 @@ from generation.request import InputImage
 from handlers.context import BotContext
 from handlers.media import MediaError, download_image, image_ref
 
-FLOWS = ("i2i", "inpaint")
+FLOWS = ("i2i", "inpaint", "upscale")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""The buttons under a result (``handlers/keyboards.py: result_keyboard``): again with a new
-seed, show the parameters, send the original file."""
+"""The older result buttons (``r:`` callback data on results delivered before the result
+actions of ``handlers/actions.py``): again with a new seed, show the parameters, send the
+original file."""
 
 from __future__ import annotations
 

@@ -15,8 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 from telegram import Message
 
-from generation.errors import GenerationError
+from generation.errors import ErrorCode, GenerationError
 from generation.models import RunRecord
+from generation.params import REFERENCE_FLAGS, ParamError
 from generation.request import (
     IMAGE_FIELDS,
     MAX_PROMPT_LENGTH,
@@ -30,6 +31,8 @@ from handlers.deps import Services
 from handlers.errors import error_key, error_text
 from handlers.keyboards import cancel_keyboard
 from handlers.origin import Origin
+from handlers.prompt_params import error_text as param_error_text
+from handlers.prompt_params import prepare
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,11 @@ async def submit(
     services = context.services
     if (seen := await _already_started(message, services, caller)) is not None:
         return seen
+    if base is None:  # inline parameters (callers that parsed them pass ``base``)
+        parsed = await _with_params(message, context, caller, type_, prompt, image)
+        if parsed is None:
+            return None
+        prompt, base = parsed
     prompt = (prompt or "").strip()
     if len(prompt) > MAX_PROMPT_LENGTH:
         await context.reply("gen.prompt_too_long", limit=MAX_PROMPT_LENGTH, length=len(prompt))
@@ -113,6 +121,11 @@ async def submit(
         )
     except GenerationError as exc:
         log.info("generation refused for user %s: %s", caller.user_id, exc.code)
+        if exc.code is ErrorCode.NO_DEPLOYMENTS_AVAILABLE and (
+            caller.user_id in services.config.admin_ids
+        ):  # tell an admin what is missing and how to add it
+            await context.reply("actions.no_deployment_admin", type=request.type)
+            return None
         await message.reply_text(
             error_text(services.i18n, caller.lang, exc),
             parse_mode=None,
@@ -121,6 +134,36 @@ async def submit(
         return None
     await show_progress_message(message, services, run, caller.lang)
     return run
+
+
+async def _with_params(
+    message: Message,
+    context: BotContext,
+    caller: Caller,
+    type_: str,
+    prompt: str,
+    image: InputImage | None,
+) -> tuple[str, dict[str, Any]] | None:
+    """The prompt without its inline parameters and the request fields they set; ``None``
+    when a parameter cannot be used (the user has been told which and why)."""
+    try:
+        prepared = prepare(
+            prompt or "", _user_fields(caller), type_name=type_, takes_image=image is not None
+        )
+        if prepared.references:  # reference photos come with /make and /quickmake only
+            flag = next(k for k, v in REFERENCE_FLAGS.items() if v in prepared.references)
+            raise ParamError(flag, "unsupported")
+    except ParamError as err:
+        await message.reply_text(
+            param_error_text(context.services.i18n.t, caller.lang, err),
+            parse_mode=None,
+            reply_parameters=reply_to(message.message_id),
+        )
+        return None
+    if prompt and prompt.strip() and not prepared.prompt:
+        await context.reply("gen.need_prompt")
+        return None
+    return prepared.prompt, prepared.fields
 
 
 async def show_progress_message(

@@ -11,14 +11,17 @@ from storage.access import AccessRepository
 from storage.checkpoints import CheckpointRepository
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
+from storage.directory import UserDirectory
 from storage.ledger import LedgerRepository
 from storage.lock import DatabaseLock, hold_shared, is_file_database
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
 from storage.payments import PaymentRepository
 from storage.prices import PriceRepository
+from storage.result_files import ResultFileRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository
 from storage.users import UserRepository
 
@@ -50,6 +53,9 @@ class Storage:
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
         self.checkpoints = CheckpointRepository(db)
+        self.directory = UserDirectory(db, self.runs)
+        self.type_options = TypeOptionRepository(db)
+        self.result_files = ResultFileRepository(db)
         self.payments = PaymentRepository(db, self.ledger)
         self.access = AccessRepository(db)
         self.usage = UsageRepository(db)

@@ -269,6 +269,14 @@ class RunRepository:
             f"SELECT * FROM runs WHERE {where} ORDER BY created_at DESC, rowid DESC", params
         )
 
+    async def list_recent_runs(self, user_id: int, *, limit: int = 5) -> list[RunRecord]:
+        """A user's latest ``limit`` runs of any status, newest first (``/user``)."""
+        limit = max(1, min(int(limit), 100))
+        return await self._many(
+            "SELECT * FROM runs WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (user_id, limit),
+        )
+
     async def find_run_for_message(
         self, user_id: int, chat_id: int, message_id: int
     ) -> RunRecord | None:

@@ -759,8 +759,10 @@ class FakeUser:
         *,
         reply_to: FakeMessage | int | None = None,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
-        return self._message(chat_id, reply_to, queue, text=text)
+        """``thread_id``: the forum topic the message is posted in."""
+        return self._message(chat_id, reply_to, queue, text=text, message_thread_id=thread_id)
 
     def send_command(
         self,
@@ -769,13 +771,16 @@ class FakeUser:
         *,
         reply_to: FakeMessage | int | None = None,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         """``text`` starts with ``/command`` (optionally ``@botname``): a bot_command entity."""
         if not text.startswith("/"):
             raise ValueError("a command starts with '/'")
         length = len(text.split(maxsplit=1)[0])
         entity = {"type": "bot_command", "offset": 0, "length": utf16_len(text[:length])}
-        return self._message(chat_id, reply_to, queue, text=text, entities=[entity])
+        return self._message(
+            chat_id, reply_to, queue, text=text, entities=[entity], message_thread_id=thread_id
+        )
 
     def send_photo(
         self,
@@ -785,6 +790,7 @@ class FakeUser:
         chat_id: int | None = None,
         *,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         """A photo as Telegram delivers it: a list of PhotoSizes (largest last)."""
         fake_file = self.fake.register_file(data, kind="photo", ext="jpg")
@@ -811,6 +817,7 @@ class FakeUser:
             width=size[0],
             height=size[1],
             extra={"photo": sizes},
+            message_thread_id=thread_id,
         )
 
     def send_document(
