@@ -36,10 +36,10 @@ from bot.backends import (
 )
 from bot.config import Settings
 from bot.logging_setup import install_redaction
-from bot.metrics import Metrics, default_metrics
+from bot.metrics import Metrics, default_metrics, install_generation_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
-from bot.signals import GenerationSignals, count_retry_after, install_gauges
+from bot.signals import count_retry_after, install_signals
 from generation.billing import PayloadSigner
 from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
@@ -91,7 +91,8 @@ class Runtime:
     services: Services | None = None
     delivery: Delivery | None = None
     progress: ProgressRenderer | None = None
-    webhook_secret: str = ""
+    webhook_secret: str = ""  # Telegram's secret_token (sent in every update's header)
+    run_webhook_key: str = ""  # key of the per-run ComfyDeploy webhook tokens (stored apart)
     metrics: Metrics = field(default_factory=default_metrics)
     service_started: bool = False
     http_server: uvicorn.Server | None = None  # the webhook-mode server (tests stop it)
@@ -149,8 +150,7 @@ def build_application(
         .post_shutdown(_post_shutdown)
     )
     if rate_limit:
-        # see bot/rate_limit.py; every 429 is counted (bot_telegram_retry_after_total)
-        limiter = BotRateLimiter(on_retry_after=count_retry_after(runtime.metrics))
+        limiter = BotRateLimiter(on_retry_after=count_retry_after(runtime.metrics))  # 429s counted
         builder = builder.rate_limiter(limiter)
     if request is not None:
         builder = builder.request(request)
@@ -198,7 +198,8 @@ def build_service(runtime: Runtime) -> GenerationService:
         deployments=storage.deployments,
         loras=storage.loras,
         bus=EventBus(),
-        settings=generation_settings(settings, runtime.webhook_secret),
+        settings=generation_settings(settings, runtime.run_webhook_key),
+        images=storage.images,  # queued runs' input images on disk, next to the database
     )
     connect_backend(backend, service)
     return service
@@ -213,6 +214,9 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_active_per_user=settings.max_active_per_user,
         max_queued_per_user=settings.max_queued_per_user,
         max_in_flight=settings.max_in_flight,
+        output_url_allowlist=settings.output_url_allowlist,
+        trusted_output_urls=(settings.comfydeploy_api_url,),
+        delivery_retry_window=settings.delivery_retry_window,
         star_packages=settings.star_packages,
         free_daily_credits=settings.free_daily_credits,
         max_runs_per_user_per_day=settings.max_runs_per_user_per_day,
@@ -267,17 +271,9 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         "Telegram updates waiting to be processed",
     )
 
-    async def runs_by_status() -> dict[tuple[tuple[str, str], ...], float]:
-        assert runtime.storage is not None
-        counts = await runtime.storage.runs.count_by_status()
-        return {(("status", str(status)),): float(n) for status, n in counts.items()}
-
-    runtime.metrics.gauge_callback("runs", runs_by_status, "Generation runs by status")
-    # The generation series (docs/metrics.md): counted from the bus, read from the scheduler
-    # and the ledger.
-    assert runtime.service is not None and runtime.storage is not None
-    GenerationSignals(runtime.metrics, runtime.storage.runs).subscribe(runtime.service.bus)
-    install_gauges(runtime.metrics, runtime.service.scheduler, runtime.storage.ledger.credits_spent)
+    if runtime.service is not None and runtime.storage is not None:
+        install_generation_metrics(runtime.metrics, runtime.service)
+        install_signals(runtime.metrics, runtime.storage, runtime.service.bus)  # per type, timed
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]
@@ -294,7 +290,10 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
         runtime.webhook_secret = await runtime.storage.settings.get_or_create_secret(
             "webhook_secret"
         )
-    install_redaction([runtime.webhook_secret])
+    # The per-run webhook tokens get a key of their own: knowing Telegram's secret_token (it
+    # is in the header of every update, so proxies and their logs see it) forges nothing.
+    runtime.run_webhook_key = await runtime.storage.settings.get_or_create_secret("run_webhook_key")
+    install_redaction([runtime.webhook_secret, runtime.run_webhook_key])
     service = runtime.service = (runtime.service_factory or build_service)(runtime)
     services = runtime.services = build_services(runtime, service)
     if settings.star_packages:

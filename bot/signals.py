@@ -1,17 +1,19 @@
-"""Operating signals: the generation series of ``/metrics``, fed by the event bus.
+"""Operating signals: the per-type generation series of ``/metrics``, fed by the event bus.
 
 :class:`GenerationSignals` subscribes to the terminal events of the generation service and, for
-each finished run, reads its record once (type, timestamps) to count it and time it. Gauges and
-the credits counter are read at scrape time from the scheduler and the ledger. Every series is
-documented in docs/metrics.md (a test checks the list matches what is registered), and
-docs/grafana-dashboard.json charts them.
+each finished run, reads its record once (type, timestamps) to count it by type and time it
+(the service's own counters, ``generation/counters.py``, count by status and code). Credits
+spent are summed from the ledger incrementally (only rows newer than the last scrape are read).
+Every series is documented in docs/metrics.md (a test checks the list matches what is
+registered), and docs/grafana-dashboard.json charts them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from bot.metrics import Metrics
 from generation.events import (
@@ -22,6 +24,7 @@ from generation.events import (
     GenerationFailed,
 )
 from generation.models import RunRecord
+from storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +37,13 @@ class _Runs(Protocol):
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
 
-class _Scheduler(Protocol):
-    @property
-    def in_flight(self) -> int: ...
-
-    def queued_count(self, user_id: int | None = None) -> int: ...
+class _Ledger(Protocol):
+    async def credits_spent_since(self, after_id: int) -> tuple[int, int]: ...
 
 
 def declare(metrics: Metrics) -> None:
     """Declare the generation series so they render (as 0) before the first run."""
     metrics.counter("generations_total", "Finished generations by type and status")
-    metrics.counter("generation_errors_total", "Failed generations by stable error code")
     metrics.counter("telegram_retry_after_total", "Telegram 429 answers (flood control)")
     metrics.histogram(
         "generation_duration_seconds",
@@ -89,8 +88,6 @@ class GenerationSignals:
         }.get(type(event), "other")
         labels = {"type": run.type}
         self._metrics.inc("generations_total", labels={**labels, "status": status})
-        if isinstance(event, GenerationFailed):
-            self._metrics.inc("generation_errors_total", labels={"code": event.error_code})
         if run.submitted_at is not None:
             wait = max(0.0, run.submitted_at - run.created_at)
             self._metrics.observe("generation_queue_wait_seconds", wait, labels)
@@ -108,26 +105,33 @@ def count_retry_after(metrics: Metrics) -> Callable[[str], None]:
     return on_retry_after
 
 
-def install_gauges(
-    metrics: Metrics,
-    scheduler: _Scheduler,
-    credits_spent: Callable[[], Awaitable[int]],
-) -> None:
-    """Scrape-time series: the queue, runs in flight, credits spent (from the ledger)."""
-    metrics.gauge_callback(
-        "generation_queue_depth",
-        lambda: scheduler.queued_count(),
-        "Runs waiting in the bot's fair queue",
-    )
-    metrics.gauge_callback(
-        "generations_in_flight",
-        lambda: scheduler.in_flight,
-        "Runs submitted to the backend and not finished",
-    )
+class CreditsSpent:
+    """``credits_spent_total``: the ledger's generation debits, read incrementally."""
 
-    async def spent() -> Any:
-        return await credits_spent()
+    def __init__(self, ledger: _Ledger) -> None:
+        self._ledger = ledger
+        self._total = 0
+        self._after = 0  # the last ledger id already summed
+        self._lock = asyncio.Lock()  # two scrapes at once must not count rows twice
 
+    async def __call__(self) -> int:
+        async with self._lock:
+            spent, last = await self._ledger.credits_spent_since(self._after)
+            self._total += spent
+            self._after = max(self._after, last)
+            return self._total
+
+
+def install_credits_spent(metrics: Metrics, ledger: _Ledger) -> None:
     metrics.counter_callback(
-        "credits_spent_total", spent, "Credits charged for delivered generations (ledger)"
+        "credits_spent_total",
+        CreditsSpent(ledger),
+        "Credits charged for delivered generations (ledger; free and paid)",
     )
+
+
+def install_signals(metrics: Metrics, storage: Storage, bus: EventBus) -> None:
+    """Everything above, for the composition root: the per-type series from ``bus`` and the
+    credits spent from ``storage``'s ledger."""
+    GenerationSignals(metrics, storage.runs).subscribe(bus)
+    install_credits_spent(metrics, storage.ledger)

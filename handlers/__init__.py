@@ -28,6 +28,7 @@ from handlers import (
     prompt_commands,
     results,
 )
+from handlers.anonymous import register_anonymous_guard
 from handlers.context import BotContext
 from handlers.custom_commands import type_command
 from handlers.deps import services_of
@@ -70,6 +71,9 @@ def register(application: Application) -> None:
     """Add all handlers, most specific first; the catch-alls come last. Called by the
     composition root once ``bot_data["services"]`` is set (the flows read its timeout)."""
     timeout = services_of(application).config.conversation_timeout
+    # 0. Anonymous admins and "send as channel" users share one placeholder identity: refused
+    #    before anything else (admin commands included).
+    register_anonymous_guard(application)
     # 0. The access gate (bans, ACCESS=allowlist) sees every update first; then, in an
     #    early group that never ends an update, who wrote is remembered (usernames for the
     #    admin commands' lookups). Also /id and /user.

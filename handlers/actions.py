@@ -145,6 +145,10 @@ async def action_button(update: Update, context: BotContext) -> None:
     if caller.user_id != run.user_id:  # it would spend the owner's credits
         await context.answer_query("actions.not_yours", show_alert=True)
         return
+    if query is not None and await services.storage.runs.find_run_for_callback(
+        caller.user_id, query.id
+    ):
+        return  # the same press redelivered after a restart: it started its run already
     plan = follow_up(action, run, await deployed_types(services.storage))
     message = update.effective_message
     if plan is None or message is None:
@@ -171,6 +175,7 @@ async def action_button(update: Update, context: BotContext) -> None:
         prompt=plan.prompt,
         image=image,
         base=dict(plan.fields),
+        callback_query_id=query.id if query is not None else None,
     )
 
 

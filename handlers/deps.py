@@ -39,6 +39,9 @@ class HandlerConfig:
     max_active_per_user: int = 2
     max_queued_per_user: int = 5
     max_in_flight: int = 10
+    output_url_allowlist: frozenset[str] = frozenset()  # OUTPUT_URL_ALLOWLIST
+    trusted_output_urls: tuple[str, ...] = ()  # the backend's own origin(s)
+    delivery_retry_window: float = 900.0  # DELIVERY_RETRY_WINDOW, seconds
     # Charging for generations (handlers/payments.py, handlers/access.py)
     star_packages: tuple[StarPackage, ...] = ()
     free_daily_credits: int = 0

@@ -41,7 +41,8 @@ async def again_button(update: Update, context: BotContext) -> None:
         await context.answer_query("result.again_needs_photo", show_alert=True)
         return
     await context.answer_query("result.again_started")
-    await resubmit(message, context, run)
+    query = update.callback_query
+    await resubmit(message, context, run, query.id if query is not None else None)
 
 
 def loras_text(request: dict[str, object]) -> str:

@@ -12,6 +12,7 @@ from storage.checkpoints import CheckpointRepository
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
 from storage.directory import UserDirectory
+from storage.images import FileImageStore
 from storage.ledger import LedgerRepository
 from storage.lock import DatabaseLock, hold_shared, is_file_database
 from storage.loras import LoraRepository
@@ -53,6 +54,7 @@ class Storage:
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
         self.checkpoints = CheckpointRepository(db)
+        self.images = FileImageStore.next_to(db.path)  # input images of queued runs
         self.directory = UserDirectory(db, self.runs)
         self.type_options = TypeOptionRepository(db)
         self.result_files = ResultFileRepository(db)

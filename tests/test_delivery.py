@@ -101,7 +101,7 @@ async def env(storage: Storage) -> AsyncIterator[Env]:
         storage=storage,
         generation=generation,  # type: ignore[arg-type]
         i18n=Translator.load(),
-        config=HandlerConfig(),
+        config=HandlerConfig(trusted_output_urls=(cd.base_url,)),  # the backend's origin
     )
     delivery = Delivery(
         bot,

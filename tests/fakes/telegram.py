@@ -292,6 +292,7 @@ class FakeTelegram(BotApiCore):
         self._gates: dict[str, _Gate] = {}
         self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> getChatMember status
         self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
+        self._outage: tuple[float, int] | None = None  # (until, status), see outage()
 
     # ------------------------------------------------------------------ wiring helpers
     def request(self, **kwargs: Any) -> Any:
@@ -364,6 +365,11 @@ class FakeTelegram(BotApiCore):
             self._faults.setdefault(method, deque()).append(
                 _Fault(status, retry_after if status == 429 else None, description, timeout)
             )
+
+    def outage(self, until: float, status: int = 502) -> None:
+        """Every call answers ``status`` (a gateway error, like Telegram's own 502s during an
+        incident) until the fake's clock reaches ``until``."""
+        self._outage = (until, status)
 
     def add_chat(
         self, chat_id: int, *, type_: str | None = None, title: str | None = None
@@ -487,6 +493,9 @@ class FakeTelegram(BotApiCore):
         if await self._pass_gate(method, after_handling=False):
             call.status = 502
             return ApiError(502, "Bad Gateway: dropped before it arrived (test gate)").response()
+        if self._outage is not None and self.clock() < self._outage[0]:
+            call.status = self._outage[1]
+            return ApiError(self._outage[1], "Bad Gateway").response()
         try:
             fault = self._take_fault(method)
             if fault is not None:
