@@ -386,3 +386,37 @@ def test_cli_exit_status_and_json(tmp_path: Path) -> None:
     assert by_name["settings"]["ok"] and not by_name["telegram"]["ok"]
     assert by_name["/make"]["ok"]  # preview deployments
     assert not (tmp_path / "bot.sqlite3").exists()
+
+
+async def test_the_real_command_against_loopback_doubles(world: World) -> None:
+    """``python -m bot doctor`` as a process, over real HTTP to the doubles on 127.0.0.1."""
+    import asyncio
+
+    async with world.telegram.serve() as telegram_url, world.comfy.serve() as comfy_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TELEGRAM_", "COMFY"))}
+        env |= {
+            "PYTHONPATH": str(ROOT),
+            "TELEGRAM_BOT_TOKEN": DEFAULT_TOKEN,
+            "TELEGRAM_API_URL": telegram_url,
+            "COMFYDEPLOY_API_KEY": API_KEY,
+            "COMFYDEPLOY_API_URL": comfy_url,
+            "DATABASE_PATH": str(world.db),
+            "GENERATION_BACKEND": "comfydeploy",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "doctor",
+            cwd=world.tmp,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(120):
+            out, err = await process.communicate()
+    text = out.decode()
+    assert process.returncode == 0, text + err.decode()
+    assert "✓ telegram: token accepted: @fake_test_bot" in text
+    assert text.strip().endswith("all checks passed")
+    assert DEFAULT_TOKEN not in text + err.decode() and API_KEY not in text + err.decode()
