@@ -1,7 +1,7 @@
 """A tiny metrics registry rendered as Prometheus text format 0.0.4.
 
 Counters, gauges and histograms with optional labels; gauges and counters may also be
-*callbacks* read at scrape time (queue sizes, runs by status, credits spent from storage).
+*callbacks* read at scrape time (queue sizes, the service's counters, credits spent).
 Every series is listed in docs/metrics.md. Small on purpose: a dependency on prometheus_client
 would buy little for a handful of series.
 """
