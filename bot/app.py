@@ -31,15 +31,16 @@ from bot.backends import (
     connect_backend,
     generation_settings,
     make_backend,
+    output_origins,
     output_transport,
     sync_preview_deployments,
 )
 from bot.config import Settings
 from bot.logging_setup import install_redaction
-from bot.metrics import Metrics, default_metrics, install_generation_metrics
+from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
-from bot.signals import count_retry_after, install_signals
+from bot.signals import install_signals
 from generation.billing import PayloadSigner
 from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
@@ -52,6 +53,7 @@ from handlers.delivery import Delivery
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
+from handlers.workflows import WorkflowAlerts
 from storage import RunLimits, Storage
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class Runtime:
     services: Services | None = None
     delivery: Delivery | None = None
     progress: ProgressRenderer | None = None
+    workflow_alerts: WorkflowAlerts | None = None
     webhook_secret: str = ""  # Telegram's secret_token (sent in every update's header)
     run_webhook_key: str = ""  # key of the per-run ComfyDeploy webhook tokens (stored apart)
     metrics: Metrics = field(default_factory=default_metrics)
@@ -150,8 +153,7 @@ def build_application(
         .post_shutdown(_post_shutdown)
     )
     if rate_limit:
-        limiter = BotRateLimiter(on_retry_after=count_retry_after(runtime.metrics))  # 429s counted
-        builder = builder.rate_limiter(limiter)
+        builder = builder.rate_limiter(BotRateLimiter())  # see bot/rate_limit.py
     if request is not None:
         builder = builder.request(request)
     if settings.webhook_mode:
@@ -190,6 +192,7 @@ def build_service(runtime: Runtime) -> GenerationService:
         settings,
         transport=runtime.comfy_transport,
         preview_step_seconds=runtime.preview_step_seconds,
+        workflows=storage.workflows,
     )
     service = GenerationService(
         backend=backend,
@@ -215,7 +218,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_queued_per_user=settings.max_queued_per_user,
         max_in_flight=settings.max_in_flight,
         output_url_allowlist=settings.output_url_allowlist,
-        trusted_output_urls=(settings.comfydeploy_api_url,),
+        trusted_output_urls=output_origins(settings),
         delivery_retry_window=settings.delivery_retry_window,
         star_packages=settings.star_packages,
         free_daily_credits=settings.free_daily_credits,
@@ -271,9 +274,7 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         "Telegram updates waiting to be processed",
     )
 
-    if runtime.service is not None and runtime.storage is not None:
-        install_generation_metrics(runtime.metrics, runtime.service)
-        install_signals(runtime.metrics, runtime.storage, runtime.service.bus)  # per type, timed
+    install_signals(runtime, application.bot.rate_limiter)  # generation series: docs/metrics.md
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]
@@ -305,6 +306,7 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
+    runtime.workflow_alerts = WorkflowAlerts(application.bot, services).attach()
     await refresh_registry(services.storage, services.custom_types)
 
     async def publish() -> None:
@@ -335,7 +337,7 @@ async def _stop_telegram_side(runtime: Runtime, grace: float = SHUTDOWN_GRACE) -
         await asyncio.wait_for(settle(), grace)
     except TimeoutError:
         log.warning("shutdown: deliveries still running after %.0f s resume at next start", grace)
-    for part in (progress, delivery):
+    for part in (progress, delivery, runtime.workflow_alerts):
         if part is not None:
             await part.detach()
 

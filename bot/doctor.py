@@ -70,9 +70,11 @@ async def diagnose(settings: Settings, env: DoctorEnv | None = None) -> Report:
     report.checks += db_checks
     report.checks += await telegram_checks(settings, env)
     report.checks.append(await public_url_check(settings, env))
-    backend, runnable = await backend_checks(settings, env, configured)
+    backend, runnable = await backend_checks(
+        settings, env, configured.deployments, configured.workflows
+    )
     report.checks += backend
-    backend_ok = all(c.ok for c in backend if c.name == "ComfyDeploy")
+    backend_ok = all(c.ok for c in backend if c.name.startswith(("ComfyDeploy", "ComfyUI")))
     report.checks += command_checks(runnable, verified=backend_ok)
     return report
 
@@ -84,7 +86,8 @@ def _settings_summary(settings: Settings) -> str:
         mode = f"webhook mode, PUBLIC_URL {settings.public_url}"
     else:
         mode = "long polling"
-    backend = "the preview backend" if settings.preview_backend else "ComfyDeploy"
+    names = {"preview": "the preview backend", "comfydeploy": "ComfyDeploy", "comfyui": "ComfyUI"}
+    backend = " and ".join(names[k] for k in sorted(settings.backends))
     return f"valid ({mode}; generations on {backend}; database {settings.database_path})"
 
 

@@ -10,10 +10,11 @@ import httpx
 
 from bot.config import Settings
 from bot.doctor_checks import CONTRACT_DOC, Check, DoctorEnv, why
+from bot.doctor_comfyui import comfyui_checks
 from generation.client import ComfyDeployClient
 from generation.contract import missing_inputs
 from generation.errors import AuthFailedError, GenerationError
-from generation.models import DeploymentConfig, DeploymentInfo
+from generation.models import DeploymentConfig, DeploymentInfo, WorkflowRecord
 from generation.preview import PREVIEW_DEPLOYMENTS
 from generation.types import deployment_keys_for, resolve_type
 
@@ -89,23 +90,28 @@ async def _comfydeploy_key(settings: Settings, env: DoctorEnv) -> tuple[Check, l
     return Check("ComfyDeploy", True, f"key accepted; {len(listed)} deployment(s) visible"), listed
 
 
-async def backend_checks(
+def _preview_checks(
+    settings: Settings, configured: list[DeploymentConfig]
+) -> tuple[list[Check], set[str]]:
+    runnable = _enabled_types(configured) | set(PREVIEW_DEPLOYMENTS)
+    if settings.generation_backend == "preview":
+        detail = "GENERATION_BACKEND=preview: placeholder images, no GPU (for development)"
+        return [Check("ComfyDeploy", True, detail)], runnable
+    return [
+        Check(
+            "ComfyDeploy",
+            False,
+            "neither COMFYDEPLOY_API_KEY nor COMFYUI_URL is set: generations are preview "
+            "placeholders",
+            "create an API key in ComfyDeploy and put it in COMFYDEPLOY_API_KEY, or set "
+            "COMFYUI_URL to your own ComfyUI (README: Your own ComfyUI)",
+        )
+    ], runnable
+
+
+async def _comfydeploy_checks(
     settings: Settings, env: DoctorEnv, configured: list[DeploymentConfig]
 ) -> tuple[list[Check], set[str]]:
-    """The backend's key and every configured deployment; the types that can run."""
-    if settings.preview_backend:
-        runnable = _enabled_types(configured) | set(PREVIEW_DEPLOYMENTS)
-        if settings.generation_backend == "preview":
-            detail = "GENERATION_BACKEND=preview: placeholder images, no GPU (for development)"
-            return [Check("ComfyDeploy", True, detail)], runnable
-        return [
-            Check(
-                "ComfyDeploy",
-                False,
-                "COMFYDEPLOY_API_KEY is not set: generations are preview placeholders",
-                "create an API key in ComfyDeploy and put it in COMFYDEPLOY_API_KEY",
-            )
-        ], runnable
     if settings.comfydeploy_api_key is None:
         return [
             Check(
@@ -134,6 +140,31 @@ async def backend_checks(
     return checks, runnable
 
 
+async def backend_checks(
+    settings: Settings,
+    env: DoctorEnv,
+    configured: list[DeploymentConfig],
+    workflows: list[WorkflowRecord] | None = None,
+) -> tuple[list[Check], set[str]]:
+    """The backends' keys and servers, every configured deployment and workflow; the types
+    that can run."""
+    kinds = settings.backends
+    if kinds == {"preview"}:
+        return _preview_checks(settings, configured)
+    checks: list[Check] = []
+    runnable: set[str] = set()
+    if "comfydeploy" in kinds:
+        comfydeploy = [d for d in configured if d.backend != "comfyui"]
+        found, types = await _comfydeploy_checks(settings, env, comfydeploy)
+        checks += found
+        runnable |= types
+    if "comfyui" in kinds:
+        found, types = await comfyui_checks(settings, env, configured, workflows or [])
+        checks += found
+        runnable |= types
+    return checks, runnable
+
+
 def command_checks(runnable: set[str], *, verified: bool = True) -> list[Check]:
     """Every command's type has a working deployment (its own or its base type's)."""
     checks = []
@@ -148,7 +179,7 @@ def command_checks(runnable: set[str], *, verified: bool = True) -> list[Check]:
                     command,
                     False,
                     f"no verified {type_} deployment: the backend did not answer",
-                    "fix the ComfyDeploy line above, then run the doctor again",
+                    "fix the ComfyDeploy / ComfyUI lines above, then run the doctor again",
                 )
             )
         else:

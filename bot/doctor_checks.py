@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,12 +25,13 @@ import aiosqlite
 import httpx
 
 from bot.config import Settings
-from generation.models import DeploymentConfig
+from generation.models import DeploymentConfig, WorkflowRecord
 from storage.database import Database
 from storage.deployments import DeploymentRepository
 from storage.ledger import LedgerRepository
 from storage.lock import database_in_use, is_file_database
 from storage.migrations import LATEST_VERSION
+from storage.workflows import WorkflowRepository
 
 TELEGRAM_WEBHOOK_PORTS = (443, 80, 88, 8443)  # the only ports Telegram delivers webhooks to
 RECENT_WEBHOOK_ERROR_SECONDS = 15 * 60
@@ -46,12 +47,21 @@ class Check:
 
 
 @dataclass(slots=True)
+class Configured:
+    """What the database says is configured: deployments (all backends) and workflows."""
+
+    deployments: list[DeploymentConfig] = field(default_factory=list)
+    workflows: list[WorkflowRecord] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class DoctorEnv:
     """Where the doctor's HTTP calls go (tests plug in the fakes' transports)."""
 
     telegram_transport: httpx.AsyncBaseTransport | None = None
     comfy_transport: httpx.AsyncBaseTransport | None = None
     public_transport: httpx.AsyncBaseTransport | None = None
+    comfyui_transport: httpx.AsyncBaseTransport | None = None  # None: the real network
     timeout: float = 10.0
     now: Callable[[], float] = time.time
     busy_timeout_ms: int = 3000  # how long the "writable" probe waits for a writer
@@ -150,20 +160,20 @@ async def _version(db: Database) -> int:
     return int(rows[0][0])
 
 
-async def database_checks(
-    settings: Settings, env: DoctorEnv
-) -> tuple[list[Check], list[DeploymentConfig]]:
+async def database_checks(settings: Settings, env: DoctorEnv) -> tuple[list[Check], Configured]:
     """Writable, migrations current, ledger consistent; plus the configured deployments."""
     path = Path(settings.database_path)
     if not is_file_database(path):
-        return [Check("database", True, f"{path}: not a file, nothing to check")], []
+        return [Check("database", True, f"{path}: not a file, nothing to check")], Configured()
     if not await asyncio.to_thread(path.is_file):
-        return [await asyncio.to_thread(_new_database, path)], []
+        return [await asyncio.to_thread(_new_database, path)], Configured()
     uri = f"{(await asyncio.to_thread(path.resolve)).as_uri()}?mode=rw"
     try:
         conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
-        return [Check("database", False, f"cannot open {path}: {exc}", "check the path")], []
+        return [
+            Check("database", False, f"cannot open {path}: {exc}", "check the path")
+        ], Configured()
     conn.row_factory = aiosqlite.Row
     db = Database(conn, str(path))
     try:
@@ -172,13 +182,17 @@ async def database_checks(
         version = await _version(db)
         checks.append(_schema_check(version))
         if version < 1 or version > LATEST_VERSION:
-            return checks, []
+            return checks, Configured()
         if version < LATEST_VERSION:  # the audit reads today's schema
             detail = "not audited yet: the next start migrates the database, then it can be"
             checks.append(Check("ledger", True, detail))
         else:
             checks.append(await _ledger_check(db))
-        return checks, await DeploymentRepository(db).list_deployments()
+        deployments = DeploymentRepository(db)
+        workflows: list[WorkflowRecord] = []
+        if version == LATEST_VERSION:  # the workflows table is today's schema
+            workflows = await WorkflowRepository(db, deployments).list_workflows()
+        return checks, Configured(await deployments.list_deployments(), workflows)
     except sqlite3.DatabaseError as exc:
         return [
             Check(
@@ -187,7 +201,7 @@ async def database_checks(
                 f"{path} is not a usable SQLite database: {exc}",
                 "restore a backup (python -m bot restore <file>) or move the file away",
             )
-        ], []
+        ], Configured()
     finally:
         await db.close()
 

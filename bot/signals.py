@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from bot.metrics import Metrics
+from bot.metrics import Metrics, install_generation_metrics
+from bot.rate_limit import BotRateLimiter
 from generation.events import (
     EventBus,
     GenerationCancelled,
@@ -24,6 +25,7 @@ from generation.events import (
     GenerationFailed,
 )
 from generation.models import RunRecord
+from generation.service import GenerationService
 from storage import Storage
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,23 @@ def install_credits_spent(metrics: Metrics, ledger: _Ledger) -> None:
     )
 
 
-def install_signals(metrics: Metrics, storage: Storage, bus: EventBus) -> None:
-    """Everything above, for the composition root: the per-type series from ``bus`` and the
-    credits spent from ``storage``'s ledger."""
-    GenerationSignals(metrics, storage.runs).subscribe(bus)
-    install_credits_spent(metrics, storage.ledger)
+class _Runtime(Protocol):
+    """What :func:`install_signals` needs of ``bot/app.py``'s Runtime."""
+
+    metrics: Metrics
+    storage: Storage | None
+    service: GenerationService | None
+
+
+def install_signals(runtime: _Runtime, rate_limiter: object) -> None:
+    """Every generation series for the composition root: the service's in-process counters
+    (``bot/metrics.py: install_generation_metrics``), the per-type series from its bus, the
+    credits spent from the ledger, and the 429s of ``rate_limiter`` (a :class:`BotRateLimiter`;
+    ``None`` when the bot runs without one)."""
+    if runtime.service is None or runtime.storage is None:
+        return
+    install_generation_metrics(runtime.metrics, runtime.service)
+    GenerationSignals(runtime.metrics, runtime.storage.runs).subscribe(runtime.service.bus)
+    install_credits_spent(runtime.metrics, runtime.storage.ledger)
+    if isinstance(rate_limiter, BotRateLimiter):
+        rate_limiter.on_retry_after = count_retry_after(runtime.metrics)

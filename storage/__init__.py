@@ -26,6 +26,7 @@ from storage.settings import SettingsRepository
 from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository, UsageStats
 from storage.users import User, UserRepository, UserSettings
+from storage.workflows import WorkflowRepository
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
@@ -65,4 +66,5 @@ __all__ = [
     "UserRepository",
     "UserSettings",
     "ValidationError",
+    "WorkflowRepository",
 ]

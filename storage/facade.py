@@ -25,6 +25,7 @@ from storage.settings import SettingsRepository
 from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository
 from storage.users import UserRepository
+from storage.workflows import WorkflowRepository
 
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 
@@ -54,6 +55,7 @@ class Storage:
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
         self.checkpoints = CheckpointRepository(db)
+        self.workflows = WorkflowRepository(db, self.deployments)
         self.images = FileImageStore.next_to(db.path)  # input images of queued runs
         self.directory = UserDirectory(db, self.runs)
         self.type_options = TypeOptionRepository(db)

@@ -287,7 +287,7 @@ async def test_backend_key_checks(world: World) -> None:
     world.comfy.fail_next_transport(5, httpx.ConnectError)
     down = await world.check()
     assert "no answer from" in failed(down, "ComfyDeploy").detail
-    assert "fix the ComfyDeploy line" in failed(down, "/i2i").fix
+    assert "fix the ComfyDeploy / ComfyUI lines" in failed(down, "/i2i").fix
 
 
 async def test_deployment_checks(world: World) -> None:

@@ -261,3 +261,27 @@ async def test_the_whole_bot_tells_one_story_and_counts_it(
     assert 'bot_generations_total{status="success",type="MAKE"} 1' in text
     assert "bot_credits_spent_total 2" in text
     assert 'bot_generation_duration_seconds_count{type="MAKE"} 1' in text
+
+
+async def test_install_signals_wires_the_rate_limiter(tmp_path: Path) -> None:
+    from bot.rate_limit import BotRateLimiter
+    from bot.signals import install_signals
+
+    env, close = await make_e2e(tmp_path)
+    try:
+        runtime = get_runtime(env.app)
+        limiter = BotRateLimiter()
+        metrics = Metrics()
+        runtime.metrics, saved = metrics, runtime.metrics
+        try:
+            install_signals(runtime, limiter)
+        finally:
+            runtime.metrics = saved
+        assert limiter.on_retry_after is not None
+        limiter.on_retry_after("sendPhoto")
+        text = await metrics.render()
+    finally:
+        await close()
+    assert "bot_telegram_retry_after_total 1" in text
+    assert "# TYPE bot_generation_runs_finished_total counter" in text
+    assert "# TYPE bot_credits_spent_total counter" in text
