@@ -157,18 +157,23 @@ async def test_cancel_pending_deletes_it_from_the_queue(
     await register(storage, "MAKE", "make", "model-free/make")
     async with harness(storage, [fake.url]) as h:
         fake.pause()
-        first = await h.service.generate(_request(width=64, height=64), GenerationContext())
+        # Both runs hold the price; which one the server picks first is not ours to decide.
+        first = await h.service.generate(
+            _request(width=64, height=64), GenerationContext(price=PRICE)
+        )
         second = await h.service.generate(
             _request(width=80, height=64), GenerationContext(price=PRICE)
         )
         await h.wait(GenerationStarted, first.id)
         await h.wait(GenerationStarted, second.id)
+        assert await storage.ledger.get_balance(USER) == 100 - 2 * PRICE
         if await fake.wait_running() == ids.prompt_id_for(second.id):
             first, second = second, first
         final = await h.service.cancel_generation(second.id)
         assert final.status is RunStatus.CANCELLED
         await h.wait(GenerationCancelled, second.id)
-        assert await storage.ledger.get_balance(USER) == 100  # hold released at once
+        # The pending run's hold is released at once; the running one's is still held.
+        assert await storage.ledger.get_balance(USER) == 100 - PRICE
         second_pid = ids.prompt_id_for(second.id)
         assert ("POST", "/queue", {"delete": [second_pid]}) in [
             (m, p, b) for m, p, _, b in fake.requests
