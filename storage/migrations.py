@@ -190,21 +190,26 @@ CREATE TABLE allowed_chats (
 CREATE INDEX runs_by_created ON runs(created_at);
 """
 
-# v6: the checkpoints admins configure (/checkpoint add), shown in the /settings menu.
-_V6 = """
-CREATE TABLE checkpoints (
-    name        TEXT PRIMARY KEY COLLATE NOCASE,
-    family      TEXT,
-    created_at  REAL NOT NULL
+# v4: self-hosted ComfyUI workflows. A workflow is a deployment row (backend 'comfyui', id
+# 'workflow:<name>') so selection, weights, enable/disable and health reuse the deployment
+# machinery; its graph and input map live in ``workflows`` and go with the row.
+_V4 = """
+ALTER TABLE deployments ADD COLUMN backend TEXT NOT NULL DEFAULT 'comfydeploy';
+CREATE TABLE workflows (
+    deployment_id  TEXT PRIMARY KEY REFERENCES deployments(deployment_id) ON DELETE CASCADE,
+    name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    graph          TEXT NOT NULL,
+    input_map      TEXT NOT NULL DEFAULT '[]',
+    created_at     REAL NOT NULL
 );
 """
 
-# v7: finding users and admin-added types. ``usernames`` maps each username the bot has seen
+# v5: finding users and admin-added types. ``usernames`` maps each username the bot has seen
 # (case-insensitive) to the one account holding it now; ``type_options`` holds what an admin
 # said about a type the bot does not know (``/type ANIMATE image``: it takes a photo);
 # ``result_files`` the Telegram file id of every delivered result item, so result actions
 # (upscale, vary, original) work on the stored output after a restart.
-_V7 = """
+_V5 = """
 CREATE TABLE usernames (
     username  TEXT    PRIMARY KEY COLLATE NOCASE,
     user_id   INTEGER NOT NULL,
@@ -231,21 +236,16 @@ CREATE TABLE result_files (
 CREATE INDEX result_files_by_message ON result_files(chat_id, message_id);
 """
 
-# v4: self-hosted ComfyUI workflows. A workflow is a deployment row (backend 'comfyui', id
-# 'workflow:<name>') so selection, weights, enable/disable and health reuse the deployment
-# machinery; its graph and input map live in ``workflows`` and go with the row.
-_V4 = """
-ALTER TABLE deployments ADD COLUMN backend TEXT NOT NULL DEFAULT 'comfydeploy';
-CREATE TABLE workflows (
-    deployment_id  TEXT PRIMARY KEY REFERENCES deployments(deployment_id) ON DELETE CASCADE,
-    name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    graph          TEXT NOT NULL,
-    input_map      TEXT NOT NULL DEFAULT '[]',
-    created_at     REAL NOT NULL
+# v6: the checkpoints admins configure (/checkpoint add), shown in the /settings menu.
+_V6 = """
+CREATE TABLE checkpoints (
+    name        TEXT PRIMARY KEY COLLATE NOCASE,
+    family      TEXT,
+    created_at  REAL NOT NULL
 );
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (6, _V6), (7, _V7)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """
