@@ -245,3 +245,25 @@ async def test_access_and_payments_commands_take_names_and_replies(e2e: E2E) -> 
     assert e2e.fake.last_message(group).text == e2e.t("access.unbanned_user", user_id=ivy.id)
     await e2e.command(admin, "/payments @ivy_k")
     assert e2e.fake.last_message(admin.id).text == e2e.t("pay.payments_none")
+
+
+async def test_photo_taking_admin_type_takes_the_photo_sent_next(e2e: E2E) -> None:
+    admin = e2e.fake.user(ADMIN_ID)
+    kit = e2e.fake.user(4011)
+    await e2e.add_deployment("ANIMATE", inputs=("input_prompt", "input_seed", "input_image"))
+    await e2e.command(admin, "/type ANIMATE image")
+    await e2e.command(kit, "/animate a dancing cat --seed 7")
+    assert e2e.fake.last_message(kit.id).text == e2e.t(
+        "actions.custom_send_photo", command="animate"
+    )
+    assert not await e2e.storage.runs.list_user_runs(kit.id, active_only=False)
+    await e2e.feed(kit.send_text("hello", queue=False))  # not a photo: reminded
+    assert e2e.fake.last_message(kit.id).text == e2e.t(
+        "actions.custom_send_photo", command="animate"
+    )
+    await e2e.feed(kit.send_photo(png((96, 64)), queue=False))  # the photo sent next
+    run = await e2e.latest_run(kit.id)
+    assert run.type == "ANIMATE" and run.meta["prompt"] == "a dancing cat"
+    assert run.request["seed"] == 7 and run.request["image"]["width"] == 96
+    await e2e.feed(kit.send_photo(png(), queue=False))  # the flow ended: no second run
+    assert len(await e2e.storage.runs.list_user_runs(kit.id, active_only=False)) == 1
