@@ -307,3 +307,25 @@ async def test_local_mode_with_comfyui_url_generates_real_images(
             assert media.status_code == 200 and media.content.startswith(b"\x89PNG")
             assert (photo["w"], photo["h"]) == (1024, 1024)  # the request's size, rendered
     assert comfy.executed_prompts, "the ComfyUI double ran nothing"
+
+
+async def test_workflow_for_an_unknown_type_gives_its_command(
+    e2e: E2E, comfy: FakeComfyUI
+) -> None:
+    """`/workflow add ANIMATE` (a type the bot does not know) → `/animate` works at once, is
+    in /help and in the command menu, and runs on that workflow."""
+    reply = await add_workflow(e2e, "ANIMATE", "model-free/make", "anim")
+    assert "anim" in reply and "ANIMATE" in reply
+    menu = {c["command"] for cs in e2e.fake.commands.values() for c in cs}
+    assert "animate" in menu
+    gus = e2e.fake.user(3010)
+    await e2e.command(gus, "/help")
+    assert "/animate" in last_text(e2e, gus.id)
+    await e2e.command(gus, "/animate a dancing cat --seed 4")
+    run = await delivered(e2e, gus)
+    assert run.type == "ANIMATE" and run.deployment_id == "workflow:anim"
+    assert run.request["seed"] == 4 and run.meta["prompt"] == "a dancing cat"
+    assert e2e.fake.sent_media(gus.id)[-1].media_kind == "photo"
+    await e2e.command(e2e.fake.user(ADMIN_ID), "/workflow remove anim")
+    await e2e.command(gus, "/animate a cat")
+    assert last_text(e2e, gus.id) == e2e.t("common.unknown_command")
