@@ -86,3 +86,28 @@ def test_help_and_menu_entries() -> None:
         ("animate", "actions.custom_command_description:type=ANIMATE"),
         ("video", "actions.custom_command_description:type=VIDEO"),
     ]
+
+
+async def test_no_admin_added_type_shadows_a_command_of_the_bot(tmp_path: Any) -> None:
+    """Every command the bot registers is reserved: a deployment of type BUY or REFUND gets
+    no /buy, /refund (the flows that match admin-added types are tried before them)."""
+    from telegram.ext import CommandHandler
+
+    from handlers.custom_commands import BUILTIN_COMMANDS
+    from tests.e2e.inprocess import make_e2e
+
+    env, close = await make_e2e(tmp_path)
+    try:
+        registered: set[str] = set()
+        for handlers in env.app.handlers.values():
+            for handler in handlers:
+                nested = getattr(handler, "entry_points", [])
+                for h in [handler, *nested]:
+                    if isinstance(h, CommandHandler):
+                        registered |= set(h.commands)
+        assert registered and registered <= BUILTIN_COMMANDS, registered - BUILTIN_COMMANDS
+        registry = CustomTypeRegistry(reserved_commands=BUILTIN_COMMANDS)
+        registry.refresh(["BUY", "REFUND", "TERMS", "BAN", "CHECKPOINT", "ANIMATE"])
+        assert registry.commands() == {"animate": "ANIMATE"}
+    finally:
+        await close()
