@@ -267,3 +267,21 @@ async def test_photo_taking_admin_type_takes_the_photo_sent_next(e2e: E2E) -> No
     assert run.request["seed"] == 7 and run.request["image"]["width"] == 96
     await e2e.feed(kit.send_photo(png(), queue=False))  # the flow ended: no second run
     assert len(await e2e.storage.runs.list_user_runs(kit.id, active_only=False)) == 1
+
+
+async def test_deployment_add_for_an_unknown_type_gives_its_command(e2e: E2E) -> None:
+    """Through the admin's own command (no manual refresh): `/deployment add ANIMATE <id>` →
+    `/animate` in the menu, in /help and working; its removal takes the command away."""
+    admin = e2e.fake.user(ADMIN_ID)
+    liv = e2e.fake.user(4012)
+    dep = e2e.cd.add_deployment(inputs=("input_prompt", "input_seed"))
+    await e2e.command(admin, f"/deployment add ANIMATE {dep}")
+    assert "animate" in {c["command"] for cs in e2e.fake.commands.values() for c in cs}
+    await e2e.command(liv, "/help")
+    assert "/animate" in e2e.fake.last_message(liv.id).text
+    await e2e.command(liv, "/animate a dancing cat")
+    run = await e2e.latest_run(liv.id)
+    assert run.type == "ANIMATE" and run.meta["prompt"] == "a dancing cat"
+    await e2e.command(admin, f"/deployment remove {dep}")
+    await e2e.command(liv, "/animate a cat")
+    assert e2e.fake.last_message(liv.id).text == e2e.t("common.unknown_command")
