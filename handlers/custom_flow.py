@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from telegram import Message, Update
-from telegram.ext import Application, ConversationHandler, MessageHandler, filters
+from telegram.ext import Application, ConversationHandler, MessageHandler
 
 from generation.custom_types import CustomType
 from generation.params import ParamError
-from handlers.common import IMAGE_MESSAGE
+from handlers.common import FLOW_IMAGE, FLOW_OTHER
 from handlers.context import BotContext, Caller
 from handlers.custom_commands import CustomCommandFilter, command_of
 from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data
@@ -129,8 +129,8 @@ def custom_flow(application: Application[Any, Any, Any, Any, Any, Any]) -> Flow:
         entry_points=[MessageHandler(check, custom_type_command)],
         states={
             WAIT_PHOTO: [
-                MessageHandler(IMAGE_MESSAGE, custom_photo),
-                MessageHandler(~filters.COMMAND, custom_reminder),
+                MessageHandler(FLOW_IMAGE, custom_photo),
+                MessageHandler(FLOW_OTHER, custom_reminder),
             ]
         },
     )

@@ -309,9 +309,7 @@ async def test_local_mode_with_comfyui_url_generates_real_images(
     assert comfy.executed_prompts, "the ComfyUI double ran nothing"
 
 
-async def test_workflow_for_an_unknown_type_gives_its_command(
-    e2e: E2E, comfy: FakeComfyUI
-) -> None:
+async def test_workflow_for_an_unknown_type_gives_its_command(e2e: E2E, comfy: FakeComfyUI) -> None:
     """`/workflow add ANIMATE` (a type the bot does not know) → `/animate` works at once, is
     in /help and in the command menu, and runs on that workflow."""
     reply = await add_workflow(e2e, "ANIMATE", "model-free/make", "anim")

@@ -285,3 +285,20 @@ async def test_deployment_add_for_an_unknown_type_gives_its_command(e2e: E2E) ->
     await e2e.command(admin, f"/deployment remove {dep}")
     await e2e.command(liv, "/animate a cat")
     assert e2e.fake.last_message(liv.id).text == e2e.t("common.unknown_command")
+
+
+async def test_a_captioned_command_is_not_swallowed_by_a_waiting_flow(e2e: E2E) -> None:
+    """While /upscale waits for its photo, a document captioned /workflow add goes to that
+    command (not the "send the photo" reminder), and a photo captioned /make --style makes."""
+    await e2e.add_deployment("MAKE_STYLE", inputs=STYLE_INPUTS)
+    admin = e2e.fake.user(ADMIN_ID)
+    await e2e.command(admin, "/upscale")
+    await e2e.feed(
+        admin.send_document(
+            b"{}", "w.json", "application/json", "/workflow add MAKE x", queue=False
+        )
+    )
+    assert e2e.fake.last_message(ADMIN_ID).text != e2e.t("actions.upscale_send_photo")
+    await e2e.feed(admin.send_photo(png(), caption="/make a knight --style", queue=False))
+    run = await e2e.latest_run(ADMIN_ID)
+    assert run.type == "MAKE_STYLE"
