@@ -267,6 +267,10 @@ async def test_photo_taking_admin_type_takes_the_photo_sent_next(e2e: E2E) -> No
     assert run.request["seed"] == 7 and run.request["image"]["width"] == 96
     await e2e.feed(kit.send_photo(png(), queue=False))  # the flow ended: no second run
     assert len(await e2e.storage.runs.list_user_runs(kit.id, active_only=False)) == 1
+    await e2e.command(kit, "/animate a sleeping cat")  # waits again; /cancel ends it
+    await e2e.command(kit, "/cancel")
+    await e2e.feed(kit.send_photo(png(), queue=False))
+    assert len(await e2e.storage.runs.list_user_runs(kit.id, active_only=False)) == 1
 
 
 async def test_deployment_add_for_an_unknown_type_gives_its_command(e2e: E2E) -> None:
