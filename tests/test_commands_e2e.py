@@ -306,3 +306,15 @@ async def test_a_captioned_command_is_not_swallowed_by_a_waiting_flow(e2e: E2E) 
     await e2e.feed(admin.send_photo(png(), caption="/make a knight --style", queue=False))
     run = await e2e.latest_run(ADMIN_ID)
     assert run.type == "MAKE_STYLE"
+
+
+async def test_workflow_caption_for_another_bot_is_ignored_in_a_group(e2e: E2E) -> None:
+    admin = e2e.fake.user(ADMIN_ID)
+    group = -100321
+    e2e.fake.add_chat(group, title="Ops")
+    for caption in ("/workflow@other_bot add MAKE x", f"/workflow@{e2e.fake.bot_username} add"):
+        await e2e.feed(
+            admin.send_document(b"{}", "w.json", "application/json", caption, chat_id=group)
+        )
+    texts = [m.text for m in e2e.fake.messages(group)]
+    assert len(texts) == 1 and texts[0] != e2e.t("workflow.no_server"), texts  # ours only
