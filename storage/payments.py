@@ -19,15 +19,15 @@ from generation.billing import utc_day
 from generation.errors import AlreadyRefundedError, CreditsSpentError, PaymentNotFoundError
 from storage.database import Database
 from storage.errors import ValidationError
-from storage.ledger import (
+from storage.ledger import LedgerRepository
+from storage.ledger_audit import check_payments
+from storage.money import (
     REASON_PURCHASE,
     REASON_REFUND,
     Balances,
-    LedgerRepository,
-    _fetch_money,
-    _virtual,
     append_movement,
-    check_payments,
+    fetch_money,
+    virtual_balances,
 )
 from storage.validation import require_int, require_text
 
@@ -213,11 +213,11 @@ class PaymentRepository:
 
 
 async def _balances(conn: aiosqlite.Connection, user_id: int, now: float, daily: int) -> Balances:
-    return _virtual(await _fetch_money(conn, user_id), utc_day(now), daily)
+    return virtual_balances(await fetch_money(conn, user_id), utc_day(now), daily)
 
 
 async def _paid_available(conn: aiosqlite.Connection, user_id: int) -> int:
-    row = await _fetch_money(conn, user_id)
+    row = await fetch_money(conn, user_id)
     if row is None:
         return 0
     balance, held, free_balance, free_held, _ = row
