@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 
 from generation.comfyui.client import ComfyUIClient
-from generation.comfyui.graph import GraphError, ImageRef, image_input_names, substitute
+from generation.comfyui.graph import GraphError
+from generation.comfyui.substitute import ImageRef, image_input_names, substitute
 from generation.errors import BackendUnavailableError, InvalidInputError, WorkflowInvalidError
 
 MAX_IMAGE_BYTES = 50_000_000
