@@ -12,9 +12,10 @@ from generation.events import EventBus
 from generation.models import ChargeState, DeliveryState, RunRecord, RunStatus
 from generation.ports import Backend, BalanceStore, RunStore
 from generation.run_inputs import image_refs, images_stored, record_had_images, request_from_record
+from generation.run_state import completion_events
 from generation.scheduler import FairScheduler, QueueItem
 from generation.submission import Pending, Submitter
-from generation.tracker import RunTracker, completion_events
+from generation.tracker import RunTracker
 from generation.types import validate_request
 
 log = logging.getLogger(__name__)

@@ -34,13 +34,12 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from generation.cancellation import cancel_run, cancel_user_runs
 from generation.counters import GenerationCounters
 from generation.errors import (
-    BackendError,
     ErrorCode,
     NoDeploymentsAvailableError,
     QueueBusyError,
@@ -48,8 +47,10 @@ from generation.errors import (
     RunNotFoundError,
 )
 from generation.events import EventBus, GenerationQueued
+from generation.loops import every, worker
 from generation.maintenance import Maintenance
 from generation.models import DeliveryState, RunRecord, RunStatus
+from generation.orphans import Orphans
 from generation.ports import (
     Backend,
     BalanceStore,
@@ -119,8 +120,15 @@ class GenerationService:
             clock=clock,
             on_finished=self._on_finished,
             max_outputs=s.max_outputs_per_run,
-            webhook_is_ours=functools.partial(webhook_is_ours, s.webhook_secret),
             counters=self.counters,
+        )
+        self.orphans = Orphans(
+            self.tracker,
+            runs=runs,
+            backend=backend,
+            clock=clock,
+            counters=self.counters,
+            webhook_is_ours=functools.partial(webhook_is_ours, s.webhook_secret),
         )
         self.maintenance = Maintenance(
             runs,
@@ -150,6 +158,7 @@ class GenerationService:
             selector=self.selector,
             scheduler=self.scheduler,
             tracker=self.tracker,
+            orphans=self.orphans,
             inputs=self.inputs,
         )
         self._pending = self.submitter.pending
@@ -174,17 +183,22 @@ class GenerationService:
         loop = asyncio.get_running_loop()
         workers = max(1, self.settings.max_in_flight)
         self._tasks = [
-            loop.create_task(self._worker(), name=f"generation-worker-{i}") for i in range(workers)
+            loop.create_task(
+                worker(self.scheduler, self.dispatch, self.tracker, self._busy, self._is_stopping),
+                name=f"generation-worker-{i}",
+            )
+            for i in range(workers)
         ]
         s = self.settings
         interval = s.webhook_poll_interval if s.webhook_url else s.poll_interval
-        poll = self._every(interval, self._poll_tick, "poll tick")
+        poll = every(interval, self._poll_tick, "poll tick")
         self._tasks.append(loop.create_task(poll, name="generation-poller"))
         if s.maintenance_interval > 0:
-            tidy = self._every(
-                s.maintenance_interval, self.maintenance.run_once, "maintenance pass"
-            )
+            tidy = every(s.maintenance_interval, self.maintenance.run_once, "maintenance pass")
             self._tasks.append(loop.create_task(tidy, name="generation-maintenance"))
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     async def stop(self) -> None:
         """Stop taking work, cancel our tasks cleanly; persisted runs resume on next start.
@@ -299,7 +313,13 @@ class GenerationService:
         """Apply a ComfyDeploy webhook (``generation/webhooks.py: apply_webhook``); counts
         the outcome."""
         ok = await apply_webhook(
-            self.runs, self.tracker, self.settings.webhook_secret, payload, token, run_ref
+            self.runs,
+            self.tracker,
+            self.orphans,
+            self.settings.webhook_secret,
+            payload,
+            token,
+            run_ref,
         )
         self.counters.inc("generation_webhooks_total", result="accepted" if ok else "rejected")
         return ok
@@ -347,39 +367,9 @@ class GenerationService:
 
     # -- workers ------------------------------------------------------------------------------
 
-    async def _worker(self) -> None:
-        me = asyncio.current_task()
-        assert me is not None
-        while not self._stopping:
-            item = await self.scheduler.take()
-            self._busy.add(me)
-            try:
-                await self.dispatch(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("run %s: dispatch crashed", item.run_id)
-                await self.tracker.fail(item.run_id, BackendError(f"internal error: {exc!r}"))
-            finally:
-                self._busy.discard(me)
-
     async def _poll_tick(self) -> None:
         await self.tracker.poll_once()
         await self.tracker.check_deadlines()
-
-    async def _tidy(self) -> None:
-        await self.maintenance.run_once()
-
-    @staticmethod
-    async def _every(interval: float, tick: Callable[[], Awaitable[None]], what: str) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s failed", what)
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """Counters plus live gauges, for /metrics (no database access)."""

@@ -22,6 +22,7 @@ from generation.errors import (
 )
 from generation.events import EventBus, GenerationStarted
 from generation.models import ChargeState, DeploymentConfig, RunRecord, RunStatus
+from generation.orphans import Orphans
 from generation.ports import Backend, BalanceStore, LoraStore, RunStore
 from generation.prompt_builder import PromptBuilder
 from generation.request import IMAGE_FIELDS, GenerationRequest
@@ -62,6 +63,7 @@ class Submitter:
         selector: DeploymentSelector,
         scheduler: FairScheduler,
         tracker: RunTracker,
+        orphans: Orphans,
         inputs: RunInputs,
     ) -> None:
         self.backend = backend
@@ -75,6 +77,7 @@ class Submitter:
         self.selector = selector
         self.scheduler = scheduler
         self.tracker = tracker
+        self.orphans = orphans
         self.inputs = inputs
         self.pending: dict[str, Pending] = {}
         self._early_updates: dict[str, None] = {}  # backend run ids pushed before tracked
@@ -221,7 +224,7 @@ class Submitter:
             await self.tracker.fail(run.id, exc)
             return
         # Webhook mode: a run created by a lost attempt reports to this run's URL and is
-        # adopted then (tracker.foreign_webhook); until the window ends the run waits.
+        # adopted then (generation/orphans.py); until the window ends the run waits.
         self.pending.pop(run.id, None)
         self.tracker.await_adoption(run.id, self.clock() + self.settings.adopt_window)
         log.warning("run %s: create on %s uncertain; waiting for its webhook", run.id, dep_id)
@@ -257,7 +260,7 @@ class Submitter:
                 current = await self.runs.update_run(run.id, **changes)
                 self.tracker.track(current)
         if unused:
-            await self.tracker.cancel_orphan(run.id, backend_run_id)
+            await self.orphans.cancel(run.id, backend_run_id)
             return
         if current.is_terminal:
             return

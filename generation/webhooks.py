@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from generation.models import RunStatus
+from generation.orphans import Orphans
 from generation.ports import RunStore
 from generation.status import snapshot_from_payload
 from generation.tokens import verify_webhook_token
@@ -28,6 +29,7 @@ def webhook_is_ours(secret: str, run_id: str, url: str | None) -> bool:
 async def apply_webhook(
     runs: RunStore,
     tracker: RunTracker,
+    orphans: Orphans,
     secret: str,
     payload: Mapping[str, Any],
     token: str | None,
@@ -53,7 +55,7 @@ async def apply_webhook(
     if run.backend_run_id is None or snapshot.backend_run_id != run.backend_run_id:
         # A backend run we do not track reports to this run's URL: a create whose answer
         # was lost (adopted when the run has none yet) or a duplicate (cancelled).
-        return await tracker.foreign_webhook(run.id, snapshot.backend_run_id)
+        return await orphans.foreign_webhook(run.id, snapshot.backend_run_id)
     if snapshot.status is RunStatus.SUCCESS:
         if not run.is_terminal:
             await tracker.confirm(run.id, run.backend_run_id)
