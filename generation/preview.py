@@ -15,7 +15,6 @@ Output files and uploads are served by :attr:`PreviewBackend.transport`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import re
@@ -33,6 +32,7 @@ from generation.models import DeploymentInfo, RunSnapshot
 from generation.preview_render import PREVIEW_LABEL, render_batch
 from generation.preview_transport import PreviewTransport
 from generation.status import snapshot_from_payload
+from generation.tasks import TaskSet
 from generation.types import GENERATION_TYPES
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class PreviewBackend:
         self._max_uploads = max(1, max_uploads)
         self._runs: OrderedDict[str, _Run] = OrderedDict()
         self._uploads: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.transport = PreviewTransport(self.base_url, self.file, fallback_transport)
 
     def __repr__(self) -> str:
@@ -176,12 +176,10 @@ class PreviewBackend:
         self._evict_runs()
         log.info("preview run %s created (deployment %s)", run.id, deployment_id)
         if webhook and self.webhook_sink is not None:
-            task = asyncio.get_running_loop().create_task(
+            self._tasks.spawn(
                 self._push_webhooks(run, webhook, webhook_intermediate_status),
                 name=f"preview-webhooks-{run.id[:8]}",
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
         return run.id
 
     async def get_run(self, run_id: str) -> RunSnapshot:
@@ -218,12 +216,7 @@ class PreviewBackend:
         ]
 
     async def aclose(self) -> None:
-        tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.aclose()
         await self.transport.aclose()
 
     # -- files -----------------------------------------------------------------------------

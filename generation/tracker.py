@@ -26,7 +26,6 @@ cancel) can never interleave their read-modify-write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import weakref
@@ -43,6 +42,7 @@ from generation.events import (
 from generation.models import MediaOutput, RunRecord, RunSnapshot, RunStatus
 from generation.ports import Backend, BalanceStore, RunStore
 from generation.run_state import ERROR_FOR_STATUS, final_events, snapshot_changes
+from generation.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class RunTracker:
         self._poll_limit = asyncio.Semaphore(max(1, poll_concurrency))
         self._tracked: dict[str, _Tracked] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._max_outputs = max(1, max_outputs)
         self._awaiting: dict[str, float] = {}  # run id → end of its adoption window
         self._counters = counters or GenerationCounters()
@@ -125,26 +125,19 @@ class RunTracker:
 
     async def aclose(self) -> None:
         """Cancel helper tasks (follow-up polls)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self._tasks.aclose()
 
     async def drain(self) -> None:
         """Wait for the helper tasks (confirmations, orphan checks) running now, and those
         they start (bounded)."""
         for _ in range(20):
-            pending = [t for t in self._tasks if not t.done()]
+            pending = self._tasks.running()
             if not pending:
                 return
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     spawn = _spawn  # helper tasks of the service too (cancelled by aclose, awaited by drain)
 

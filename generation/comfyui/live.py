@@ -5,7 +5,6 @@ sink: throttled per prompt, at once when a prompt starts or ends or the socket r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -14,6 +13,7 @@ from typing import Any
 from generation.comfyui import ids
 from generation.comfyui.progress import LiveState
 from generation.comfyui.servers import Server
+from generation.tasks import TaskSet
 
 log = logging.getLogger("generation.comfyui")
 
@@ -28,15 +28,10 @@ class LivePrompts:
         self.states: dict[str, LiveState] = {}
         self._last_push: dict[str, float] = {}
         self.sink: UpdateSink | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
 
     async def aclose(self) -> None:
-        tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.aclose()
 
     def remember(self, server: Server, prompt_id: str, graph: Mapping[str, Any]) -> None:
         self.states[prompt_id] = LiveState.for_graph(prompt_id, graph)
@@ -90,11 +85,7 @@ class LivePrompts:
         if not urgent and now - self._last_push.get(prompt_id, 0.0) < _PUSH_INTERVAL:
             return
         self._last_push[prompt_id] = now
-        task = asyncio.get_running_loop().create_task(
-            self._deliver(ids.run_id(server.key, prompt_id))
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._deliver(ids.run_id(server.key, prompt_id)))
 
     async def _deliver(self, run_id: str) -> None:
         sink = self.sink
