@@ -8,38 +8,25 @@ from __future__ import annotations
 import logging
 
 from generation.errors import GenerationError, InterruptedError_, SubmitUncertainError
-from generation.events import EventBus
 from generation.models import ChargeState, DeliveryState, RunRecord, RunStatus
-from generation.ports import Backend, BalanceStore, RunStore
 from generation.run_inputs import image_refs, images_stored, record_had_images, request_from_record
 from generation.run_state import completion_events
-from generation.scheduler import FairScheduler, QueueItem
+from generation.scheduler import QueueItem
 from generation.submission import Pending, Submitter
-from generation.tracker import RunTracker
 from generation.types import validate_request
 
 log = logging.getLogger(__name__)
 
 
 class Resumer:
-    def __init__(
-        self,
-        *,
-        backend: Backend,
-        runs: RunStore,
-        balances: BalanceStore,
-        bus: EventBus,
-        scheduler: FairScheduler,
-        tracker: RunTracker,
-        submitter: Submitter,
-    ) -> None:
-        self.backend = backend
-        self.runs = runs
-        self.balances = balances
-        self.bus = bus
-        self.scheduler = scheduler
-        self.tracker = tracker
+    def __init__(self, submitter: Submitter) -> None:
         self.submitter = submitter
+        self.backend = submitter.backend
+        self.runs = submitter.runs
+        self.balances = submitter.balances
+        self.bus = submitter.bus
+        self.scheduler = submitter.scheduler
+        self.tracker = submitter.tracker
         self.inputs = submitter.inputs
 
     async def resume(self) -> None:

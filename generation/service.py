@@ -223,15 +223,7 @@ class GenerationService:
         await self.tracker.aclose()
 
     async def _resume(self) -> None:
-        await Resumer(
-            backend=self.backend,
-            runs=self.runs,
-            balances=self.balances,
-            bus=self.bus,
-            scheduler=self.scheduler,
-            tracker=self.tracker,
-            submitter=self.submitter,
-        ).resume()
+        await Resumer(self.submitter).resume()
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from generation.counters import GenerationCounters
@@ -48,39 +48,27 @@ class Pending:
     run: RunRecord | None = None  # the record as created (spares dispatch a re-read)
 
 
+@dataclass(kw_only=True, eq=False)
 class Submitter:
-    def __init__(
-        self,
-        *,
-        backend: Backend,
-        runs: RunStore,
-        balances: BalanceStore,
-        loras: LoraStore,
-        bus: EventBus,
-        settings: GenerationSettings,
-        clock: Callable[[], float],
-        counters: GenerationCounters,
-        selector: DeploymentSelector,
-        scheduler: FairScheduler,
-        tracker: RunTracker,
-        orphans: Orphans,
-        inputs: RunInputs,
-    ) -> None:
-        self.backend = backend
-        self.runs = runs
-        self.balances = balances
-        self.loras = loras
-        self.bus = bus
-        self.settings = settings
-        self.clock = clock
-        self.counters = counters
-        self.selector = selector
-        self.scheduler = scheduler
-        self.tracker = tracker
-        self.orphans = orphans
-        self.inputs = inputs
-        self.pending: dict[str, Pending] = {}
-        self._early_updates: dict[str, None] = {}  # backend run ids pushed before tracked
+    """Takes queued runs to the backend (``GenerationService`` wires it; ``resume.py`` uses
+    its pending requests and ``after_create`` too)."""
+
+    backend: Backend
+    runs: RunStore
+    balances: BalanceStore
+    loras: LoraStore
+    bus: EventBus
+    settings: GenerationSettings
+    clock: Callable[[], float]
+    counters: GenerationCounters
+    selector: DeploymentSelector
+    scheduler: FairScheduler
+    tracker: RunTracker
+    orphans: Orphans
+    inputs: RunInputs
+    pending: dict[str, Pending] = field(default_factory=dict)
+    # backend run ids pushed before tracked
+    _early_updates: dict[str, None] = field(default_factory=dict)
 
     async def on_backend_update(self, backend_run_id: str) -> None:
         """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now. A push
