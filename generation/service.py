@@ -34,7 +34,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from generation.cancellation import cancel_run, cancel_user_runs
@@ -327,24 +327,27 @@ class GenerationService:
 
     async def mark_delivered(self, run_id: str) -> RunRecord:
         """The caller delivered the result: settle the hold (exactly once)."""
-        async with self.tracker.lock(run_id):
-            run = await self.runs.update_run(
-                run_id, delivery_state=DeliveryState.DELIVERED, updated_at=self.clock()
-            )
-            if await self.balances.settle_hold(run_id):
-                run = await self.runs.get_run(run_id) or run
-                self.counters.inc("generation_runs_delivered_total")
+        run, settled = await self._end_delivery(
+            run_id, DeliveryState.DELIVERED, self.balances.settle_hold
+        )
+        if settled:
+            self.counters.inc("generation_runs_delivered_total")
         return run
 
     async def mark_delivery_failed(self, run_id: str) -> RunRecord:
         """The caller could not deliver: release the hold (exactly once)."""
-        async with self.tracker.lock(run_id):
-            run = await self.runs.update_run(
-                run_id, delivery_state=DeliveryState.FAILED, updated_at=self.clock()
-            )
-            if await self.balances.release_hold(run_id):
-                run = await self.runs.get_run(run_id) or run
+        run, _ = await self._end_delivery(run_id, DeliveryState.FAILED, self.balances.release_hold)
         return run
+
+    async def _end_delivery(
+        self, run_id: str, state: DeliveryState, resolve: Callable[[str], Awaitable[bool]]
+    ) -> tuple[RunRecord, bool]:
+        async with self.tracker.lock(run_id):
+            run = await self.runs.update_run(run_id, delivery_state=state, updated_at=self.clock())
+            resolved = await resolve(run_id)
+            if resolved:
+                run = await self.runs.get_run(run_id) or run
+        return run, resolved
 
     # -- scheduler / tracker hooks --------------------------------------------------------------
 

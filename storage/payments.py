@@ -158,11 +158,7 @@ class PaymentRepository:
         ``AlreadyRefundedError``, or ``CreditsSpentError`` (with ``available``) when the user
         no longer has all the credits and ``force`` is not set."""
         async with self._db.read() as conn:
-            payment = await _select(conn, charge_id)
-            if payment is None:
-                raise PaymentNotFoundError(f"no payment {charge_id!r}")
-            if payment.state == STATE_REFUNDED:
-                raise AlreadyRefundedError(f"payment {charge_id!r} was refunded already")
+            payment = await _refundable(conn, charge_id)
             available = await _paid_available(conn, payment.user_id)
         plan = RefundPlan(payment, available, min(payment.credits, available))
         if plan.shortfall and not force:
@@ -180,11 +176,7 @@ class PaymentRepository:
         ``AlreadyRefundedError`` if it is marked refunded already (nothing written)."""
         now = self._db.clock()
         async with self._db.write() as conn:
-            payment = await _select(conn, charge_id)
-            if payment is None:
-                raise PaymentNotFoundError(f"no payment {charge_id!r}")
-            if payment.state == STATE_REFUNDED:
-                raise AlreadyRefundedError(f"payment {charge_id!r} was refunded already")
+            payment = await _refundable(conn, charge_id)
             take = min(payment.credits, await _paid_available(conn, payment.user_id))
             await conn.execute(
                 "UPDATE payments SET state = 'refunded', credits_taken_back = ?,"
@@ -210,6 +202,15 @@ class PaymentRepository:
         """The payment checks of :meth:`LedgerRepository.check_consistency`."""
         async with self._db.read() as conn:
             return await check_payments(conn)
+
+
+async def _refundable(conn: aiosqlite.Connection, charge_id: str) -> Payment:
+    payment = await _select(conn, charge_id)
+    if payment is None:
+        raise PaymentNotFoundError(f"no payment {charge_id!r}")
+    if payment.state == STATE_REFUNDED:
+        raise AlreadyRefundedError(f"payment {charge_id!r} was refunded already")
+    return payment
 
 
 async def _balances(conn: aiosqlite.Connection, user_id: int, now: float, daily: int) -> Balances:
