@@ -48,7 +48,13 @@ from generation.ports import Backend
 from generation.service import GenerationService
 from handlers import register
 from handlers.context import CONTEXT_TYPES, BotContext
-from handlers.custom_commands import BUILTIN_COMMANDS, menu_commands, refresh_registry
+from handlers.custom_commands import (
+    BUILTIN_COMMANDS,
+    MENU_COMMANDS,
+    PAYMENT_COMMANDS,
+    menu_commands,
+    refresh_registry,
+)
 from handlers.delivery import Delivery
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
@@ -58,21 +64,6 @@ from storage import RunLimits, Storage
 
 log = logging.getLogger(__name__)
 
-# Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
-MENU_COMMANDS = (
-    "make",
-    "quickmake",
-    "i2i",
-    "inpaint",
-    "upscale",
-    "cancel",
-    "balance",
-    "settings",
-    "id",
-    "help",
-    "start",
-)
-PAYMENT_COMMANDS = ("buy", "paysupport", "terms")  # in the menu when STAR_PACKAGES is set
 MAX_RUNNING_UPDATES = 256
 SHUTDOWN_GRACE = 10.0  # seconds deliveries and final progress edits get on a graceful stop
 

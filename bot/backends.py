@@ -21,7 +21,8 @@ from generation.comfyui import ComfyUIBackend
 from generation.ports import Backend, WorkflowStore
 from generation.preview import PREVIEW_DEPLOYMENTS, PREVIEW_INPUTS, PREVIEW_LABEL, PreviewBackend
 from generation.routing import RoutingBackend
-from generation.service import GenerationService, GenerationSettings
+from generation.service import GenerationService
+from generation.settings import GenerationSettings
 from storage import Storage
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,8 @@ from generation.models import (
     RunStatus,
 )
 from generation.request import GenerationContext, GenerationRequest, InputImage, RequestMode
-from generation.service import GenerationService, GenerationSettings
+from generation.service import GenerationService
+from generation.settings import GenerationSettings
 from generation.types import GENERATION_TYPES
 
 __all__ = [

@@ -9,7 +9,7 @@ may already have queued a run. It is retried freely only when the request surely
 arrive (connect errors, pool timeouts, 429, 502, 503). An uncertain failure (any other
 transport error, 500, 504) gets at most one more attempt, and only when the call carries a
 webhook URL: every attempt carries the same one, so a run created by a lost attempt reports to
-it and the service adopts or cancels it (generation.service). Without a webhook (polling mode)
+it and the service adopts or cancels it (generation/orphans.py). Without a webhook (polling mode)
 nothing could ever find such a run, so there is no second attempt. Either way, an uncertain
 outcome that stays uncertain raises :class:`SubmitUncertainError`, logged with the deployment.
 """
@@ -32,15 +32,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from generation.comfydeploy_answers import Retryable, Uncertain, read_response, transport_error
 from generation.errors import (
-    AuthFailedError,
     BackendError,
-    BackendUnavailableError,
-    DeploymentNotFoundError,
-    GenerationError,
     InvalidInputError,
-    RateLimitedError,
-    RunNotFoundError,
     SubmitUncertainError,
 )
 from generation.models import DeploymentInfo, RunSnapshot
@@ -50,28 +45,7 @@ log = logging.getLogger("generation.client")
 
 DEFAULT_BASE_URL = "https://api.comfydeploy.com/api"
 _MAX_RUN_ID_LEN = 200
-# Errors raised before any byte of the request could have reached the server.
-_NOT_SENT_ERRORS: tuple[type[httpx.TransportError], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-)
-_CANCEL_NOT_FOUND_MARKER = "error cancel function 404"
-
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class _Retryable(Exception):
-    """Internal: one attempt failed in a way worth retrying; ``error`` is raised at the end."""
-
-    def __init__(self, error: GenerationError, retry_after: float | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.retry_after = retry_after
-
-
-class _Uncertain(_Retryable):
-    """Internal: a create attempt whose request may have reached the backend."""
 
 
 class _Wait:
@@ -86,61 +60,9 @@ class _Wait:
         delay = self._jitter(retry_state)
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        if isinstance(exc, Retryable) and exc.retry_after is not None:
             delay = max(delay, min(exc.retry_after, self._max))
         return delay
-
-
-def _detail_text(body: Any) -> str:
-    """Human text of a FastAPI error body: ``{"detail": str}`` or a 422 list (without the
-    echoed ``input`` values, which may be huge data URIs)."""
-    if isinstance(body, Mapping):
-        detail = body.get("detail", body.get("error", body.get("message")))
-    else:
-        detail = body
-    if isinstance(detail, str):
-        return detail[:500]
-    if isinstance(detail, list):
-        parts = []
-        for entry in detail[:10]:
-            if isinstance(entry, Mapping):
-                loc = entry.get("loc")
-                where = ".".join(str(p) for p in loc) if isinstance(loc, list | tuple) else ""
-                msg = str(entry.get("msg", ""))[:200]
-                parts.append(f"{where}: {msg}" if where else msg)
-            else:
-                parts.append(str(entry)[:200])
-        return "; ".join(parts)
-    return ""
-
-
-def _detail_field(body: Any) -> str | None:
-    """The offending field of a 422 body (last ``loc`` element), when there is one."""
-    if isinstance(body, Mapping) and isinstance(body.get("detail"), list):
-        for entry in body["detail"]:
-            if isinstance(entry, Mapping) and isinstance(entry.get("loc"), list | tuple):
-                loc = entry["loc"]
-                if loc:
-                    return str(loc[-1])
-    return None
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
-def _json_body(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _run_path(run_id: str, suffix: str = "") -> str:
@@ -332,10 +254,10 @@ class ComfyDeployClient:
         def should_retry(state: RetryCallState) -> bool:
             nonlocal uncertain
             exc = state.outcome.exception() if state.outcome is not None else None
-            if isinstance(exc, _Uncertain):
+            if isinstance(exc, Uncertain):
                 uncertain += 1
                 return uncertain <= uncertain_retries
-            return isinstance(exc, _Retryable)
+            return isinstance(exc, Retryable)
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
@@ -358,7 +280,7 @@ class ComfyDeployClient:
                         files=files,
                         run_id=run_id,
                     )
-        except _Retryable as exhausted:
+        except Retryable as exhausted:
             raise exhausted.error from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -384,56 +306,9 @@ class ComfyDeployClient:
                 )
             except httpx.TransportError as exc:
                 self._log(method, path, None, started, run_id, attempt, error=type(exc).__name__)
-                raise self._transport_error(op, exc) from exc
+                raise transport_error(op, exc) from exc
         self._log(method, path, response.status_code, started, run_id, attempt)
-        return self._handle_response(op, response, run_id)
-
-    def _transport_error(self, op: str, exc: httpx.TransportError) -> Exception:
-        if op == "create" and not isinstance(exc, _NOT_SENT_ERRORS):
-            return _Uncertain(
-                SubmitUncertainError(
-                    f"create-run request may have reached the backend ({type(exc).__name__})"
-                )
-            )
-        return _Retryable(BackendUnavailableError(f"transport error: {type(exc).__name__}"))
-
-    def _handle_response(self, op: str, response: httpx.Response, run_id: str | None) -> Any:
-        status = response.status_code
-        if 200 <= status < 300:
-            body = _json_body(response)
-            if body is None:
-                raise BackendError(f"malformed JSON in {op} answer", status=status)
-            return body
-        body = _json_body(response)
-        detail = _detail_text(body) if body is not None else ""
-        if status in (401, 403):
-            raise AuthFailedError(f"ComfyDeploy refused the API key: {detail}", status=status)
-        if status == 404:
-            if op in ("get", "cancel"):
-                raise RunNotFoundError(detail or "Run not found", run_id=run_id)
-            if op == "create":
-                raise DeploymentNotFoundError(detail or "Deployment not found")
-            raise BackendError(f"{op}: 404 {detail}", status=status)
-        if status in (400, 422):
-            raise InvalidInputError(detail or f"HTTP {status}", field=_detail_field(body))
-        if status == 429:
-            raise _Retryable(RateLimitedError("ComfyDeploy rate limit"), _retry_after(response))
-        if op == "create" and status >= 500 and status not in (502, 503):
-            # 500/504: a gateway may have given up while the backend queued the run.
-            raise _Uncertain(
-                SubmitUncertainError(
-                    f"create-run answered {status}; a run may exist", status=status
-                )
-            )
-        if status >= 500:
-            if op == "cancel" and _CANCEL_NOT_FOUND_MARKER in detail.lower():
-                # ComfyDeploy wraps its own 404 in a 500 (docs/comfydeploy.md): not retryable.
-                raise RunNotFoundError(detail, run_id=run_id)
-            raise _Retryable(
-                BackendUnavailableError(f"ComfyDeploy {status}", status=status),
-                _retry_after(response),
-            )
-        raise BackendError(f"unexpected HTTP {status} on {op}: {detail}", status=status)
+        return read_response(op, response, run_id)
 
     @staticmethod
     def _log(

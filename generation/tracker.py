@@ -15,12 +15,9 @@ Every change of a run after it was accepted goes through :class:`RunTracker`:
 * A webhook reporting success is never taken at its word: the run is finished from the
   answer of ``GET /run/{id}`` (its outputs, its status), fetched in a helper task.
 * At most ``max_outputs`` outputs of a run are kept (``MAX_OUTPUTS_PER_RUN``).
-* Orphans (issue 11, point 3): a webhook for one of our runs naming a backend run we do not
-  track is checked with ``GET /run/{id}`` (its ``webhook`` must be this run's URL, token
-  included), then *adopted* when the run has no backend run yet (a create whose answer was
-  lost) or *cancelled* at the backend otherwise. A run whose create was uncertain waits for
-  adoption until its window ends (:meth:`RunTracker.await_adoption`), then fails as
-  SUBMIT_UNCERTAIN.
+* Orphans (issue 11, point 3) are adopted or cancelled by generation/orphans.py. A run whose
+  create was uncertain waits for adoption until its window ends
+  (:meth:`RunTracker.await_adoption`), then fails as SUBMIT_UNCERTAIN.
 
 All changes to one run are serialized by a per-run lock, so a webhook and a poll (or a
 cancel) can never interleave their read-modify-write.
@@ -29,7 +26,6 @@ cancel) can never interleave their read-modify-write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import weakref
@@ -41,22 +37,14 @@ from generation.counters import GenerationCounters
 from generation.errors import ErrorCode, GenerationError, RunNotFoundError, SubmitUncertainError
 from generation.events import (
     EventBus,
-    GenerationCancelled,
-    GenerationCompleted,
-    GenerationEvent,
-    GenerationFailed,
     GenerationProgress,
-    MediaAvailable,
 )
 from generation.models import MediaOutput, RunRecord, RunSnapshot, RunStatus
 from generation.ports import Backend, BalanceStore, RunStore
+from generation.run_state import ERROR_FOR_STATUS, final_events, snapshot_changes
+from generation.tasks import TaskSet
 
 log = logging.getLogger(__name__)
-
-_ERROR_FOR_STATUS = {
-    RunStatus.FAILED: ErrorCode.RUN_FAILED,
-    RunStatus.TIMEOUT: ErrorCode.RUN_TIMEOUT,
-}
 
 
 @dataclass(slots=True)
@@ -64,18 +52,6 @@ class _Tracked:
     backend_run_id: str
     deadline_at: float | None
     not_found: int = 0
-
-
-def completion_events(run: RunRecord) -> list[GenerationEvent]:
-    """GenerationCompleted plus one MediaAvailable per output (also used on resume)."""
-    events: list[GenerationEvent] = [
-        GenerationCompleted(run.id, run.user_id, run.chat_id, outputs=run.outputs)
-    ]
-    events += [
-        MediaAvailable(run.id, run.user_id, run.chat_id, output=output, index=i)
-        for i, output in enumerate(run.outputs)
-    ]
-    return events
 
 
 class RunTracker:
@@ -91,7 +67,6 @@ class RunTracker:
         not_found_limit: int = 3,
         poll_concurrency: int = 8,
         max_outputs: int = 16,
-        webhook_is_ours: Callable[[str, str | None], bool] | None = None,
         counters: GenerationCounters | None = None,
     ) -> None:
         self._runs = runs
@@ -104,13 +79,9 @@ class RunTracker:
         self._poll_limit = asyncio.Semaphore(max(1, poll_concurrency))
         self._tracked: dict[str, _Tracked] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._max_outputs = max(1, max_outputs)
-        # (our run id, backend webhook URL) → is that URL the one we gave that run?
-        self._webhook_is_ours = webhook_is_ours or (lambda _run_id, _url: False)
         self._awaiting: dict[str, float] = {}  # run id → end of its adoption window
-        self._foreign: set[str] = set()  # backend run ids already adopted/cancelled/checking
-        self.orphans_cancelled: list[str] = []  # backend run ids cancelled as orphans
         self._counters = counters or GenerationCounters()
 
     # -- bookkeeping --------------------------------------------------------------------------
@@ -138,6 +109,10 @@ class RunTracker:
         created until ``until`` (clock time), then fail it as SUBMIT_UNCERTAIN."""
         self._awaiting[run_id] = until
 
+    def stop_awaiting(self, run_id: str) -> None:
+        """``run_id`` was adopted: its adoption window is over."""
+        self._awaiting.pop(run_id, None)
+
     def is_awaiting(self, run_id: str) -> bool:
         return run_id in self._awaiting
 
@@ -150,26 +125,19 @@ class RunTracker:
 
     async def aclose(self) -> None:
         """Cancel helper tasks (follow-up polls)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self._tasks.aclose()
 
     async def drain(self) -> None:
         """Wait for the helper tasks (confirmations, orphan checks) running now, and those
         they start (bounded)."""
         for _ in range(20):
-            pending = [t for t in self._tasks if not t.done()]
+            pending = self._tasks.running()
             if not pending:
                 return
             await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     spawn = _spawn  # helper tasks of the service too (cancelled by aclose, awaited by drain)
 
@@ -197,11 +165,11 @@ class RunTracker:
                     run,
                     status,
                     outputs=snapshot.outputs,
-                    error_code=_ERROR_FOR_STATUS.get(status),
+                    error_code=ERROR_FOR_STATUS.get(status),
                     message=f"backend status {snapshot.raw_status or status.value}",
                     backend_run_id=snapshot.backend_run_id,
                 )
-            changes = self._changes(run, snapshot)
+            changes = snapshot_changes(run, snapshot)
             if not changes:
                 return False
             changes["updated_at"] = self._clock()
@@ -218,34 +186,6 @@ class RunTracker:
             )
         )
         return True
-
-    @staticmethod
-    def _changes(run: RunRecord, snap: RunSnapshot) -> dict[str, Any]:
-        changes: dict[str, Any] = {}
-        if run.backend_run_id is None:
-            changes["backend_run_id"] = snap.backend_run_id
-        if snap.status.rank > run.status.rank:
-            changes["status"] = snap.status
-            if snap.status is RunStatus.RUNNING:
-                changes["progress"] = max(run.progress, snap.progress)
-                changes["live_status"] = snap.live_status or run.live_status
-        elif snap.status is run.status:
-            if run.status is RunStatus.RUNNING and (
-                snap.progress > run.progress
-                or (snap.progress == run.progress and not run.live_status)
-            ):
-                changes["progress"] = snap.progress
-                if snap.live_status:
-                    changes["live_status"] = snap.live_status
-        else:
-            return {}  # out of order: an older state never replaces a newer one
-        status = changes.get("status", run.status)
-        if status is RunStatus.WAITING and snap.queue_position != run.queue_position:
-            if snap.queue_position is not None:
-                changes["queue_position"] = snap.queue_position
-        elif status is not RunStatus.WAITING and run.queue_position is not None:
-            changes["queue_position"] = None
-        return {k: v for k, v in changes.items() if getattr(run, k) != v}
 
     async def finish(
         self,
@@ -329,25 +269,9 @@ class RunTracker:
             f" {run.error_code}" if run.error_code else "",
             elapsed,
         )
-        for event in self._final_events(run):
+        for event in final_events(run):
             self._bus.publish(event)
         return True
-
-    @staticmethod
-    def _final_events(run: RunRecord) -> list[GenerationEvent]:
-        if run.status is RunStatus.SUCCESS:
-            return completion_events(run)
-        if run.status is RunStatus.CANCELLED:
-            return [GenerationCancelled(run.id, run.user_id, run.chat_id)]
-        return [
-            GenerationFailed(
-                run.id,
-                run.user_id,
-                run.chat_id,
-                error_code=run.error_code or ErrorCode.RUN_FAILED.value,
-                message=run.error_message or "",
-            )
-        ]
 
     async def confirm(self, run_id: str, backend_run_id: str) -> None:
         """Apply ``GET /run/{id}`` after a webhook said success (a failed GET leaves the run to
@@ -366,80 +290,6 @@ class RunTracker:
             await self.apply(run_id, snapshot, source="confirm")
         except Exception:
             log.exception("run %s: applying a confirmed snapshot failed", run_id)
-
-    # -- orphans ------------------------------------------------------------------------------
-
-    async def foreign_webhook(self, run_id: str, backend_run_id: str) -> bool:
-        """A valid webhook of ``run_id`` named ``backend_run_id``, which the run does not
-        track: check it, then adopt or cancel it. Each foreign backend run id is handled once
-        (its later webhooks cost nothing). False when the backend run was not created for
-        ``run_id`` (or could not be checked)."""
-        if backend_run_id in self._foreign:
-            return True
-        if len(self._foreign) > 100_000:  # bounded memory; a repeat only costs one more GET
-            self._foreign.clear()
-        self._foreign.add(backend_run_id)
-        return await self._reconcile_foreign(run_id, backend_run_id)
-
-    async def _reconcile_foreign(self, run_id: str, backend_run_id: str) -> bool:
-        try:
-            snapshot = await self._backend.get_run(backend_run_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("run %s: checking foreign backend run failed: %r", run_id, exc)
-            self._foreign.discard(backend_run_id)  # the next webhook tries again
-            return False
-        if snapshot.backend_run_id != backend_run_id or not self._webhook_is_ours(
-            run_id, snapshot.webhook
-        ):
-            log.warning("run %s: a webhook named a backend run not created for it", run_id)
-            return False
-        known = await self._runs.get_run_by_backend_id(backend_run_id)
-        if known is not None and known.id != run_id:
-            return False  # another run of ours tracks it
-        adopted = False
-        async with self.lock(run_id):
-            run = await self._runs.get_run(run_id)
-            own = run is not None and run.backend_run_id == backend_run_id
-            if own:
-                adopted = True  # the create's answer arrived meanwhile: it is this run's own
-            elif run is not None and not run.is_terminal and run.backend_run_id is None:
-                changes: dict[str, Any] = {
-                    "backend_run_id": backend_run_id,
-                    "updated_at": self._clock(),
-                }
-                if run.status.rank < RunStatus.WAITING.rank:
-                    changes["status"] = RunStatus.WAITING
-                run = await self._runs.update_run(run_id, **changes)
-                self._awaiting.pop(run_id, None)
-                self.track(run)
-                adopted = True
-                self._counters.inc("generation_orphans_adopted_total")
-        if adopted:
-            if not own:
-                log.info(
-                    "run %s: adopted backend run %s (its create answer was lost)",
-                    run_id,
-                    backend_run_id,
-                )
-            await self.apply(run_id, snapshot, source="confirm")
-            return True
-        await self.cancel_orphan(run_id, backend_run_id)
-        return True
-
-    async def cancel_orphan(self, run_id: str, backend_run_id: str) -> None:
-        """Cancel a backend run created for ``run_id`` that the run does not use."""
-        self._foreign.add(backend_run_id)
-        self.orphans_cancelled.append(backend_run_id)
-        self._counters.inc("generation_orphans_cancelled_total")
-        log.warning("run %s: cancelling orphan backend run %s", run_id, backend_run_id)
-        try:
-            await self._backend.cancel_run(backend_run_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("run %s: cancelling orphan %s failed: %r", run_id, backend_run_id, exc)
 
     # -- polling backstop ---------------------------------------------------------------------
 

@@ -266,18 +266,27 @@ async def _target(
     return target.user.id, target.rest
 
 
-@admin_only
-async def setbalance_command(
-    reply: Reply, services: Services, args: Sequence[str], admin_id: int
-) -> None:
-    usage = "admin.usage.setbalance"
+async def _user_and_amount(
+    reply: Reply, services: Services, args: Sequence[str], usage: str, *, minimum: int
+) -> tuple[int, int] | None:
+    """``<user> <amount>`` (or a reply and ``<amount>``); None when the user was not found."""
     if not 1 <= len(args) <= 2:
         raise UsageError(usage)
     found = await _target(reply, services, args, usage)
     if found is None:
-        return
+        return None
     user_id, (amount_text,) = found
-    amount = parse_int(amount_text, usage, minimum=0)
+    return user_id, parse_int(amount_text, usage, minimum=minimum)
+
+
+@admin_only
+async def setbalance_command(
+    reply: Reply, services: Services, args: Sequence[str], admin_id: int
+) -> None:
+    found = await _user_and_amount(reply, services, args, "admin.usage.setbalance", minimum=0)
+    if found is None:
+        return
+    user_id, amount = found
     ledger = services.storage.ledger
     try:  # the amount is the total; credits on hold stay reserved for running generations
         await ledger.set_balance(user_id, amount, actor=admin_id)
@@ -293,14 +302,10 @@ async def setbalance_command(
 async def grant_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
-    usage = "admin.usage.grant"
-    if not 1 <= len(args) <= 2:
-        raise UsageError(usage)
-    found = await _target(reply, services, args, usage)
+    found = await _user_and_amount(reply, services, args, "admin.usage.grant", minimum=1)
     if found is None:
         return
-    user_id, (amount_text,) = found
-    amount = parse_int(amount_text, usage, minimum=1)
+    user_id, amount = found
     await services.storage.ledger.credit(user_id, amount, reason="admin_grant", actor=admin_id)
     balance = await services.storage.ledger.get_balance(user_id)
     await reply("admin.granted", user_id=user_id, amount=amount, balance=balance)

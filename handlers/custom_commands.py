@@ -22,21 +22,27 @@ from handlers.context import BotContext
 Translate = Callable[..., str]
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@(\w+))?(?:\s|$)")
 
+# Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
+MENU_COMMANDS = (
+    "make",
+    "quickmake",
+    "i2i",
+    "inpaint",
+    "upscale",
+    "cancel",
+    "balance",
+    "settings",
+    "id",
+    "help",
+    "start",
+)
+PAYMENT_COMMANDS = ("buy", "paysupport", "terms")  # in the menu when STAR_PACKAGES is set
+
 # Commands of the bot itself: an admin-added type never shadows one of them
 # (tests/test_custom_commands.py checks this holds every registered command).
 BUILTIN_COMMANDS = frozenset(
     {
-        "start",
-        "help",
-        "make",
-        "quickmake",
-        "i2i",
-        "inpaint",
-        "upscale",
-        "cancel",
-        "balance",
-        "settings",
-        "id",
+        *MENU_COMMANDS,
         "user",
         "type",
         "deployments",

@@ -9,6 +9,8 @@ the photo. When the INPAINT deployments take a text description of the area
 
 from __future__ import annotations
 
+from typing import Any
+
 from telegram import Message, Update
 from telegram.ext import (
     CommandHandler,
@@ -112,24 +114,31 @@ async def inpaint_caption(update: Update, context: BotContext) -> int | None:
     return await _start(message, context, caller, command_args(message.caption), message)
 
 
-async def on_photo(update: Update, context: BotContext) -> int:
+async def _sender(update: Update, context: BotContext) -> tuple[Message, Caller]:
     message = update.effective_message
     caller = await context.caller()
     assert message is not None and caller is not None
+    return message, caller
+
+
+def _caption_as_prompt(flow: dict[str, Any], message: Message) -> None:
+    if not flow.get("prompt") and message.caption:
+        flow["prompt"] = message.caption.strip()
+
+
+async def on_photo(update: Update, context: BotContext) -> int:
+    message, caller = await _sender(update, context)
     image = await fetch_image(context, message)
     if image is None:
         return PHOTO
     flow = flow_data(context, FLOW, message)
     flow["image"] = image
-    if not flow.get("prompt") and message.caption:
-        flow["prompt"] = message.caption.strip()
+    _caption_as_prompt(flow, message)
     return await _after_photo(message, context, caller)
 
 
 async def on_mask(update: Update, context: BotContext) -> int:
-    message = update.effective_message
-    caller = await context.caller()
-    assert message is not None and caller is not None
+    message, caller = await _sender(update, context)
     flow = flow_data(context, FLOW, message)
     try:
         ref = image_ref(message)
@@ -139,24 +148,19 @@ async def on_mask(update: Update, context: BotContext) -> int:
     except MediaError as exc:
         await context.reply(exc.key, **exc.params)
         return MASK
-    if not flow.get("prompt") and message.caption:
-        flow["prompt"] = message.caption.strip()
+    _caption_as_prompt(flow, message)
     return await _next_or_submit(message, context, caller)
 
 
 async def on_target(update: Update, context: BotContext) -> int:
-    message = update.effective_message
-    caller = await context.caller()
-    assert message is not None and caller is not None
+    message, caller = await _sender(update, context)
     flow = flow_data(context, FLOW, message)
     flow["target"] = (message.text or "").strip()
     return await _next_or_submit(message, context, caller)
 
 
 async def on_prompt(update: Update, context: BotContext) -> int:
-    message = update.effective_message
-    caller = await context.caller()
-    assert message is not None and caller is not None
+    message, caller = await _sender(update, context)
     flow = flow_data(context, FLOW, message)
     if flow.get("image") is None:  # state lost (restart): start over
         await context.reply("inpaint.send_photo")

@@ -16,8 +16,9 @@ from storage.errors import (
     ValidationError,
 )
 from storage.facade import DEFAULT_DATABASE_PATH, Storage
-from storage.ledger import Balances, Hold, LedgerEntry, LedgerRepository
+from storage.ledger import LedgerRepository
 from storage.loras import LoraRepository
+from storage.money import Balances, Hold, LedgerEntry
 from storage.payments import Payment, PaymentRepository, PaymentResult, RefundPlan, RefundResult
 from storage.prices import PriceRepository
 from storage.result_files import ResultFile, ResultFileRepository

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from generation.models import RunRecord
 from storage.database import Database
 from storage.errors import NotFoundError
-from storage.ledger import Hold, _hold
+from storage.money import Hold, hold_from_row
 from storage.runs import RunRepository
 from storage.users import User, _select
 
@@ -187,6 +187,6 @@ class UserDirectory:
             username=str(names[0][0]) if names else None,
             balance=int(money[0][0]),
             held=int(money[0][1]),
-            open_holds=tuple(_hold(r) for r in holds),
+            open_holds=tuple(hold_from_row(r) for r in holds),
             recent_runs=tuple(runs),
         )

@@ -19,15 +19,15 @@ from generation.billing import utc_day
 from generation.errors import AlreadyRefundedError, CreditsSpentError, PaymentNotFoundError
 from storage.database import Database
 from storage.errors import ValidationError
-from storage.ledger import (
+from storage.ledger import LedgerRepository
+from storage.ledger_audit import check_payments
+from storage.money import (
     REASON_PURCHASE,
     REASON_REFUND,
     Balances,
-    LedgerRepository,
-    _fetch_money,
-    _virtual,
     append_movement,
-    check_payments,
+    fetch_money,
+    virtual_balances,
 )
 from storage.validation import require_int, require_text
 
@@ -158,11 +158,7 @@ class PaymentRepository:
         ``AlreadyRefundedError``, or ``CreditsSpentError`` (with ``available``) when the user
         no longer has all the credits and ``force`` is not set."""
         async with self._db.read() as conn:
-            payment = await _select(conn, charge_id)
-            if payment is None:
-                raise PaymentNotFoundError(f"no payment {charge_id!r}")
-            if payment.state == STATE_REFUNDED:
-                raise AlreadyRefundedError(f"payment {charge_id!r} was refunded already")
+            payment = await _refundable(conn, charge_id)
             available = await _paid_available(conn, payment.user_id)
         plan = RefundPlan(payment, available, min(payment.credits, available))
         if plan.shortfall and not force:
@@ -180,11 +176,7 @@ class PaymentRepository:
         ``AlreadyRefundedError`` if it is marked refunded already (nothing written)."""
         now = self._db.clock()
         async with self._db.write() as conn:
-            payment = await _select(conn, charge_id)
-            if payment is None:
-                raise PaymentNotFoundError(f"no payment {charge_id!r}")
-            if payment.state == STATE_REFUNDED:
-                raise AlreadyRefundedError(f"payment {charge_id!r} was refunded already")
+            payment = await _refundable(conn, charge_id)
             take = min(payment.credits, await _paid_available(conn, payment.user_id))
             await conn.execute(
                 "UPDATE payments SET state = 'refunded', credits_taken_back = ?,"
@@ -212,12 +204,21 @@ class PaymentRepository:
             return await check_payments(conn)
 
 
+async def _refundable(conn: aiosqlite.Connection, charge_id: str) -> Payment:
+    payment = await _select(conn, charge_id)
+    if payment is None:
+        raise PaymentNotFoundError(f"no payment {charge_id!r}")
+    if payment.state == STATE_REFUNDED:
+        raise AlreadyRefundedError(f"payment {charge_id!r} was refunded already")
+    return payment
+
+
 async def _balances(conn: aiosqlite.Connection, user_id: int, now: float, daily: int) -> Balances:
-    return _virtual(await _fetch_money(conn, user_id), utc_day(now), daily)
+    return virtual_balances(await fetch_money(conn, user_id), utc_day(now), daily)
 
 
 async def _paid_available(conn: aiosqlite.Connection, user_id: int) -> int:
-    row = await _fetch_money(conn, user_id)
+    row = await fetch_money(conn, user_id)
     if row is None:
         return 0
     balance, held, free_balance, free_held, _ = row

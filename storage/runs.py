@@ -24,7 +24,8 @@ from generation.models import (
 )
 from storage.database import Database
 from storage.errors import DuplicateError, NotFoundError, ValidationError
-from storage.ledger import LedgerRepository, place_hold
+from storage.holds import place_hold
+from storage.ledger import LedgerRepository
 from storage.usage import RunLimits, check_run_limits
 from storage.validation import dump_json, load_json, require_int
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from generation.request import MAX_PROMPT_LENGTH, MAX_SEED, MAX_SIDE, MIN_SIDE
 from storage.database import Database
 from storage.errors import NotFoundError, ValidationError
-from storage.ledger import REASON_STARTING_BALANCE, append_movement
+from storage.money import REASON_STARTING_BALANCE, append_movement
 from storage.validation import dump_json, load_json, require_int
 
 log = logging.getLogger(__name__)

@@ -6,14 +6,8 @@ import json
 
 import pytest
 
-from generation.comfyui.graph import (
-    GraphError,
-    ImageRef,
-    analyse,
-    image_input_names,
-    parse_workflow,
-    substitute,
-)
+from generation.comfyui.graph import GraphError, analyse, parse_workflow
+from generation.comfyui.substitute import ImageRef, image_input_names, substitute
 from tests.comfyui_support import workflow_file
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generation import GenerationContext, GenerationRequest, GenerationService
+from generation import GenerationContext, GenerationRequest
 from generation.loras import apply_lora_triggers, entitled_loras, filter_lora_tags
 from generation.models import LoraEntry
 from generation.prompt_builder import PromptBuilder
@@ -140,9 +140,10 @@ class _Balances:
 async def test_gate_uses_the_balance_before_this_runs_own_hold() -> None:
     """A user with exactly 100 credits pays 10 for the run: the 100-credit LoRA still applies."""
     from generation.models import ChargeState, RunRecord, RunStatus
+    from generation.submission import Submitter
 
-    service = GenerationService.__new__(GenerationService)
-    service.balances = _Balances(90)  # type: ignore[assignment]  # 100 minus the 10 on hold
+    submitter = Submitter.__new__(Submitter)
+    submitter.balances = _Balances(90)  # type: ignore[assignment]  # 100 minus the 10 on hold
     run = RunRecord(
         id="r1",
         user_id=1,
@@ -153,7 +154,7 @@ async def test_gate_uses_the_balance_before_this_runs_own_hold() -> None:
         price=10,
         charge_state=ChargeState.HELD,
     )
-    assert await service._balance_before_hold(run) == 100
+    assert await submitter.balance_before_hold(run) == 100
 
 
 # ------------------------------------------------------------------ the property

@@ -36,8 +36,8 @@ from generation.preview import (
     PREVIEW_LABEL,
     TIMELINE,
     PreviewBackend,
-    clamp_size,
 )
+from generation.preview_render import clamp_size
 from tests.fakes.memory_store import MemoryStore
 
 STEP = 0.6

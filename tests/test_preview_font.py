@@ -8,8 +8,8 @@ import io
 import pytest
 from PIL import Image, ImageFont
 
-from generation import preview
-from generation.preview import FONT_PATH, render_preview
+from generation import preview_render as preview
+from generation.preview_render import FONT_PATH, render_preview
 
 NOT_A_CHARACTER = chr(0x10FFFD)  # private use, in no font: always the .notdef box
 SAMPLES = "ЖДЯЁжщы Привет Ωμέγα ÄÖÜß ñ"

@@ -26,7 +26,7 @@ from generation.errors import (
 )
 from generation.models import RunRecord, RunStatus
 from storage import RunLimits, Storage
-from storage.ledger import POT_FREE, REASON_FREE_EXPIRY, REASON_FREE_GRANT
+from storage.money import POT_FREE, REASON_FREE_EXPIRY, REASON_FREE_GRANT
 
 DAY0 = 20_000 * DAY_SECONDS
 

@@ -4,10 +4,11 @@ See :mod:`generation.comfyui.backend` for the run flow and :mod:`generation.comf
 how the bot's inputs reach a workflow.
 """
 
-from generation.comfyui.backend import AuthTransport, ComfyUIBackend
+from generation.comfyui.backend import ComfyUIBackend
 from generation.comfyui.client import ComfyUIClient
 from generation.comfyui.graph import Analysis, GraphError, WorkflowInput, analyse, parse_workflow
 from generation.comfyui.ids import is_comfyui_run, is_workflow_id, workflow_deployment_id
+from generation.comfyui.transport import AuthTransport
 
 __all__ = [
     "Analysis",

@@ -1,8 +1,9 @@
-"""ComfyUI workflow graphs: API-format checks, input discovery and input substitution.
+"""ComfyUI workflow graphs: API-format checks and input discovery (the substitution of the
+inputs is generation/comfyui/substitute.py).
 
 A workflow exported from ComfyDeploy runs unchanged on a plain ComfyUI without ComfyDeploy's
 custom nodes: every node whose ``class_type`` starts with ``ComfyUIDeployExternal`` is an input
-named by its ``inputs.input_id``. :func:`substitute` removes those nodes and puts the value
+named by its ``inputs.input_id``. ``substitute`` removes those nodes and puts the value
 where their output was used:
 
 * scalars (text, numbers, seed, boolean, checkpoint, enum) are inlined into every consumer's
@@ -19,7 +20,6 @@ Everything here is pure and synchronous: no I/O, no ComfyUI server needed.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -200,7 +200,7 @@ def parse_workflow(data: bytes | str | Mapping[str, Any]) -> dict[str, dict[str,
     return graph
 
 
-def _kind(class_type: str) -> str:
+def external_kind(class_type: str) -> str:
     if class_type in IMAGE_CLASSES:
         return "image"
     if class_type in _INT_CLASSES:
@@ -212,7 +212,7 @@ def _kind(class_type: str) -> str:
     return "text"
 
 
-def _value_kind(value: Any) -> str | None:
+def value_kind(value: Any) -> str | None:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
@@ -233,13 +233,13 @@ def _consumers(graph: Mapping[str, Mapping[str, Any]], node_id: str) -> list[Con
     return found
 
 
-def _title(node: Mapping[str, Any]) -> str | None:
+def node_title(node: Mapping[str, Any]) -> str | None:
     meta = node.get("_meta")
     title = meta.get("title") if isinstance(meta, Mapping) else None
     return title.strip() if isinstance(title, str) and title.strip() else None
 
 
-def _title_widget(node: Mapping[str, Any], kind: str) -> str | list[str] | None:
+def title_widget(node: Mapping[str, Any], kind: str) -> str | list[str] | None:
     """The single literal widget of ``kind`` on a titled node (``image`` preferred for images);
     a list of candidates when it is ambiguous, None when there is none."""
     inputs = node.get("inputs", {})
@@ -248,19 +248,19 @@ def _title_widget(node: Mapping[str, Any], kind: str) -> str | list[str] | None:
             return "image"
         kind = "text"
     literals = {name: value for name, value in inputs.items() if not is_link(value)}
-    matches = [name for name, value in literals.items() if _value_kind(value) == kind]
+    matches = [name for name, value in literals.items() if value_kind(value) == kind]
     if kind == "float" and not matches:  # a float widget may hold an integral number
         matches = [
             name
             for name, value in literals.items()
-            if _value_kind(value) == "int" and name not in SEED_WIDGETS
+            if value_kind(value) == "int" and name not in SEED_WIDGETS
         ]
     if len(matches) == 1:
         return matches[0]
     return matches or None
 
 
-def _external_default(node: Mapping[str, Any]) -> tuple[bool, Any]:
+def external_default(node: Mapping[str, Any]) -> tuple[bool, Any]:
     inputs = node.get("inputs", {})
     if "default_value" not in inputs:
         return False, None
@@ -287,13 +287,13 @@ def analyse(
             if not isinstance(input_id, str) or not input_id.strip():
                 result.problems.append(f"external_without_input_id:{node_id}")
                 continue
-            has_default, default = _external_default(node)
+            has_default, default = external_default(node)
             result.inputs.append(
                 WorkflowInput(
                     name=input_id.strip(),
                     node_id=node_id,
                     class_type=class_type,
-                    kind=_kind(class_type),
+                    kind=external_kind(class_type),
                     default=None if is_link(default) else default,
                     has_default=has_default,
                     consumers=tuple(_consumers(graph, node_id)),
@@ -323,11 +323,11 @@ def analyse(
 def _titled_inputs(graph: Mapping[str, Mapping[str, Any]], result: Analysis) -> None:
     external_kinds = {i.name: i.kind for i in result.inputs}
     for node_id, node in graph.items():
-        title = _title(node)
+        title = node_title(node)
         if is_external(node) or title is None or not title.startswith("input_"):
             continue
-        kind = external_kinds.get(title) or _title_kind(title)
-        widget = _title_widget(node, kind)
+        kind = external_kinds.get(title) or title_kind(title)
+        widget = title_widget(node, kind)
         if widget is None or isinstance(widget, list):
             result.problems.append(
                 f"title_widget_ambiguous:{node_id}:{title}:{','.join(widget or [])}"
@@ -362,210 +362,7 @@ _TITLE_KINDS = {
 }
 
 
-def _title_kind(name: str) -> str:
+def title_kind(name: str) -> str:
     if name.endswith("_image"):
         return "image"
     return _TITLE_KINDS.get(name, "text")
-
-
-def coerce(kind: str, value: Any, *, name: str) -> Any:
-    """Coerce a request value to an input's kind; raises GraphError(bad_value)."""
-    try:
-        if kind == "int":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError(value)
-            return int(number)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if kind == "text":
-            return value if isinstance(value, str) else str(value)
-    except (TypeError, ValueError):
-        raise GraphError(
-            "bad_value", f"{name}: {value!r} is not a valid {kind}", input_name=name
-        ) from None
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    """An input image already uploaded to the server (``POST /upload/image`` answer)."""
-
-    name: str
-    subfolder: str = ""
-
-    @property
-    def load_name(self) -> str:
-        return f"{self.subfolder}/{self.name}" if self.subfolder else self.name
-
-
-def substitute(
-    graph: Mapping[str, Mapping[str, Any]],
-    values: Mapping[str, Any],
-    *,
-    seed: int | None = None,
-) -> dict[str, dict[str, Any]]:
-    """The graph to POST: External nodes replaced by the request's values (see module doc).
-
-    ``values`` maps input names to scalars or :class:`ImageRef`. ``seed`` (the concrete seed)
-    is written to every literal ``seed``/``noise_seed`` widget when the graph has no
-    ``input_seed`` input, so the server never serves an identical, cached graph. Raises
-    :class:`GraphError` (``missing_input``/``bad_value``) when an input without default is not
-    given or a value does not fit."""
-    out: dict[str, dict[str, Any]] = copy.deepcopy({k: dict(v) for k, v in graph.items()})
-    externals = {nid for nid, node in out.items() if is_external(node)}
-    resolver = _Resolver(out, externals, values)
-    for node_id in sorted(externals):
-        resolver.resolve(node_id)
-    _rewire(out, externals, resolver.resolved)
-    _apply_titles(out, values)
-    if seed is not None and "input_seed" not in values_names(graph):
-        _apply_seed(out, seed)
-    return out
-
-
-class _Resolver:
-    """What each External node stands for: ("value", v), ("image", ImageRef) or
-    ("link", [src, i]) — following defaults through chains of External nodes."""
-
-    def __init__(
-        self, out: dict[str, dict[str, Any]], externals: set[str], values: Mapping[str, Any]
-    ) -> None:
-        self.out = out
-        self.externals = externals
-        self.values = values
-        self.resolved: dict[str, tuple[str, Any]] = {}
-
-    def resolve(self, node_id: str, seen: frozenset[str] = frozenset()) -> tuple[str, Any]:
-        if node_id in self.resolved:
-            return self.resolved[node_id]
-        if node_id in seen:
-            raise GraphError("bad_value", f"External node {node_id} is part of a cycle")
-        node = self.out[node_id]
-        name = str(node.get("inputs", {}).get("input_id", "")).strip()
-        kind = _kind(str(node["class_type"]))
-        if self.values.get(name) is not None:
-            answer = self._given(name, kind, self.values[name])
-        else:
-            answer = self._default(node_id, node, name, kind, seen)
-        self.resolved[node_id] = answer
-        return answer
-
-    @staticmethod
-    def _given(name: str, kind: str, value: Any) -> tuple[str, Any]:
-        if kind != "image":
-            return ("value", coerce(kind, value, name=name))
-        if not isinstance(value, ImageRef):
-            raise GraphError("bad_value", f"{name} must be an uploaded image", input_name=name)
-        return ("image", value)
-
-    def _default(
-        self, node_id: str, node: Mapping[str, Any], name: str, kind: str, seen: frozenset[str]
-    ) -> tuple[str, Any]:
-        has_default, default = _external_default(node)
-        if has_default and is_link(default):
-            src = str(default[0])
-            if src in self.externals:
-                return self.resolve(src, seen | {node_id})
-            return ("link", [src, default[1]])
-        if has_default and default is not None and kind != "image":
-            return ("value", coerce(kind, default, name=name))
-        raise GraphError(
-            "missing_input",
-            f"the workflow needs {name} (node {node_id}) and has no default",
-            node_id=node_id,
-            input_name=name,
-        )
-
-
-def _rewire(
-    out: dict[str, dict[str, Any]], externals: set[str], resolved: Mapping[str, tuple[str, Any]]
-) -> None:
-    for node_id, (how, what) in resolved.items():
-        if how == "image":
-            # Same id: consumers' links [id, 0] now read LoadImage's IMAGE output.
-            out[node_id] = {
-                "class_type": "LoadImage",
-                "inputs": {"image": what.load_name},
-                "_meta": {"title": f"bot {out[node_id]['inputs'].get('input_id', 'image')}"},
-            }
-    for node in out.values():
-        inputs = node.get("inputs", {})
-        for name, value in list(inputs.items()):
-            if not is_link(value) or str(value[0]) not in resolved:
-                continue
-            how, what = resolved[str(value[0])]
-            if how == "value":
-                inputs[name] = what
-            elif how == "link":
-                inputs[name] = list(what)
-    for node_id in externals:
-        if resolved[node_id][0] != "image":
-            del out[node_id]
-
-
-def _apply_seed(out: dict[str, dict[str, Any]], seed: int) -> None:
-    for node in out.values():
-        for widget in SEED_WIDGETS:
-            current = node.get("inputs", {}).get(widget)
-            if isinstance(current, int) and not isinstance(current, bool):
-                node["inputs"][widget] = seed
-
-
-def values_names(graph: Mapping[str, Mapping[str, Any]]) -> set[str]:
-    """Input names the graph takes (External input_ids and input_* titles)."""
-    names: set[str] = set()
-    for node in graph.values():
-        if is_external(node):
-            input_id = node.get("inputs", {}).get("input_id")
-            if isinstance(input_id, str):
-                names.add(input_id.strip())
-        elif (title := _title(node)) and title.startswith("input_"):
-            names.add(title)
-    return names
-
-
-def _apply_titles(out: dict[str, dict[str, Any]], values: Mapping[str, Any]) -> None:
-    for node_id, node in out.items():
-        title = _title(node)
-        if title is None or title not in values or values[title] is None:
-            continue
-        if node["class_type"] == "LoadImage" and title.startswith("bot "):
-            continue
-        value = values[title]
-        kind = "image" if isinstance(value, ImageRef) else _title_kind(title)
-        widget = _title_widget(node, kind)
-        if not isinstance(widget, str):
-            raise GraphError(
-                "bad_value",
-                f"node {node_id} titled {title} has no single widget for it",
-                node_id=node_id,
-                input_name=title,
-            )
-        if isinstance(value, ImageRef):
-            node["inputs"][widget] = value.load_name
-        else:
-            current = node["inputs"].get(widget)
-            target_kind = _value_kind(current) or kind
-            node["inputs"][widget] = coerce(target_kind, value, name=title)
-
-
-def image_input_names(graph: Mapping[str, Mapping[str, Any]]) -> set[str]:
-    """Names of the inputs that take an image (External Image nodes, titled LoadImage)."""
-    names = set()
-    for node in graph.values():
-        if is_external(node) and node.get("class_type") in IMAGE_CLASSES:
-            input_id = node.get("inputs", {}).get("input_id")
-            if isinstance(input_id, str):
-                names.add(input_id.strip())
-        elif (title := _title(node)) and _title_kind(title) == "image":
-            names.add(title)
-    return names

@@ -25,7 +25,8 @@ from bot.config import Settings
 from generation.client import ComfyDeployClient
 from generation.events import EventBus, GenerationEvent
 from generation.models import RunRecord
-from generation.service import GenerationService, GenerationSettings
+from generation.service import GenerationService
+from generation.settings import GenerationSettings
 from handlers.deps import SERVICES_KEY, Services
 from handlers.i18n import Translator
 from handlers.progress import ProgressRenderer
