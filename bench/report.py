@@ -28,6 +28,10 @@ THROUGHPUT_LIMIT = 0.5  # ≥ 0.5× the baseline's sustained rate
 CPU_LIMIT = 2.0  # CPU per generation ≤ 2× the baseline's
 
 
+def _users(n: int) -> str:
+    return "1 user" if n == 1 else f"{n} users"
+
+
 def _per_round(side: dict[str, Any], users: int, key: str) -> list[float]:
     return [r[key] for r in side.get("levels", {}).get(users, [])]
 
@@ -64,7 +68,7 @@ def _latency_rows(mode: str, bot: dict[str, Any], base: dict[str, Any], levels: 
             c = round_ratio(_per_round(bot, users, key), _per_round(base, users, key))
             rows.append(
                 (
-                    f"[{mode}] {label}, {users} users",
+                    f"[{mode}] {label}, {_users(users)}",
                     ms(c.bot),
                     ms(c.base),
                     times(c.ratio),
@@ -76,7 +80,7 @@ def _latency_rows(mode: str, bot: dict[str, Any], base: dict[str, Any], levels: 
         c = round_ratio(_per_round(bot, users, "reply_p50"), _per_round(base, users, "reply_p50"))
         rows.append(
             (
-                f"[{mode}] first reply p50, {users} users",
+                f"[{mode}] first reply p50, {_users(users)}",
                 ms(c.bot),
                 ms(c.base),
                 times(c.ratio),
@@ -90,7 +94,7 @@ def _latency_rows(mode: str, bot: dict[str, Any], base: dict[str, Any], levels: 
         value = median(_per_round(bot, users, "delivery_p50"))
         rows.append(
             (
-                f"[{mode}] delivery p50, {users} users",
+                f"[{mode}] delivery p50, {_users(users)}",
                 ms(value),
                 "—",
                 "—",
@@ -232,7 +236,7 @@ def report(results: dict[str, Any], levels: list[int]) -> list[str]:
     lines = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))]
     lines.append("-|-".join("-" * w for w in widths))
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return lines + ([""] + mixes if mixes else [])
+    return lines + (["", *mixes] if mixes else [])
 
 
 _OURS = ("/bot/", "/handlers/", "/generation/", "/storage/")
@@ -250,13 +254,13 @@ def print_profile(path: Path, generations: int, limit: int = 25) -> None:
     print(f"\n-- bot profile {path.name}: {generations} generations --")
     print(" cum ms/gen  own ms/gen    calls/gen  function (project code, by cumulative time)")
     ours = [(k, v) for k, v in raw.items() if any(p in k[0] for p in _OURS)]
-    for (file, line, func), (_cc, nc, tt, ct, _callers) in sorted(
+    for (file, _line, func), (_cc, nc, tt, ct, _callers) in sorted(
         ours, key=lambda kv: kv[1][3], reverse=True
     )[:limit]:
         short = file[file.rfind("/", 0, max(file.rfind("/"), 0)) + 1 :]
         print(f"{ct * 1e3 / per:11.3f} {tt * 1e3 / per:11.3f} {nc / per:12.1f}  {short}:{func}")
     print(" own ms/gen  cum ms/gen    calls/gen  function (all code, by own time)")
-    for (file, line, func), (_cc, nc, tt, ct, _callers) in sorted(
+    for (file, _line, func), (_cc, nc, tt, ct, _callers) in sorted(
         raw.items(), key=lambda kv: kv[1][2], reverse=True
     )[:limit]:
         short = file[file.rfind("/", 0, max(file.rfind("/"), 0)) + 1 :]

@@ -82,9 +82,8 @@ class Bench:
             print(f"  round {r + 1}/{args.rounds}", flush=True)
             for target in targets:
                 for users, per_user in args.levels:
-                    phase = await self.load.closed_loop(
-                        target, f"{users} users", users, per_user
-                    )
+                    name = "1 user" if users == 1 else f"{users} users"
+                    phase = await self.load.closed_loop(target, name, users, per_user)
                     self._print_level(target, phase)
                     out[target.kind]["levels"][users].append(phase.summary())
         for r in range(args.throughput_rounds):
@@ -136,9 +135,12 @@ class Bench:
                             target.tg.trim()
                             self.cd.trim()
                     await self.load.quiesce(target, 2.0)
-                    samples[str(checkpoint)] = target.rss_kb() / 1024
-                    print(f"    {kind} after {checkpoint} generations: {samples[str(checkpoint)]:.1f}"
-                          f" MB (failures {phase.failures})", flush=True)
+                    rss = samples[str(checkpoint)] = target.rss_kb() / 1024
+                    print(
+                        f"    {kind} after {checkpoint} generations: {rss:.1f} MB"
+                        f" (failures {phase.failures})",
+                        flush=True,
+                    )
                 out[kind] = samples
         return out
 
@@ -162,11 +164,16 @@ class Bench:
         print("\n== queue scale ==", flush=True)
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.queue_scale", *map(str, self.args.queue_sizes),
-            cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "bench.queue_scale",
+            *map(str, self.args.queue_sizes),
+            cwd=str(ROOT),
+            env=env,
+            stdout=subprocess.PIPE,
         )
         stdout, _ = await proc.communicate()
-        lines = stdout.decode().strip().splitlines()
+        lines = stdout.decode().rstrip().splitlines()
         for line in lines[:-1]:
             print(line, flush=True)
         return json.loads(lines[-1]) if proc.returncode == 0 and lines else {}
@@ -268,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n== results ({'quick' if args.quick else 'full'} run, {args.rounds} rounds, "
         f"{time.perf_counter() - started:.0f} s) =="
     )
-    print(f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, machine: {machine()}, "
-          f"commit {commit()}\n")
+    print(
+        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, machine: {machine()}, "
+        f"commit {commit()}\n"
+    )
     for line in report(results, [u for u, _ in args.levels]):
         print(line)
     if args.json:

@@ -1,0 +1,136 @@
+"""The benchmark's pure statistics and verdicts (bench/stats.py, bench/report.py): no processes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench.report import report
+from bench.stats import (
+    growth_verdict,
+    log_growth_bound,
+    median,
+    percentile,
+    round_ratio,
+    sustained_rate,
+    verdict_at_least,
+    verdict_at_most,
+    verdict_below,
+)
+
+NAN = math.nan
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([3.0, 1.0, 2.0], 100) == 3.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_median_ignores_missing_values() -> None:
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert median([NAN, 5.0, NAN]) == 5.0
+    assert math.isnan(median([NAN]))
+
+
+def test_round_ratio_is_the_median_of_per_round_ratios() -> None:
+    # round 2 is noisy for the bot only: the per-round ratios are 2, 10, 2 → median 2
+    c = round_ratio([2.0, 10.0, 4.0], [1.0, 1.0, 2.0])
+    assert c.ratio == 2.0
+    assert c.bot == 4.0 and c.base == 1.0
+    assert c.rounds == 3
+
+
+def test_round_ratio_skips_rounds_missing_on_either_side() -> None:
+    c = round_ratio([2.0, NAN, 3.0], [1.0, 1.0, 1.0])
+    assert c.rounds == 2
+    assert c.ratio == 2.5
+    assert math.isnan(round_ratio([], []).ratio)
+
+
+def test_verdicts() -> None:
+    assert verdict_at_most(1.5, 1.5) == "met"
+    assert verdict_at_most(1.51, 1.5) == "NOT met"
+    assert verdict_below(0.05, 0.05) == "NOT met"
+    assert verdict_below(0.049, 0.05) == "met"
+    assert verdict_at_least(0.5, 0.5) == "met"
+    assert verdict_at_least(0.49, 0.5) == "NOT met"
+    assert verdict_at_most(NAN, 1.5) == "—"
+
+
+def test_log_growth_bound_tells_log_from_linear() -> None:
+    assert log_growth_bound(1000, 10_000) == pytest.approx(2.0)
+    assert growth_verdict(1.0, 1.3, 1000, 10_000) == (pytest.approx(1.3), "met")
+    assert growth_verdict(1.0, 10.0, 1000, 10_000)[1] == "NOT met"  # O(n)
+    assert growth_verdict(0.0, 1.0, 1000, 10_000)[1] == "—"
+    with pytest.raises(ValueError):
+        log_growth_bound(10_000, 1000)
+
+
+def test_sustained_rate_stops_at_the_first_failing_step() -> None:
+    steps = [(10, 0.01, 0), (20, 0.02, 0), (40, 0.2, 0), (80, 0.01, 0)]
+    assert sustained_rate(steps, 0.1) == 20  # 80 passed only after 40 failed: not counted
+    assert sustained_rate([(10, 0.01, 1)], 0.1) == 0  # a lost generation fails the step
+    assert sustained_rate([(10, NAN, 0)], 0.1) == 0
+
+
+def _level(p50: float, n: int = 10) -> dict:
+    return {
+        "n": n,
+        "overhead_p50": p50,
+        "overhead_p99": p50 * 2,
+        "reply_p50": p50,
+        "delivery_p50": 0.01,
+        "cpu_s": n * 0.004,
+        "api_calls": n * 3,
+        "api_by_method": {"sendMessage": n, "sendPhoto": n, "editMessageText": n},
+        "sql": n * 20.0,
+    }
+
+
+def test_report_gives_a_verdict_per_target() -> None:
+    bot = {
+        "levels": {1: [_level(0.003), _level(0.009), _level(0.004)]},
+        "throughput": [{"sustained": 100.0}],
+        "peak_rss_kb": 90 * 1024.0,
+    }
+    base = {
+        "levels": {1: [_level(0.002), _level(0.002), _level(0.002)]},
+        "throughput": [{"sustained": 400.0}],
+        "peak_rss_kb": 60 * 1024.0,
+    }
+    for r in base["levels"][1]:
+        r["cpu_s"] = r["n"] * 0.001
+    queue = {
+        "checkpoints": {
+            "1000": {
+                "submit_s": 0.001,
+                "dispatch_s": 0.001,
+                "positions_per_submit": 1.0,
+                "positions_per_dispatch": 1000.0,
+                "rss_per_run_kb": 4.0,
+            },
+            "10000": {
+                "submit_s": 0.0012,
+                "dispatch_s": 0.01,
+                "positions_per_submit": 1.0,
+                "positions_per_dispatch": 10_000.0,
+                "rss_per_run_kb": 4.0,
+            },
+        }
+    }
+    lines = report({"modes": {"webhook": {"bot": bot, "baseline": base}}, "queue": queue}, [1])
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in lines}
+    p50 = rows["[webhook] overhead p50, 1 user"]
+    assert p50[1:4] == ["4.0 ms", "2.0 ms", "2.00×"] and p50[-1] == "NOT met"
+    assert rows["[webhook] throughput, gen/s (p99 ≤ 100 ms)"][3:] == ["0.25×", "≥ 0.5×", "NOT met"]
+    cpu = rows["[webhook] CPU per generation"]
+    assert cpu[1:4] == ["4.0 ms", "1.0 ms", "4.00×"] and cpu[-1] == "NOT met"
+    assert rows["[webhook] DB statements per generation"][1] == "20.0"
+    assert rows["[queue] submit cost per run, 1,000 → 10,000"][-1] == "met"
+    assert rows["[queue] position updates per dispatch, 1,000 → 10,000"][-1] == "NOT met"
+    assert any("editMessageText 1.00" in line for line in lines)
