@@ -114,7 +114,7 @@ class BenchComfyDeploy(FakeComfyDeploy):
         self.finished.append(run.id)
 
     async def _deliver(self, run: FakeRun, payloads: list[dict[str, Any]], *, final: bool) -> None:
-        if final and run.status == "success":
+        if final and run.status == "success" and run.webhook:
             tag = tag_of(run.inputs.get("input_prompt"))
             if tag is not None:
                 self.probes.mark("success", tag, time.perf_counter())

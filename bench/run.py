@@ -235,12 +235,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="cProfile the bot processes")
     parser.add_argument("--mode", choices=("webhook", "polling"), help="one mode only")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--run-poll-interval", type=float, default=0.2, help="RUN_POLL_INTERVAL, polling mode"
+    )
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the bot (default INFO)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     args = parser.parse_args(argv)
     args.modes = [args.mode] if args.mode else ["webhook", "polling"]
-    args.run_poll_interval = 0.2  # both programs poll runs this often in polling mode
     args.queue_sizes = (1000, 10_000)
     if args.quick:
         args.rounds = args.rounds or 3
