@@ -39,6 +39,7 @@ from bot.logging_setup import install_redaction
 from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
+from generation.billing import PayloadSigner
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
@@ -48,12 +49,13 @@ from handlers.delivery import Delivery
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
-from storage import Storage
+from storage import RunLimits, Storage
 
 log = logging.getLogger(__name__)
 
 # Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
 MENU_COMMANDS = ("make", "i2i", "inpaint", "cancel", "balance", "settings", "help", "start")
+PAYMENT_COMMANDS = ("buy", "paysupport", "terms")  # in the menu when STAR_PACKAGES is set
 MAX_RUNNING_UPDATES = 256
 SHUTDOWN_GRACE = 10.0  # seconds deliveries and final progress edits get on a graceful stop
 
@@ -194,6 +196,13 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_active_per_user=settings.max_active_per_user,
         max_queued_per_user=settings.max_queued_per_user,
         max_in_flight=settings.max_in_flight,
+        star_packages=settings.star_packages,
+        free_daily_credits=settings.free_daily_credits,
+        max_runs_per_user_per_day=settings.max_runs_per_user_per_day,
+        max_runs_per_day=settings.max_runs_per_day,
+        access=settings.access,
+        paysupport_text=settings.paysupport_text,
+        terms_text=settings.terms_text,
     )
 
 
@@ -213,10 +222,16 @@ def build_services(runtime: Runtime, service: GenerationService) -> Services:
     )
 
 
-async def set_commands(application: Application, i18n: Translator) -> None:  # type: ignore[type-arg]
+async def set_commands(
+    application: Application,  # type: ignore[type-arg]
+    i18n: Translator,
+    *,
+    payments: bool = False,
+) -> None:
     """Localized command menu: English as the default, plus one per supported language."""
+    names = MENU_COMMANDS + (PAYMENT_COMMANDS if payments else ())
     for lang in SUPPORTED_LANGUAGES:
-        commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in MENU_COMMANDS]
+        commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in names]
         code = None if lang == DEFAULT_LANGUAGE else lang
         try:
             await application.bot.set_my_commands(commands, language_code=code)
@@ -243,6 +258,10 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     runtime = get_runtime(application)
     settings = runtime.settings
     runtime.storage = await open_storage(settings.database_path)
+    runtime.storage.configure_money(
+        free_daily_credits=settings.free_daily_credits,
+        run_limits=RunLimits(settings.max_runs_per_user_per_day, settings.max_runs_per_day),
+    )
     if settings.webhook_secret is not None:
         runtime.webhook_secret = settings.webhook_secret.get_secret_value()
     else:
@@ -252,13 +271,16 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     install_redaction([runtime.webhook_secret])
     service = runtime.service = (runtime.service_factory or build_service)(runtime)
     services = runtime.services = build_services(runtime, service)
+    if settings.star_packages:
+        key = await runtime.storage.settings.get_or_create_secret("payment_payload_key")
+        services.signer = PayloadSigner(key)
     await sync_preview_deployments(runtime.storage, enabled=settings.preview_backend)
     application.bot_data[SERVICES_KEY] = services
     _install_metric_collectors(application, runtime)
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
-    await set_commands(application, services.i18n)
+    await set_commands(application, services.i18n, payments=bool(settings.star_packages))
     await service.start()
     runtime.service_started = True
     log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from generation.billing import AccessMode, StarPackage, parse_star_packages
+
 _WEBHOOK_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 LOCAL_LISTEN_HOST = "127.0.0.1"  # local mode never listens on every interface by default
 SECRET_FIELDS = ("telegram_bot_token", "comfydeploy_api_key", "webhook_secret")
@@ -51,6 +53,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # auto: the local preview backend when COMFYDEPLOY_API_KEY is unset, else ComfyDeploy.
     generation_backend: Literal["auto", "comfydeploy", "preview"] = "auto"
+    # Charging for generations (README "Charging for generations").
+    star_packages: Annotated[tuple[StarPackage, ...], NoDecode] = ()
+    free_daily_credits: int = Field(default=0, ge=0)
+    max_runs_per_user_per_day: int | None = Field(default=None, ge=0)
+    max_runs_per_day: int | None = Field(default=None, ge=0)
+    access: AccessMode = AccessMode.OPEN
+    paysupport_text: str | None = None
+    terms_text: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -69,6 +79,36 @@ class Settings(BaseSettings):
     def _norm_backend(cls, value: Any) -> Any:
         if isinstance(value, str):
             return value.strip().lower() or "auto"
+        return value
+
+    @field_validator("star_packages", mode="before")
+    @classmethod
+    def _parse_packages(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return parse_star_packages(value)
+        return value
+
+    @field_validator("max_runs_per_user_per_day", "max_runs_per_day", mode="before")
+    @classmethod
+    def _blank_limit_is_unlimited(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("access", mode="before")
+    @classmethod
+    def _norm_access(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip().lower() or AccessMode.OPEN.value
+        return value
+
+    @field_validator("paysupport_text", "terms_text", mode="before")
+    @classmethod
+    def _owner_text(cls, value: Any) -> Any:
+        """Blank is unset (a localized default is shown); ``\\n`` in the value is a newline."""
+        if isinstance(value, str):
+            value = value.strip().replace("\\n", "\n")
+            return value[:4000] or None
         return value
 
     @field_validator("admin_ids", mode="before")

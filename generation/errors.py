@@ -27,6 +27,16 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "BACKEND_ERROR"
     SUBMIT_UNCERTAIN = "SUBMIT_UNCERTAIN"
     INTERRUPTED = "INTERRUPTED"
+    # money and access (spending guards, access modes, Stars payments)
+    DAILY_LIMIT = "DAILY_LIMIT"
+    BOT_DAILY_LIMIT = "BOT_DAILY_LIMIT"
+    ACCESS_DENIED = "ACCESS_DENIED"
+    BANNED = "BANNED"
+    PAID_ACCESS_ONLY = "PAID_ACCESS_ONLY"
+    PAYMENT_INVALID = "PAYMENT_INVALID"
+    PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
+    ALREADY_REFUNDED = "ALREADY_REFUNDED"
+    CREDITS_SPENT = "CREDITS_SPENT"
 
 
 class GenerationError(Exception):
@@ -127,6 +137,91 @@ class InterruptedError_(GenerationError):
     code = ErrorCode.INTERRUPTED
 
 
+class LimitReachedError(GenerationError):
+    """A spending guard refused a new run. ``resets_at`` (epoch seconds, the next UTC
+    midnight) says when the count starts again and ``remaining`` how many seconds that is
+    from the refusal (by the clock that refused); ``limit`` is the configured maximum."""
+
+    code = ErrorCode.DAILY_LIMIT
+
+    def __init__(
+        self, message: str = "", *, limit: int = 0, resets_at: float = 0.0, remaining: float = 0.0
+    ) -> None:
+        super().__init__(message, limit=limit, resets_at=resets_at, remaining=remaining)
+        self.limit = limit
+        self.resets_at = resets_at
+        self.remaining = remaining
+
+
+class DailyLimitError(LimitReachedError):
+    """``MAX_RUNS_PER_USER_PER_DAY``: this user's runs today."""
+
+    code = ErrorCode.DAILY_LIMIT
+
+
+class BotDailyLimitError(LimitReachedError):
+    """``MAX_RUNS_PER_DAY``: the whole bot's runs today."""
+
+    code = ErrorCode.BOT_DAILY_LIMIT
+
+
+class AccessDeniedError(GenerationError):
+    """``ACCESS=allowlist`` and the user is neither allowed nor in an allowed group."""
+
+    code = ErrorCode.ACCESS_DENIED
+
+
+class BannedError(GenerationError):
+    """A banned user. ``first`` is True once per ban: the handler replies then, and stays
+    silent afterwards."""
+
+    code = ErrorCode.BANNED
+
+    def __init__(self, message: str = "", *, first: bool = False) -> None:
+        super().__init__(message, first=first)
+        self.first = first
+
+
+class PaidAccessOnlyError(GenerationError):
+    """``ACCESS=paid`` and the user has neither paid credits nor a purchase."""
+
+    code = ErrorCode.PAID_ACCESS_ONLY
+
+
+class PaymentInvalidError(GenerationError):
+    """A pre-checkout (or payment) whose payload does not name an existing package for that
+    user at that price. ``reason`` is for logs: signature, user, package, amount, currency."""
+
+    code = ErrorCode.PAYMENT_INVALID
+
+    def __init__(self, message: str = "", *, reason: str = "payload") -> None:
+        super().__init__(message, reason=reason)
+        self.reason = reason
+
+
+class PaymentNotFoundError(GenerationError):
+    code = ErrorCode.PAYMENT_NOT_FOUND
+
+
+class AlreadyRefundedError(GenerationError):
+    code = ErrorCode.ALREADY_REFUNDED
+
+
+class CreditsSpentError(GenerationError):
+    """A refund would take back more credits than the user has left (``available`` of
+    ``credits``); the admin may insist with ``force``."""
+
+    code = ErrorCode.CREDITS_SPENT
+
+    def __init__(
+        self, message: str = "", *, credits: int = 0, available: int = 0, user_id: int = 0
+    ) -> None:
+        super().__init__(message, credits=credits, available=available, user_id=user_id)
+        self.credits = credits
+        self.available = available
+        self.user_id = user_id
+
+
 ERRORS_BY_CODE: dict[ErrorCode, type[GenerationError]] = {
     cls.code: cls
     for cls in (
@@ -145,6 +240,15 @@ ERRORS_BY_CODE: dict[ErrorCode, type[GenerationError]] = {
         BackendError,
         SubmitUncertainError,
         InterruptedError_,
+        DailyLimitError,
+        BotDailyLimitError,
+        AccessDeniedError,
+        BannedError,
+        PaidAccessOnlyError,
+        PaymentInvalidError,
+        PaymentNotFoundError,
+        AlreadyRefundedError,
+        CreditsSpentError,
     )
 }
 

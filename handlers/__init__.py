@@ -10,7 +10,7 @@ from __future__ import annotations
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, MessageHandler, filters
 
-from handlers import account, admin, cancel, make, menus, results
+from handlers import access, account, admin, cancel, make, menus, payments, results
 from handlers.context import BotContext
 from handlers.deps import services_of
 from handlers.errors import on_error
@@ -48,6 +48,8 @@ def register(application: Application) -> None:
     """Add all handlers, most specific first; the catch-alls come last. Called by the
     composition root once ``bot_data["services"]`` is set (the flows read its timeout)."""
     timeout = services_of(application).config.conversation_timeout
+    # 0. The access gate (bans, ACCESS=allowlist) sees every update first.
+    access.register_access(application)
     # 1. The /i2i and /inpaint conversations: while one waits for a photo or a prompt, its
     #    states see the user's messages first; /cancel inside one ends it.
     flows = build_flows([I2I_FLOW, INPAINT_FLOW], cancel.cancel_fallbacks(), timeout)
@@ -60,6 +62,8 @@ def register(application: Application) -> None:
     menus.register_menus(application)
     admin.register_admin(application)
     account.register_account(application)
+    # 3b. Telegram Stars (/buy, pre-checkout, payments, /refund, /paysupport, /terms).
+    payments.register_payments(application)
     # 4. Catch-alls: unknown commands, stray private messages, buttons nobody understands.
     application.add_handler(MessageHandler(filters.COMMAND, unknown_command))
     application.add_handler(

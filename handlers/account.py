@@ -20,8 +20,11 @@ async def help_command(update: Update, context: BotContext) -> None:
         return
     i18n = context.services.i18n
     text = i18n.t(caller.lang, "help.user")
+    if context.services.config.star_packages:
+        text += "\n" + i18n.t(caller.lang, "pay.help_user")
     if caller.user_id in context.services.config.admin_ids:
         text += "\n\n" + i18n.t(caller.lang, "help.admin")
+        text += "\n\n" + i18n.t(caller.lang, "pay.help_admin")
     await message.reply_text(text, parse_mode=None)
 
 
@@ -29,11 +32,29 @@ async def balance_command(update: Update, context: BotContext) -> None:
     caller = await context.caller()
     if caller is None:
         return
-    ledger = context.services.storage.ledger
-    available = await ledger.get_balance(caller.user_id)  # holds excluded
-    held = await ledger.get_held(caller.user_id)
-    key = "account.balance_with_hold" if held else "account.balance"
-    await context.reply(key, quote=False, balance=available, held=held)
+    services = context.services
+    ledger, config = services.storage.ledger, services.config
+    if config.free_daily_credits:  # free, paid and held credits (storage/ledger.py)
+        b = await ledger.balances(caller.user_id)
+        key = "pay.balance"
+        params: dict[str, object] = {
+            "available": b.available,
+            "free": b.free_available,
+            "paid": b.paid,
+            "held": b.held,
+        }
+    else:
+        available = await ledger.get_balance(caller.user_id)  # holds excluded
+        held = await ledger.get_held(caller.user_id)
+        key = "account.balance_with_hold" if held else "account.balance"
+        params = {"balance": available, "held": held}
+    text = services.i18n.t(caller.lang, key, **params)
+    if (limit := config.max_runs_per_user_per_day) is not None:
+        left = max(0, limit - await services.storage.usage.runs_today(caller.user_id))
+        text += "\n" + services.i18n.t(caller.lang, "access.runs_left", left=left, limit=limit)
+    message = update.effective_message
+    if message is not None:
+        await message.reply_text(text, parse_mode=None)
 
 
 def register_account(application: Application) -> None:

@@ -290,6 +290,34 @@ def _queue_figures(services: Services) -> tuple[int, int] | None:
         return None
 
 
+async def usage_lines(reply: Reply, services: Services) -> list[str]:
+    """What /stats adds: runs today per type, credits spent, Stars, top users."""
+    stats = await services.storage.usage.stats()
+    runs = ", ".join(f"{type_}: {n}" for type_, n in stats.runs_today.items()) or "—"
+    top = ", ".join(
+        reply.t("pay.stats_top_line", user_id=uid, runs=n, credits=spent)
+        for uid, n, spent in stats.top_users
+    )
+    lines = [
+        reply.t("pay.stats_runs", runs=runs),
+        reply.t(
+            "pay.stats_credits",
+            spent=stats.credits_spent_today,
+            free=stats.free_credits_spent_today,
+        ),
+        reply.t(
+            "pay.stats_stars",
+            today=stats.stars_today,
+            week=stats.stars_week,
+            total=stats.stars_total,
+            refunded=stats.refunded_stars_total,
+        ),
+    ]
+    if top:
+        lines.append(reply.t("pay.stats_top", users=top))
+    return lines
+
+
 @admin_only
 async def stats_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
@@ -309,6 +337,7 @@ async def stats_command(
     ]
     if (queue := _queue_figures(services)) is not None:
         lines.append(reply.t("admin.stats_queue", queued=queue[0], in_flight=queue[1]))
+    lines.extend(await usage_lines(reply, services))
     await reply.text("\n".join(lines))
 
 

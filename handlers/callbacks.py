@@ -102,6 +102,23 @@ class MenuAction(CallbackData):
         return _check(f"m:{self.owner}:{self.menu}:{self.value}")
 
 
+@dataclass(frozen=True, slots=True)
+class BuyAction(CallbackData):
+    """A /buy package button: ``b:<credits>:<stars>`` (the handler checks the package is still
+    offered; the invoice payload, not this data, is what the payment trusts)."""
+
+    credits: int
+    stars: int
+
+    prefix: ClassVar[str] = "b"
+    regex: ClassVar[re.Pattern[str]] = re.compile(r"^b:([1-9][0-9]{0,11}):([1-9][0-9]{0,5})\Z")
+
+    def pack(self) -> str:
+        if not (0 < self.credits < 10**12 and 0 < self.stars < 10**6):
+            raise ValueError(f"bad package {self.credits!r}:{self.stars!r}")
+        return _check(f"b:{self.credits}:{self.stars}")
+
+
 def parse(data: str | None) -> CallbackData | None:
     """Parse any of our callback payloads; ``None`` for unknown, stale or malformed data."""
     if not data or len(data.encode("utf-8")) > MAX_CALLBACK_BYTES:
@@ -112,4 +129,6 @@ def parse(data: str | None) -> CallbackData | None:
         return SettingsAction(m.group(1), m.group(2) or "")
     if m := MenuAction.regex.match(data):
         return MenuAction(int(m.group(1)), m.group(2), m.group(3) or "")
+    if m := BuyAction.regex.match(data):
+        return BuyAction(int(m.group(1)), int(m.group(2)))
     return None

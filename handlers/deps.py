@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from generation.billing import AccessMode, StarPackage
+
 if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
     import httpx
     from telegram import InlineKeyboardMarkup
     from telegram.ext import Application
 
+    from generation.billing import PayloadSigner
     from generation.models import RunRecord
     from generation.ports import Backend
     from generation.service import GenerationService
@@ -34,6 +37,14 @@ class HandlerConfig:
     max_active_per_user: int = 2
     max_queued_per_user: int = 5
     max_in_flight: int = 10
+    # Charging for generations (handlers/payments.py, handlers/access.py)
+    star_packages: tuple[StarPackage, ...] = ()
+    free_daily_credits: int = 0
+    max_runs_per_user_per_day: int | None = None
+    max_runs_per_day: int | None = None
+    access: AccessMode = AccessMode.OPEN
+    paysupport_text: str | None = None  # owner-set; None: the localized default
+    terms_text: str | None = None
 
 
 class ProgressView(Protocol):
@@ -71,6 +82,7 @@ class Services:
     backend_label: str | None = None  # e.g. "preview": progress texts say so
     progress: ProgressView | None = None  # set by ProgressRenderer.attach
     delivery: OriginalSender | None = None  # set by Delivery.attach
+    signer: PayloadSigner | None = None  # signs Stars invoice payloads (None: no /buy)
 
 
 def services_of(application: Application) -> Services:

@@ -12,10 +12,12 @@ from telegram import Update
 from telegram.error import BadRequest, Forbidden, NetworkError
 
 from generation.errors import (
+    BotDailyLimitError,
     ErrorCode,
     GenerationError,
     InsufficientBalanceError,
     InvalidInputError,
+    LimitReachedError,
 )
 from handlers.context import BotContext, reply_to
 from handlers.deps import Services
@@ -51,6 +53,10 @@ def error_text(i18n: Translator, lang: str, exc: GenerationError) -> str:
         return i18n.t(lang, "gen.insufficient_balance", price=exc.required, balance=exc.available)
     if isinstance(exc, InvalidInputError) and exc.field in _FIELD_KEYS:
         return i18n.t(lang, _FIELD_KEYS[exc.field])
+    if isinstance(exc, LimitReachedError):  # the spending guards: say when it resets
+        minutes = max(1, int(exc.remaining + 59) // 60)
+        key = "access.limit_bot" if isinstance(exc, BotDailyLimitError) else "access.limit_user"
+        return i18n.t(lang, key, limit=exc.limit, hours=minutes // 60, minutes=minutes % 60)
     return i18n.t(lang, error_key(exc.code))
 
 

@@ -24,9 +24,10 @@ from generation.request import (
     GenerationRequest,
     InputImage,
 )
+from handlers.access import check_generation
 from handlers.context import BotContext, Caller, reply_to
 from handlers.deps import Services
-from handlers.errors import error_text
+from handlers.errors import error_key, error_text
 from handlers.keyboards import cancel_keyboard
 from handlers.origin import Origin
 
@@ -94,6 +95,11 @@ async def submit(
         await context.reply("error.INVALID_INPUT")
         return None
 
+    try:
+        await check_generation(context, caller.user_id, message.chat_id)  # ACCESS=paid
+    except GenerationError as exc:
+        await context.reply(error_key(exc.code))
+        return None
     price = await services.storage.prices.get(request.type)
     if price > 0:
         balance = await services.storage.ledger.get_balance(caller.user_id)

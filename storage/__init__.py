@@ -1,8 +1,10 @@
-"""Persistent state on aiosqlite: users, balances, deployments, LoRAs, runs, settings, prices.
+"""Persistent state on aiosqlite: users, balances, deployments, LoRAs, runs, settings, prices,
+payments, access and usage.
 
 Open it with ``storage = await Storage.open(path)``; close with ``await storage.close()``.
 """
 
+from storage.access import AccessRepository, AccessState
 from storage.deployments import DeploymentRepository
 from storage.errors import (
     DuplicateError,
@@ -12,15 +14,20 @@ from storage.errors import (
     ValidationError,
 )
 from storage.facade import DEFAULT_DATABASE_PATH, Storage
-from storage.ledger import Hold, LedgerEntry, LedgerRepository
+from storage.ledger import Balances, Hold, LedgerEntry, LedgerRepository
 from storage.loras import LoraRepository
+from storage.payments import Payment, PaymentRepository, PaymentResult, RefundPlan, RefundResult
 from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.usage import RunLimits, UsageRepository, UsageStats
 from storage.users import User, UserRepository, UserSettings
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
+    "AccessRepository",
+    "AccessState",
+    "Balances",
     "DeploymentRepository",
     "DuplicateError",
     "Hold",
@@ -28,12 +35,20 @@ __all__ = [
     "LedgerRepository",
     "LoraRepository",
     "NotFoundError",
+    "Payment",
+    "PaymentRepository",
+    "PaymentResult",
     "PriceRepository",
+    "RefundPlan",
+    "RefundResult",
+    "RunLimits",
     "RunRepository",
     "SchemaVersionError",
     "SettingsRepository",
     "Storage",
     "StorageError",
+    "UsageRepository",
+    "UsageStats",
     "User",
     "UserRepository",
     "UserSettings",

@@ -6,14 +6,17 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from storage.access import AccessRepository
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
 from storage.ledger import LedgerRepository
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
+from storage.payments import PaymentRepository
 from storage.prices import PriceRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.usage import RunLimits, UsageRepository
 from storage.users import UserRepository
 
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
@@ -26,15 +29,34 @@ class Storage:
     :mod:`generation.ports`, so they plug straight into ``GenerationService``.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        free_daily_credits: int = 0,
+        run_limits: RunLimits | None = None,
+    ) -> None:
         self.db = db
         self.users = UserRepository(db)
-        self.ledger = LedgerRepository(db)
+        self.ledger = LedgerRepository(db, free_daily_credits=free_daily_credits)
         self.deployments = DeploymentRepository(db)
         self.loras = LoraRepository(db)
-        self.runs = RunRepository(db)
+        self.runs = RunRepository(db, self.ledger, limits=run_limits)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.payments = PaymentRepository(db, self.ledger)
+        self.access = AccessRepository(db)
+        self.usage = UsageRepository(db)
+
+    def configure_money(
+        self, *, free_daily_credits: int | None = None, run_limits: RunLimits | None = None
+    ) -> None:
+        """Apply ``FREE_DAILY_CREDITS`` and the spending guards (the bot calls this at start;
+        both take effect with the next operation)."""
+        if free_daily_credits is not None:
+            self.ledger.free_daily_credits = max(0, int(free_daily_credits))
+        if run_limits is not None:
+            self.runs.limits = run_limits
 
     @classmethod
     async def open(
@@ -43,6 +65,8 @@ class Storage:
         *,
         clock: Clock = time.time,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        free_daily_credits: int = 0,
+        run_limits: RunLimits | None = None,
     ) -> Storage:
         """Create folder and file when missing, set WAL/pragmas and apply migrations."""
         db = await Database.connect(path, clock=clock, busy_timeout_ms=busy_timeout_ms)
@@ -51,7 +75,7 @@ class Storage:
         except BaseException:
             await db.close()
             raise
-        return cls(db)
+        return cls(db, free_daily_credits=free_daily_credits, run_limits=run_limits)
 
     @property
     def path(self) -> str:

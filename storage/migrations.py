@@ -132,7 +132,59 @@ CREATE INDEX runs_by_request_message
     ON runs(user_id, chat_id, json_extract(meta, '$.reply_to_message_id'));
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+# v3: money and access. Free daily credits are a second "pot" next to the paid one: each
+# ledger row says which pot it moves (users.free_balance caches the free pot's sum) and a
+# hold remembers how much of it came from free credits, and from which UTC day. Stars
+# payments are keyed by Telegram's charge id; access state lives on the user row and in
+# allowed_chats. runs_by_created counts today's runs (spending guards, /stats).
+_V3 = """
+ALTER TABLE users ADD COLUMN free_balance INTEGER NOT NULL DEFAULT 0 CHECK (free_balance >= 0);
+ALTER TABLE users ADD COLUMN free_held INTEGER NOT NULL DEFAULT 0 CHECK (free_held >= 0);
+ALTER TABLE users ADD COLUMN free_day INTEGER;
+ALTER TABLE users ADD COLUMN access TEXT NOT NULL DEFAULT 'default'
+    CHECK (access IN ('default', 'allowed', 'banned'));
+ALTER TABLE users ADD COLUMN ban_notified INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER users_free_pot_range BEFORE UPDATE OF free_balance, free_held, balance, held
+ON users WHEN NEW.free_held > NEW.free_balance OR NEW.free_held > NEW.held
+    OR NEW.balance - NEW.free_balance < NEW.held - NEW.free_held
+BEGIN SELECT RAISE(ABORT, 'free/paid pot out of range'); END;
+
+ALTER TABLE ledger ADD COLUMN pot TEXT NOT NULL DEFAULT 'paid' CHECK (pot IN ('paid', 'free'));
+ALTER TABLE ledger ADD COLUMN charge_id TEXT;
+CREATE INDEX ledger_by_charge ON ledger(charge_id) WHERE charge_id IS NOT NULL;
+CREATE INDEX ledger_by_time ON ledger(created_at);
+CREATE INDEX ledger_by_run ON ledger(run_id) WHERE run_id IS NOT NULL;
+
+ALTER TABLE holds ADD COLUMN free_amount INTEGER NOT NULL DEFAULT 0 CHECK (free_amount >= 0);
+ALTER TABLE holds ADD COLUMN free_day INTEGER;
+
+CREATE TABLE payments (
+    charge_id           TEXT    PRIMARY KEY,  -- telegram_payment_charge_id
+    provider_charge_id  TEXT,
+    user_id             INTEGER NOT NULL REFERENCES users(id),
+    credits             INTEGER NOT NULL CHECK (credits >= 0),
+    stars               INTEGER NOT NULL CHECK (stars > 0),
+    payload             TEXT    NOT NULL,
+    state               TEXT    NOT NULL DEFAULT 'paid' CHECK (state IN ('paid', 'refunded')),
+    credits_taken_back  INTEGER NOT NULL DEFAULT 0 CHECK (credits_taken_back >= 0),
+    created_at          REAL    NOT NULL,
+    refunded_at         REAL,
+    refunded_by         INTEGER,
+    CHECK (credits_taken_back <= credits)
+);
+CREATE INDEX payments_by_user ON payments(user_id, created_at);
+CREATE INDEX payments_by_time ON payments(created_at);
+
+CREATE TABLE allowed_chats (
+    chat_id     INTEGER PRIMARY KEY,
+    added_by    INTEGER,
+    created_at  REAL    NOT NULL
+);
+
+CREATE INDEX runs_by_created ON runs(created_at);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """

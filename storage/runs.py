@@ -24,7 +24,8 @@ from generation.models import (
 )
 from storage.database import Database
 from storage.errors import DuplicateError, NotFoundError, ValidationError
-from storage.ledger import place_hold
+from storage.ledger import LedgerRepository, place_hold
+from storage.usage import RunLimits, check_run_limits
 from storage.validation import dump_json, load_json, require_int
 
 _COLUMNS = tuple(f.name for f in dataclasses.fields(RunRecord))
@@ -153,11 +154,25 @@ _INSERT = f"INSERT INTO runs({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _
 
 
 class RunRepository:
-    def __init__(self, db: Database) -> None:
+    """Runs. ``limits`` (the spending guards) and the ledger's ``free_daily_credits`` apply
+    inside :meth:`create_run`'s transaction."""
+
+    def __init__(
+        self,
+        db: Database,
+        ledger: LedgerRepository | None = None,
+        *,
+        limits: RunLimits | None = None,
+    ) -> None:
         self._db = db
+        self._ledger = ledger if ledger is not None else LedgerRepository(db)
+        self.limits = limits or RunLimits()
 
     async def create_run(self, run: RunRecord, hold_amount: int = 0) -> RunRecord:
-        """Insert the run and hold ``hold_amount`` credits for it, in one transaction."""
+        """Insert the run and hold ``hold_amount`` credits for it, in one transaction.
+
+        Raises ``DailyLimitError`` / ``BotDailyLimitError`` (spending guards) or
+        ``InsufficientBalanceError``, writing nothing."""
         if not isinstance(run, RunRecord):
             raise ValidationError("run must be a RunRecord")
         hold_amount = require_int(hold_amount, "hold_amount", minimum=0)
@@ -172,15 +187,25 @@ class RunRepository:
         if stamps:
             run = dataclasses.replace(run, **stamps)
         params = _encode_record(run)  # validates before anything is written
-        if hold_amount == 0:  # a single INSERT: its own transaction, one round trip
+        limits = self.limits
+        if hold_amount == 0 and not limits.active:  # one INSERT: its own transaction
             try:
                 await self._db.write_one(_INSERT, params)
             except sqlite3.IntegrityError:
                 raise DuplicateError(f"run {run.id!r} already exists") from None
             return run
         async with self._db.write() as conn:
+            if limits.active:
+                await check_run_limits(conn, limits, run.user_id, now=now)
             if hold_amount > 0:
-                await place_hold(conn, run.user_id, hold_amount, run.id, now=now)
+                await place_hold(
+                    conn,
+                    run.user_id,
+                    hold_amount,
+                    run.id,
+                    now=now,
+                    free_daily_credits=self._ledger.free_daily_credits,
+                )
             try:
                 await conn.execute(_INSERT, params)
             except sqlite3.IntegrityError:

@@ -32,6 +32,13 @@ ENV_VARS = (
     "MAX_IN_FLIGHT",
     "LOG_LEVEL",
     "GENERATION_BACKEND",
+    "STAR_PACKAGES",
+    "FREE_DAILY_CREDITS",
+    "MAX_RUNS_PER_USER_PER_DAY",
+    "MAX_RUNS_PER_DAY",
+    "ACCESS",
+    "PAYSUPPORT_TEXT",
+    "TERMS_TEXT",
 )
 TOKEN = "987654321:AAHsecretTokenValueForTests_0123456789"
 API_KEY = "cd_live_key_SUPERSECRET_42"
@@ -61,6 +68,33 @@ def test_defaults_match_the_run_contract() -> None:
     assert s.starting_balance == 0
     assert (s.max_active_per_user, s.max_queued_per_user, s.max_in_flight) == (2, 5, 10)
     assert s.log_level == "INFO"
+    assert s.star_packages == () and s.free_daily_credits == 0
+    assert (s.max_runs_per_user_per_day, s.max_runs_per_day) == (None, None)
+    assert s.access == "open" and s.paysupport_text is None and s.terms_text is None
+
+
+def test_money_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAR_PACKAGES", "100:50, 500:200")
+    monkeypatch.setenv("FREE_DAILY_CREDITS", "3")
+    monkeypatch.setenv("MAX_RUNS_PER_USER_PER_DAY", "20")
+    monkeypatch.setenv("MAX_RUNS_PER_DAY", "")
+    monkeypatch.setenv("ACCESS", " Allowlist ")
+    monkeypatch.setenv("TERMS_TEXT", "Line one\\nLine two")
+    s = load_settings()
+    assert [(p.credits, p.stars) for p in s.star_packages] == [(100, 50), (500, 200)]
+    assert s.free_daily_credits == 3
+    assert (s.max_runs_per_user_per_day, s.max_runs_per_day) == (20, None)
+    assert s.access == "allowlist" and s.terms_text == "Line one\nLine two"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("STAR_PACKAGES", "100"), ("STAR_PACKAGES", "0:5"), ("ACCESS", "closed")],
+)
+def test_bad_money_settings(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
 
 
 def test_every_field_is_a_documented_variable() -> None:

@@ -37,6 +37,8 @@ from urllib.parse import parse_qsl
 
 import httpx
 
+from bot.local.stars import StarsPayments
+
 log = logging.getLogger(__name__)
 
 LOCAL_TOKEN = "1:local"
@@ -209,10 +211,11 @@ def media_fields(
     return {}
 
 
-class BotApiCore:
+class BotApiCore(StarsPayments):
     """The Bot API semantics shared by the local emulator and the test fake: chats and
     messages, files, the update queue, request parsing, Telegram's checks and the ``_m_*``
-    methods. Subclasses choose the message/file classes and hook in their extras."""
+    methods (Stars payments in :mod:`bot.local.stars`). Subclasses choose the message/file
+    classes and hook in their extras."""
 
     message_cls: type[Any] = Message
     max_messages_per_chat: int | None = None
@@ -252,6 +255,9 @@ class BotApiCore:
         self.version = 0
         self._changed = asyncio.Event()
         self.closing = False  # set at shutdown: long polls answer at once
+        self._init_stars()
+
+    _bad_request = staticmethod(bad_request)  # for the mixins (bot.local.stars)
 
     @property
     def bot_user(self) -> dict[str, Any]:

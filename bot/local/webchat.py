@@ -10,6 +10,9 @@ Routes (starlette):
 * ``POST /api/upload`` (multipart: ``file``, ``caption``, ``lang``, ``as_file``) — a photo, or
   with ``as_file`` an image document (masks for /inpaint keep their exact pixels that way).
 * ``POST /api/press`` ``{"message_id", "data", "lang"}`` — press an inline button.
+* ``POST /api/pay`` ``{"message_id", "lang"}`` — "Pay (test)" on an invoice: the same Stars
+  flow as Telegram's (``pre_checkout_query``, then ``successful_payment`` once the bot says
+  ok), with no real Stars (``bot.local.stars``).
 * ``GET /media/<file_id>`` — a file of the chat (what the bot sent, what the user uploaded).
 * ``GET /healthz``.
 
@@ -84,6 +87,17 @@ def message_view(emulator: BotApiEmulator, msg: Message) -> dict[str, Any]:
         out["media"] = f"/media/{msg.file_id}"
         out["w"], out["h"] = msg.width, msg.height
         out["filename"] = msg.filename
+    fields = msg.media_fields or {}
+    if "invoice" in fields:
+        invoice = fields["invoice"]
+        out["invoice"] = {
+            "title": invoice.get("title"),
+            "description": invoice.get("description"),
+            "stars": invoice.get("total_amount"),
+        }
+    for name in ("successful_payment", "refunded_payment"):
+        if name in fields:
+            out[name] = {"stars": fields[name].get("total_amount")}
     rows = (msg.reply_markup or {}).get("inline_keyboard") or []
     if rows:
         out["buttons"] = [
@@ -248,6 +262,18 @@ class WebChat:
             return JSONResponse({"error": str(exc)}, status_code=404)
         return JSONResponse({"ok": True})
 
+    async def pay(self, request: Request) -> Response:
+        if (refused := self.check_post(request)) is not None:
+            return refused
+        body = await self.json_body(request)
+        if body is None or not isinstance(body.get("message_id"), int):
+            return JSONResponse({"error": "message_id is required"}, status_code=400)
+        try:
+            self.emulator.press_pay(self.user(body.get("lang")), self.user_id, body["message_id"])
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse({"ok": True})
+
     async def media(self, request: Request) -> Response:
         stored = self.emulator.file(request.path_params["file_id"])
         if stored is None:
@@ -273,6 +299,7 @@ class WebChat:
                 Route("/api/send", self.send, methods=["POST"]),
                 Route("/api/upload", self.upload, methods=["POST"]),
                 Route("/api/press", self.press, methods=["POST"]),
+                Route("/api/pay", self.pay, methods=["POST"]),
                 Route("/media/{file_id}", self.media),
                 Route("/healthz", self.healthz),
                 Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

@@ -158,6 +158,11 @@ class FakeMessage:
         return [b.get("text", "") for b in self.buttons]
 
     @property
+    def invoice(self) -> dict[str, Any] | None:
+        """The ``invoice`` of a message the bot sent with sendInvoice."""
+        return self.extra.get("invoice")
+
+    @property
     def content(self) -> str:
         """Text or caption (whichever the message has)."""
         return self.text if self.text is not None else (self.caption or "")
@@ -282,6 +287,7 @@ class FakeTelegram(BotApiCore):
         self.users: dict[int, FakeUser] = {}
         # gates: hold calls of a method (see hold())
         self._gates: dict[str, _Gate] = {}
+        self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> getChatMember status
         self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
 
     # ------------------------------------------------------------------ wiring helpers
@@ -683,6 +689,20 @@ class FakeTelegram(BotApiCore):
             raise bad_request("file is too big")
         return super()._m_getFile(params, files)
 
+    def _m_getChatMember(self, params: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        """A member's status as set in :attr:`members`: ``member`` or ``left`` (the default);
+        ``creator`` adds ``is_anonymous``."""
+        chat_id = self._known_chat(params)
+        user_id = _int(params, "user_id")
+        assert user_id is not None
+        status = self.members.get((chat_id, user_id), "left")
+        user = self.users.get(user_id)
+        user_dict = user.to_dict() if user else {"id": user_id, "is_bot": False, "first_name": "U"}
+        out: dict[str, Any] = {"status": status, "user": user_dict}
+        if status == "creator":
+            out["is_anonymous"] = False
+        return out
+
 
 class FakeUser:
     """A Telegram user driving the bot: builds updates the way real clients send them."""
@@ -891,6 +911,35 @@ class FakeUser:
         else:
             raise AssertionError(f"no button {button!r}; buttons: {current.button_texts}")
         return self.fake._callback_query(self.to_dict(), current, data, queue=queue)
+
+    # --------------------------------------------------------------- Stars payments
+    def pay(self, invoice: FakeMessage, *, complete: bool = True) -> dict[str, Any]:
+        """Press Pay on an invoice the bot sent: a ``pre_checkout_query`` update. With
+        ``complete``, the bot's ``ok=True`` answer charges the Stars and sends the
+        ``successful_payment`` message (see :mod:`bot.local.stars`)."""
+        if invoice.invoice is None:
+            raise AssertionError(f"message {invoice.message_id} is not an invoice")
+        return self.fake.press_pay(
+            self.to_dict(), invoice.chat_id, invoice.message_id, complete=complete
+        )
+
+    def pre_checkout(
+        self, payload: str, total_amount: int, *, currency: str = "XTR", complete: bool = True
+    ) -> dict[str, Any]:
+        """A ``pre_checkout_query`` with any payload (e.g. a forged one)."""
+        self.fake.add_chat(self.id)
+        return self.fake.pre_checkout(
+            self.to_dict(),
+            payload=payload,
+            total_amount=total_amount,
+            currency=currency,
+            complete=complete,
+        )
+
+    def pre_checkout_answer(self, update: dict[str, Any]) -> Any:
+        """How the bot answered the pre-checkout query of ``update`` (None if not yet)."""
+        query = self.fake.pre_checkout_queries.get(update["pre_checkout_query"]["id"])
+        return query if query is not None and query.answered else None
 
     def callback_answer(self, update: dict[str, Any]) -> dict[str, Any] | None:
         """How the bot answered the callback query of ``update`` (None if it did not)."""

@@ -91,6 +91,25 @@
     return kb;
   }
 
+  function invoiceNode(m) {
+    if (!m.invoice) return null;
+    const box = el("div", "invoice");
+    box.appendChild(el("div", "invoice-title", m.invoice.title || ""));
+    box.appendChild(el("div", "invoice-text", m.invoice.description || ""));
+    const pay = el("button", "kb-button pay-button", `Pay (test) · ${m.invoice.stars} ⭐`);
+    pay.type = "button";
+    pay.title = "Local mode: no real Stars are charged";
+    pay.addEventListener("click", () => payInvoice(m.id, pay));
+    box.appendChild(pay);
+    return box;
+  }
+
+  function paymentText(m) {
+    if (m.successful_payment) return `⭐ Paid ${m.successful_payment.stars} Stars (test)`;
+    if (m.refunded_payment) return `⭐ ${m.refunded_payment.stars} Stars refunded (test)`;
+    return null;
+  }
+
   function messageNode(m) {
     const li = el("li", `msg ${m.out ? "out" : "in"}`);
     li.dataset.id = m.id;
@@ -110,7 +129,9 @@
       bubble.appendChild(media);
       bubble.classList.add("has-media");
     }
-    const body = m.text !== null && m.text !== undefined ? m.text : m.caption;
+    const invoice = invoiceNode(m);
+    if (invoice) bubble.appendChild(invoice);
+    const body = m.text !== null && m.text !== undefined ? m.text : m.caption || paymentText(m);
     if (body) bubble.appendChild(el("div", "text", body));
     const meta = el("div", "meta");
     if (m.edits) meta.appendChild(el("span", "edited", "edited"));
@@ -242,6 +263,17 @@
       await post("/api/press", { message_id: messageId, data, lang });
     } catch (err) {
       toast(`Could not press the button: ${err.message}`, true);
+    } finally {
+      setTimeout(() => button.classList.remove("pending"), 400);
+    }
+  }
+
+  async function payInvoice(messageId, button) {
+    button.classList.add("pending");
+    try {
+      await post("/api/pay", { message_id: messageId, lang });
+    } catch (err) {
+      toast(`Could not pay: ${err.message}`, true);
     } finally {
       setTimeout(() => button.classList.remove("pending"), 400);
     }
