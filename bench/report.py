@@ -240,11 +240,34 @@ def report(results: dict[str, Any], levels: list[int]) -> list[str]:
 
 
 _OURS = ("/bot/", "/handlers/", "/generation/", "/storage/")
+_PROJECT = ("bot", "handlers", "generation", "storage", "bench", "tests")
+
+
+def package_of(file: str, func: str) -> str:
+    """The package a profiled function belongs to: ``"telegram"``, ``"httpcore"``,
+    ``"asyncio"`` (stdlib modules by their top name), ``"handlers"`` (ours), ``"idle (epoll)"``
+    for the loop's wait, ``"C builtins"`` for the rest of ``~``."""
+    if file == "~":
+        return "idle (epoll)" if "epoll" in func or "select" in func else "C builtins"
+    parts = file.replace("\\", "/").split("/")
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].split(".")[0]
+    for name in _PROJECT:
+        if name in parts[:-1]:
+            return name
+    stem = parts[-2] if len(parts) > 1 and not parts[-2].startswith("python3") else parts[-1]
+    return stem.removesuffix(".py")
+
+
+def _short(file: str) -> str:
+    return file[file.rfind("/", 0, max(file.rfind("/"), 0)) + 1 :]
 
 
 def print_profile(path: Path, generations: int, limit: int = 25) -> None:
-    """The top of a cProfile of the bot: project functions by cumulative time, and everything
-    by own time, each with milliseconds per generation (the process's completed /make)."""
+    """The top of a cProfile of the bot's main thread (the event loop): project functions by
+    cumulative time, own time by package, and everything by own time, in milliseconds per
+    generation (the process's completed /make). Coroutines count only while they run, not
+    while suspended; work on other threads (aiosqlite, ``to_thread``) is not in it."""
     if not path.exists():
         print(f"(no profile written at {path})")
         return
@@ -257,11 +280,19 @@ def print_profile(path: Path, generations: int, limit: int = 25) -> None:
     for (file, _line, func), (_cc, nc, tt, ct, _callers) in sorted(
         ours, key=lambda kv: kv[1][3], reverse=True
     )[:limit]:
-        short = file[file.rfind("/", 0, max(file.rfind("/"), 0)) + 1 :]
-        print(f"{ct * 1e3 / per:11.3f} {tt * 1e3 / per:11.3f} {nc / per:12.1f}  {short}:{func}")
+        print(
+            f"{ct * 1e3 / per:11.3f} {tt * 1e3 / per:11.3f} {nc / per:12.1f}  {_short(file)}:{func}"
+        )
+    by_package: Counter[str] = Counter()
+    for (file, _line, func), (_cc, _nc, tt, _ct, _callers) in raw.items():
+        by_package[package_of(file, func)] += tt
+    print(" own ms/gen  package (own time summed)")
+    for name, tt in by_package.most_common(15):
+        print(f"{tt * 1e3 / per:11.3f}  {name}")
     print(" own ms/gen  cum ms/gen    calls/gen  function (all code, by own time)")
     for (file, _line, func), (_cc, nc, tt, ct, _callers) in sorted(
         raw.items(), key=lambda kv: kv[1][2], reverse=True
     )[:limit]:
-        short = file[file.rfind("/", 0, max(file.rfind("/"), 0)) + 1 :]
-        print(f"{tt * 1e3 / per:11.3f} {ct * 1e3 / per:11.3f} {nc / per:12.1f}  {short}:{func}")
+        print(
+            f"{tt * 1e3 / per:11.3f} {ct * 1e3 / per:11.3f} {nc / per:12.1f}  {_short(file)}:{func}"
+        )

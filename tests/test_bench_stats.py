@@ -134,3 +134,16 @@ def test_report_gives_a_verdict_per_target() -> None:
     assert rows["[queue] submit cost per run, 1,000 → 10,000"][-1] == "met"
     assert rows["[queue] position updates per dispatch, 1,000 → 10,000"][-1] == "NOT met"
     assert any("editMessageText 1.00" in line for line in lines)
+
+
+def test_profile_groups_own_time_by_package() -> None:
+    from bench.report import package_of
+
+    site = "/usr/lib/python3.11/site-packages"
+    assert package_of(f"{site}/telegram/_bot.py", "send_message") == "telegram"
+    assert package_of(f"{site}/aiosqlite/core.py", "_execute") == "aiosqlite"
+    assert package_of("/work/repo/handlers/delivery.py", "_deliver") == "handlers"
+    assert package_of("/usr/lib/python3.11/asyncio/base_events.py", "_run_once") == "asyncio"
+    assert package_of("/usr/lib/python3.11/ssl.py", "wrap") == "ssl"
+    assert package_of("~", "<method 'poll' of 'select.epoll' objects>") == "idle (epoll)"
+    assert package_of("~", "<built-in method builtins.isinstance>") == "C builtins"
