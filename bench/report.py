@@ -112,7 +112,7 @@ def _cost_rows(mode: str, bot: dict[str, Any], base: dict[str, Any]) -> list[Row
     c = round_ratio(tb, ts)
     rows.append(
         (
-            f"[{mode}] throughput, gen/s (p99 ≤ 100 ms)",
+            f"[{mode}] throughput, gen/s (p99 ≤ 100 ms, {c.rounds} round{'s' * (c.rounds != 1)})",
             f"{c.bot:g}",
             f"{c.base:g}",
             times(c.ratio),

@@ -127,7 +127,11 @@ def test_report_gives_a_verdict_per_target() -> None:
     rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in lines}
     p50 = rows["[webhook] overhead p50, 1 user"]
     assert p50[1:4] == ["4.0 ms", "2.0 ms", "2.00×"] and p50[-1] == "NOT met"
-    assert rows["[webhook] throughput, gen/s (p99 ≤ 100 ms)"][3:] == ["0.25×", "≥ 0.5×", "NOT met"]
+    assert rows["[webhook] throughput, gen/s (p99 ≤ 100 ms, 1 round)"][3:] == [
+        "0.25×",
+        "≥ 0.5×",
+        "NOT met",
+    ]
     cpu = rows["[webhook] CPU per generation"]
     assert cpu[1:4] == ["4.0 ms", "1.0 ms", "4.00×"] and cpu[-1] == "NOT met"
     assert rows["[webhook] DB statements per generation"][1] == "20.0"
