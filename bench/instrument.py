@@ -16,6 +16,7 @@ import mmap
 import os
 import sqlite3
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ class SqlCounter:
     """The counter's file: written by the bot process, read by the benchmark."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.restore: Callable[[], None] = lambda: None  # undo install_sql_counter
         self.path = Path(path)
         if create or not self.path.exists():
             self.path.write_bytes(bytes(_SLOT.size))
@@ -58,6 +60,11 @@ def install_sql_counter(path: str) -> SqlCounter:
         return conn
 
     sqlite3.connect = connect  # type: ignore[assignment]
+
+    def restore() -> None:
+        sqlite3.connect = original
+
+    counter.restore = restore
     return counter
 
 

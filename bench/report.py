@@ -219,7 +219,8 @@ def _extra_rows(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def report(results: dict[str, Any], levels: list[int]) -> list[str]:
+def rows_of(results: dict[str, Any], levels: list[int]) -> tuple[list[Row], list[str]]:
+    """The table rows and the Bot API method mixes printed under it."""
     rows: list[Row] = []
     mixes: list[str] = []
     for mode, sides in results.get("modes", {}).items():
@@ -232,11 +233,26 @@ def report(results: dict[str, Any], levels: list[int]) -> list[str]:
                 mixes.append(f"  [{mode}] {kind} Bot API calls per generation: {mix}")
     rows += _queue_rows(results.get("queue") or {})
     rows += _extra_rows(results)
+    return rows, mixes
+
+
+def report(results: dict[str, Any], levels: list[int]) -> list[str]:
+    """The plain-text table (and the Bot API mixes) that ``bench/run.py`` prints."""
+    rows, mixes = rows_of(results, levels)
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))]
     lines.append("-|-".join("-" * w for w in widths))
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return lines + (["", *mixes] if mixes else [])
+
+
+def markdown(results: dict[str, Any], levels: list[int], when: str) -> list[str]:
+    """The same table as Markdown rows for bench/README.md; ``when`` fills the first cell."""
+    rows, mixes = rows_of(results, levels)
+    lines = ["| " + " | ".join(("run", *HEADER)) + " |", "|---" * (len(HEADER) + 1) + "|"]
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join((when if i == 0 else "", *row)) + " |")
+    return lines + [""] + [f"- {m.strip()}" for m in mixes]
 
 
 _OURS = ("/bot/", "/handlers/", "/generation/", "/storage/")

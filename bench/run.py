@@ -43,7 +43,7 @@ from typing import Any
 
 from bench.harness import ROOT, Load, Phase, Processes, Target
 from bench.probes import INSTANT, BenchComfyDeploy, Probes
-from bench.report import print_profile, report
+from bench.report import markdown, print_profile, report
 from bench.storage_bench import storage_benchmark
 
 QUICK_RATES = (10, 20, 40, 80, 130, 200, 300, 400)
@@ -241,6 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-storage", action="store_true")
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the bot (default INFO)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = parser.parse_args(argv)
     args.modes = [args.mode] if args.mode else ["webhook", "polling"]
     args.queue_sizes = (1000, 10_000)
@@ -277,12 +278,16 @@ def main(argv: list[str] | None = None) -> int:
         f"\n== results ({'quick' if args.quick else 'full'} run, {args.rounds} rounds, "
         f"{time.perf_counter() - started:.0f} s) =="
     )
-    print(
-        f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, machine: {machine()}, "
-        f"commit {commit()}\n"
+    when = (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {machine()}, commit {commit()}, "
+        f"{'--quick' if args.quick else 'full'}, {args.rounds} rounds"
     )
-    for line in report(results, [u for u, _ in args.levels]):
+    print(f"{when}\n")
+    levels = [u for u, _ in args.levels]
+    for line in report(results, levels):
         print(line)
+    if args.markdown:
+        args.markdown.write_text("\n".join(markdown(results, levels, when)) + "\n")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

@@ -151,3 +151,24 @@ def test_profile_groups_own_time_by_package() -> None:
     assert package_of("/usr/lib/python3.11/ssl.py", "wrap") == "ssl"
     assert package_of("~", "<method 'poll' of 'select.epoll' objects>") == "idle (epoll)"
     assert package_of("~", "<built-in method builtins.isinstance>") == "C builtins"
+
+
+async def test_sql_counter_counts_aiosqlite_statements(tmp_path) -> None:
+    import aiosqlite
+
+    from bench.instrument import SqlCounter, install_sql_counter
+
+    path = tmp_path / "sql.counter"
+    SqlCounter(path, create=True)
+    counter = install_sql_counter(str(path))
+    try:
+        async with aiosqlite.connect(":memory:") as conn:
+            await conn.execute("CREATE TABLE t(x)")
+            await conn.execute("INSERT INTO t VALUES (1)")
+            await conn.execute_fetchall("SELECT x FROM t")
+    finally:
+        counter.restore()
+    reader = SqlCounter(path)
+    assert reader.read() >= 3  # plus the implicit BEGIN before the INSERT
+    reader.close()
+    counter.close()
