@@ -146,6 +146,16 @@ class Target:
     def statements(self) -> float:
         return float(self.sql.read()) if self.sql is not None else math.nan
 
+    def costs(self) -> dict[str, Any]:
+        """Cumulative costs so far; :func:`cost_delta` of two is a window's cost."""
+        return {
+            "generations": self.generations,
+            "cpu_s": self.cpu(),
+            "api_calls": self.tg.api_calls(),
+            "api_by_method": Counter(self.tg.method_counts),
+            "sql": self.statements(),
+        }
+
     async def send(self, user: FakeUser, text: str) -> float:
         """Hand ``text`` from ``user`` to the program; returns t0 (``perf_counter``)."""
         if self.mode == "polling":
@@ -159,6 +169,21 @@ class Target:
         response = await self.http.post(f"{self.url}/telegram", content=body, headers=headers)
         response.raise_for_status()
         return started
+
+
+def cost_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The costs between two :meth:`Target.costs` snapshots (``n`` = generations completed);
+    ``getUpdates`` (polling itself) is not a Bot API call of a generation."""
+    methods = Counter(after["api_by_method"])
+    methods.subtract(before["api_by_method"])
+    methods.pop("getUpdates", None)
+    return {
+        "n": after["generations"] - before["generations"],
+        "cpu_s": after["cpu_s"] - before["cpu_s"],
+        "api_calls": after["api_calls"] - before["api_calls"],
+        "api_by_method": dict(+methods),
+        "sql": after["sql"] - before["sql"],
+    }
 
 
 class Processes:
@@ -316,8 +341,7 @@ class Load:
         self, target: Target, name: str, users: int, per_user: int, first_user: int = 1000
     ) -> Phase:
         phase = Phase(name)
-        cpu0, calls0, sql0 = target.cpu(), target.tg.api_calls(), target.statements()
-        methods0 = Counter(target.tg.method_counts)
+        before = target.costs()
 
         async def run_user(user: FakeUser) -> None:
             for _ in range(per_user):
@@ -327,13 +351,9 @@ class Load:
         await asyncio.gather(*(run_user(target.user(first_user + i)) for i in range(users)))
         phase.wall = time.perf_counter() - started
         await self.quiesce(target)
-        phase.cpu_s = target.cpu() - cpu0
-        phase.api_calls = target.tg.api_calls() - calls0
-        phase.api_by_method = Counter(target.tg.method_counts)
-        phase.api_by_method.subtract(methods0)
-        del phase.api_by_method["getUpdates"]
-        phase.api_by_method = +phase.api_by_method  # drop zero counts
-        phase.sql = target.statements() - sql0
+        cost = cost_delta(before, target.costs())
+        phase.cpu_s, phase.api_calls, phase.sql = cost["cpu_s"], cost["api_calls"], cost["sql"]
+        phase.api_by_method = Counter(cost["api_by_method"])
         return phase
 
     async def ramp_step(self, target: Target, rate: float, seconds: float, pool: int) -> Phase:

@@ -37,7 +37,10 @@ def _per_round(side: dict[str, Any], users: int, key: str) -> list[float]:
 
 
 def _rounds_cost(side: dict[str, Any], key: str) -> list[float]:
-    """Per round: the cost ``key`` summed over the closed-loop levels, per generation."""
+    """Per round: the cost ``key`` per generation over the round's closed loops (the whole
+    round's window when measured, else the sum of its levels' windows)."""
+    if side.get("rounds"):
+        return [r[key] / r["n"] if r["n"] else math.nan for r in side["rounds"]]
     levels = side.get("levels", {})
     n_rounds = max((len(v) for v in levels.values()), default=0)
     out: list[float] = []
@@ -52,10 +55,10 @@ def _rounds_cost(side: dict[str, Any], key: str) -> list[float]:
 def _method_mix(side: dict[str, Any]) -> str:
     total: Counter[str] = Counter()
     n = 0
-    for rounds in side.get("levels", {}).values():
-        for r in rounds:
-            total.update(r["api_by_method"])
-            n += r["n"]
+    windows = side.get("rounds") or [r for v in side.get("levels", {}).values() for r in v]
+    for r in windows:
+        total.update(r["api_by_method"])
+        n += r["n"]
     if not n:
         return ""
     return ", ".join(f"{m} {c / n:.2f}" for m, c in total.most_common())

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, Load, Phase, Processes, Target
+from bench.harness import ROOT, Load, Phase, Processes, Target, cost_delta
 from bench.probes import INSTANT, BenchComfyDeploy, Probes
 from bench.report import markdown, print_profile, report
 from bench.storage_bench import storage_benchmark
@@ -81,11 +81,16 @@ class Bench:
         for r in range(args.rounds):
             print(f"  round {r + 1}/{args.rounds}", flush=True)
             for target in targets:
+                before = target.costs()
                 for users, per_user in args.levels:
                     name = "1 user" if users == 1 else f"{users} users"
                     phase = await self.load.closed_loop(target, name, users, per_user)
                     self._print_level(target, phase)
                     out[target.kind]["levels"][users].append(phase.summary())
+                # the round's trailing work (throttled final edits, settles) is its cost, and
+                # must not run while the other program is measured
+                await self.load.quiesce(target, args.round_quiesce)
+                out[target.kind]["rounds"].append(cost_delta(before, target.costs()))
         for r in range(args.throughput_rounds):
             print(f"  throughput round {r + 1}/{args.throughput_rounds}", flush=True)
             for target in targets:
@@ -96,7 +101,7 @@ class Bench:
         assert self.procs is not None
         print(f"\n== {mode} mode ==", flush=True)
         out: dict[str, Any] = {
-            kind: {"levels": {u: [] for u, _ in self.args.levels}, "throughput": []}
+            kind: {"levels": {u: [] for u, _ in self.args.levels}, "rounds": [], "throughput": []}
             for kind in ("bot", "baseline")
         }
         profiled: Target | None = None
@@ -253,6 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rates = QUICK_RATES
         args.step_seconds = 1.0
         args.quiesce = 0.4
+        args.round_quiesce = 2.0  # > the progress renderer's 1.5 s edit interval
         args.memory = args.flood = False
         args.storage_cycles = 1000
     else:
@@ -263,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rates = FULL_RATES
         args.step_seconds = 3.0
         args.quiesce = 1.0
+        args.round_quiesce = 3.0
         args.memory = args.flood = True
         args.checkpoints = (1000, 10_000)
         args.memory_users = 100

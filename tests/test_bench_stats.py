@@ -172,3 +172,35 @@ async def test_sql_counter_counts_aiosqlite_statements(tmp_path) -> None:
     assert reader.read() >= 3  # plus the implicit BEGIN before the INSERT
     reader.close()
     counter.close()
+
+
+def test_round_costs_come_from_the_whole_round_window() -> None:
+    from collections import Counter
+
+    from bench.harness import cost_delta
+    from bench.report import rows_of
+
+    before = {
+        "generations": 5,
+        "cpu_s": 1.0,
+        "api_calls": 10,
+        "api_by_method": Counter({"sendMessage": 5, "getUpdates": 40}),
+        "sql": 100.0,
+    }
+    after = {
+        "generations": 15,
+        "cpu_s": 1.2,
+        "api_calls": 40,
+        "api_by_method": Counter({"sendMessage": 15, "editMessageText": 20, "getUpdates": 90}),
+        "sql": 300.0,
+    }
+    delta = cost_delta(before, after)
+    assert delta["n"] == 10
+    assert delta["api_by_method"] == {"sendMessage": 10, "editMessageText": 20}  # no getUpdates
+    bot = {"levels": {1: [_level(0.003)]}, "rounds": [delta]}
+    base = {"levels": {1: [_level(0.002)]}, "rounds": [{**delta, "cpu_s": 0.05}]}
+    rows, mixes = rows_of({"modes": {"polling": {"bot": bot, "baseline": base}}}, [1])
+    cpu = next(r for r in rows if r[0] == "[polling] CPU per generation")
+    assert cpu[1:4] == ("20.0 ms", "5.0 ms", "4.00×")
+    assert rows[[r[0] for r in rows].index("[polling] DB statements per generation")][1] == "20.0"
+    assert any("editMessageText 2.00" in m for m in mixes)
