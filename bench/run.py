@@ -244,6 +244,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--run-poll-interval", type=float, default=0.2, help="RUN_POLL_INTERVAL, polling mode"
     )
     parser.add_argument("--skip-storage", action="store_true")
+    parser.add_argument(
+        "--extras", action="store_true", help="--quick too: RSS growth and flood-control runs"
+    )
     parser.add_argument("--log-level", default="INFO", help="LOG_LEVEL of the bot (default INFO)")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
@@ -259,7 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.step_seconds = 1.0
         args.quiesce = 0.4
         args.round_quiesce = 2.0  # > the progress renderer's 1.5 s edit interval
-        args.memory = args.flood = False
+        args.memory = args.flood = args.extras
+        args.checkpoints = (200, 1000)
+        args.memory_users = 50
         args.storage_cycles = 1000
     else:
         args.rounds = args.rounds or 3
