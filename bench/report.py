@@ -267,7 +267,9 @@ def package_of(file: str, func: str) -> str:
     ``"asyncio"`` (stdlib modules by their top name), ``"handlers"`` (ours), ``"idle (epoll)"``
     for the loop's wait, ``"C builtins"`` for the rest of ``~``."""
     if file == "~":
-        return "idle (epoll)" if "epoll" in func or "select" in func else "C builtins"
+        if "epoll" in func or "select" in func:
+            return "idle (epoll)"
+        return "pydantic_core" if "pydantic_core" in func else "C builtins"
     parts = file.replace("\\", "/").split("/")
     if "site-packages" in parts:
         return parts[parts.index("site-packages") + 1].split(".")[0]
@@ -276,6 +278,43 @@ def package_of(file: str, func: str) -> str:
             return name
     stem = parts[-2] if len(parts) > 1 and not parts[-2].startswith("python3") else parts[-1]
     return stem.removesuffix(".py")
+
+
+# Issue 16's "likely places": (label, file suffix, function) → cumulative time of the function;
+# (label, None, package) → own time summed over the package (bench/README.md, profile).
+LIKELY: tuple[tuple[str, str | None, str], ...] = (
+    ("user lookup", "handlers/context.py", "caller"),
+    ("duplicate check", "handlers/submit.py", "_already_started"),
+    ("per-chat processor (with the handler)", "bot/processor.py", "do_process_update"),
+    ("the /make handler", "handlers/make.py", "make_command"),
+    ("progress message send", "handlers/submit.py", "show_progress_message"),
+    ("worker: dispatch to create-run", "generation/service.py", "dispatch"),
+    ("photo fitting (to_thread hop)", "handlers/telegram_io.py", "prepare_photo_async"),
+    ("thread hand-offs: aiosqlite statements, to_thread", "~", "put_nowait' of '_queue.Simple"),
+    ("storage/ code (own)", None, "storage"),
+    ("aiosqlite (own, main thread)", None, "aiosqlite"),
+    ("pydantic (own)", None, "pydantic"),
+    ("pydantic_core (own)", None, "pydantic_core"),
+    ("json (own)", None, "json"),
+    ("PTB objects, telegram (own)", None, "telegram"),
+    ("HTTP client stack (own)", None, "httpx+httpcore+anyio+h11+sniffio"),
+)
+
+
+def _likely(raw: dict[Any, Any], by_package: Counter[str], per: int) -> None:
+    print("   ms/gen    calls/gen  issue 16's likely places (cum time; '(own)': package own time)")
+    for label, suffix, name in LIKELY:
+        if suffix is None:
+            own = sum(by_package.get(part, 0.0) for part in name.split("+"))
+            print(f"{own * 1e3 / per:9.3f} {'':12}  {label} ({name})")
+            continue
+        if suffix == "~":  # a C function, matched by part of its name
+            hits = [v for k, v in raw.items() if k[0] == "~" and name in k[2]]
+        else:
+            hits = [v for k, v in raw.items() if k[0].endswith(suffix) and k[2] == name]
+        ct = sum(v[3] for v in hits)
+        nc = sum(v[1] for v in hits)
+        print(f"{ct * 1e3 / per:9.3f} {nc / per:12.1f}  {label} ({suffix}:{name})")
 
 
 def _short(file: str) -> str:
@@ -308,6 +347,7 @@ def print_profile(path: Path, generations: int, limit: int = 25) -> None:
     print(" own ms/gen  package (own time summed)")
     for name, tt in by_package.most_common(15):
         print(f"{tt * 1e3 / per:11.3f}  {name}")
+    _likely(raw, by_package, per)
     print(" own ms/gen  cum ms/gen    calls/gen  function (all code, by own time)")
     for (file, _line, func), (_cc, nc, tt, ct, _callers) in sorted(
         raw.items(), key=lambda kv: kv[1][2], reverse=True

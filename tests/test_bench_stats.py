@@ -151,6 +151,8 @@ def test_profile_groups_own_time_by_package() -> None:
     assert package_of("/usr/lib/python3.11/ssl.py", "wrap") == "ssl"
     assert package_of("~", "<method 'poll' of 'select.epoll' objects>") == "idle (epoll)"
     assert package_of("~", "<built-in method builtins.isinstance>") == "C builtins"
+    validate = "<method 'validate_python' of 'pydantic_core._pydantic_core.SchemaValidator'>"
+    assert package_of("~", validate) == "pydantic_core"
 
 
 async def test_sql_counter_counts_aiosqlite_statements(tmp_path) -> None:
