@@ -36,17 +36,19 @@ from bot.backends import (
 )
 from bot.config import Settings
 from bot.logging_setup import install_redaction
-from bot.metrics import Metrics, default_metrics
+from bot.metrics import Metrics, default_metrics, install_generation_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
 from generation.billing import PayloadSigner
+from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
 from generation.ports import Backend
 from generation.service import GenerationService
 from handlers import register
 from handlers.context import CONTEXT_TYPES, BotContext
+from handlers.custom_commands import BUILTIN_COMMANDS, menu_commands, refresh_registry
 from handlers.delivery import Delivery
-from handlers.deps import SERVICES_KEY, HandlerConfig, Services
+from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
 from storage import RunLimits, Storage
@@ -54,7 +56,19 @@ from storage import RunLimits, Storage
 log = logging.getLogger(__name__)
 
 # Commands shown in Telegram's menu, in this order; descriptions are "bot.cmd.<name>" keys.
-MENU_COMMANDS = ("make", "i2i", "inpaint", "cancel", "balance", "settings", "help", "start")
+MENU_COMMANDS = (
+    "make",
+    "quickmake",
+    "i2i",
+    "inpaint",
+    "upscale",
+    "cancel",
+    "balance",
+    "settings",
+    "id",
+    "help",
+    "start",
+)
 PAYMENT_COMMANDS = ("buy", "paysupport", "terms")  # in the menu when STAR_PACKAGES is set
 MAX_RUNNING_UPDATES = 256
 SHUTDOWN_GRACE = 10.0  # seconds deliveries and final progress edits get on a graceful stop
@@ -76,7 +90,8 @@ class Runtime:
     services: Services | None = None
     delivery: Delivery | None = None
     progress: ProgressRenderer | None = None
-    webhook_secret: str = ""
+    webhook_secret: str = ""  # Telegram's secret_token (sent in every update's header)
+    run_webhook_key: str = ""  # key of the per-run ComfyDeploy webhook tokens (stored apart)
     metrics: Metrics = field(default_factory=default_metrics)
     service_started: bool = False
     http_server: uvicorn.Server | None = None  # the webhook-mode server (tests stop it)
@@ -181,7 +196,8 @@ def build_service(runtime: Runtime) -> GenerationService:
         deployments=storage.deployments,
         loras=storage.loras,
         bus=EventBus(),
-        settings=generation_settings(settings, runtime.webhook_secret),
+        settings=generation_settings(settings, runtime.run_webhook_key),
+        images=storage.images,  # queued runs' input images on disk, next to the database
     )
     connect_backend(backend, service)
     return service
@@ -196,6 +212,9 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_active_per_user=settings.max_active_per_user,
         max_queued_per_user=settings.max_queued_per_user,
         max_in_flight=settings.max_in_flight,
+        output_url_allowlist=settings.output_url_allowlist,
+        trusted_output_urls=(settings.comfydeploy_api_url,),
+        delivery_retry_window=settings.delivery_retry_window,
         star_packages=settings.star_packages,
         free_daily_credits=settings.free_daily_credits,
         max_runs_per_user_per_day=settings.max_runs_per_user_per_day,
@@ -219,6 +238,7 @@ def build_services(runtime: Runtime, service: GenerationService) -> Services:
         # Output files come from the same (test) ComfyDeploy unless the backend serves them.
         http_transport=transport or runtime.comfy_transport,
         backend_label=backend_label(backend) if backend is not None else None,
+        custom_types=CustomTypeRegistry(reserved_commands=BUILTIN_COMMANDS),
     )
 
 
@@ -228,10 +248,13 @@ async def set_commands(
     *,
     payments: bool = False,
 ) -> None:
-    """Localized command menu: English as the default, plus one per supported language."""
+    """Localized command menu: English as the default, plus one per supported language; the
+    commands of admin-added types (``/animate``) follow the bot's own."""
     names = MENU_COMMANDS + (PAYMENT_COMMANDS if payments else ())
+    custom = services_of(application).custom_types.all()
     for lang in SUPPORTED_LANGUAGES:
         commands = [BotCommand(name, i18n.t(lang, f"bot.cmd.{name}")) for name in names]
+        commands += menu_commands(i18n.t, lang, custom)
         code = None if lang == DEFAULT_LANGUAGE else lang
         try:
             await application.bot.set_my_commands(commands, language_code=code)
@@ -246,12 +269,8 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         "Telegram updates waiting to be processed",
     )
 
-    async def runs_by_status() -> dict[tuple[tuple[str, str], ...], float]:
-        assert runtime.storage is not None
-        counts = await runtime.storage.runs.count_by_status()
-        return {(("status", str(status)),): float(n) for status, n in counts.items()}
-
-    runtime.metrics.gauge_callback("runs", runs_by_status, "Generation runs by status")
+    if runtime.service is not None:
+        install_generation_metrics(runtime.metrics, runtime.service)
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]
@@ -268,7 +287,10 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
         runtime.webhook_secret = await runtime.storage.settings.get_or_create_secret(
             "webhook_secret"
         )
-    install_redaction([runtime.webhook_secret])
+    # The per-run webhook tokens get a key of their own: knowing Telegram's secret_token (it
+    # is in the header of every update, so proxies and their logs see it) forges nothing.
+    runtime.run_webhook_key = await runtime.storage.settings.get_or_create_secret("run_webhook_key")
+    install_redaction([runtime.webhook_secret, runtime.run_webhook_key])
     service = runtime.service = (runtime.service_factory or build_service)(runtime)
     services = runtime.services = build_services(runtime, service)
     if settings.star_packages:
@@ -280,7 +302,13 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
-    await set_commands(application, services.i18n, payments=bool(settings.star_packages))
+    await refresh_registry(services.storage, services.custom_types)
+
+    async def publish() -> None:
+        await set_commands(application, services.i18n, payments=bool(settings.star_packages))
+
+    services.publish_commands = publish
+    await publish()
     await service.start()
     runtime.service_started = True
     log.info("bot ready (%s mode)", "webhook" if settings.webhook_mode else "polling")

@@ -75,6 +75,10 @@ def generation_settings(settings: Settings, webhook_secret: str) -> GenerationSe
         max_in_flight=settings.max_in_flight,
         max_active_per_user=settings.max_active_per_user,
         max_queued_per_user=settings.max_queued_per_user,
+        lora_weight_max=settings.lora_weight_max,
+        max_outputs_per_run=settings.max_outputs_per_run,
+        max_queued_total=settings.max_queued_total,
+        run_retention_days=settings.run_retention_days,
     )
 
 

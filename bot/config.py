@@ -17,7 +17,13 @@ from generation.billing import AccessMode, StarPackage, parse_star_packages
 
 _WEBHOOK_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 LOCAL_LISTEN_HOST = "127.0.0.1"  # local mode never listens on every interface by default
-SECRET_FIELDS = ("telegram_bot_token", "comfydeploy_api_key", "webhook_secret")
+SECRET_FIELDS = (
+    "telegram_bot_token",
+    "comfydeploy_api_key",
+    "webhook_secret",
+    "local_mode_token",
+    "metrics_token",
+)
 
 
 class ConfigError(Exception):
@@ -53,6 +59,15 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # auto: the local preview backend when COMFYDEPLOY_API_KEY is unset, else ComfyDeploy.
     generation_backend: Literal["auto", "comfydeploy", "preview"] = "auto"
+    # Hardening (README: Reliability).
+    lora_weight_max: float = Field(default=2.0, gt=0)
+    output_url_allowlist: Annotated[frozenset[str], NoDecode] = frozenset()
+    max_outputs_per_run: int = Field(default=16, ge=1)
+    max_queued_total: int = Field(default=1000, ge=1)
+    run_retention_days: float = Field(default=90.0, ge=0)
+    delivery_retry_window: float = Field(default=900.0, ge=0)
+    local_mode_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     # Charging for generations (README "Charging for generations").
     star_packages: Annotated[tuple[StarPackage, ...], NoDecode] = ()
     free_daily_credits: int = Field(default=0, ge=0)
@@ -126,7 +141,16 @@ class Settings(BaseSettings):
                 raise ValueError("expected comma-separated integer user ids") from None
         return value
 
-    @field_validator("telegram_bot_token", "comfydeploy_api_key", "webhook_secret", mode="before")
+    @field_validator("output_url_allowlist", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        if value is None:
+            return frozenset()
+        if isinstance(value, str):
+            return frozenset(p.strip().lower() for p in re.split(r"[,\s;]+", value) if p.strip())
+        return value
+
+    @field_validator(*SECRET_FIELDS, mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():

@@ -88,7 +88,9 @@ def _install_record_factory() -> None:
 
 # Libraries whose DEBUG output dumps raw request data: aiosqlite logs every SQL statement with
 # its parameters (a freshly generated webhook secret before we can know it, user prompts).
-QUIET_LOGGERS = {"aiosqlite": logging.INFO}
+# httpx logs every request URL at INFO: Bot API URLs carry the token, output URLs are presigned
+# (their query is a credential). Kept at WARNING however logging was configured.
+QUIET_LOGGERS = {"aiosqlite": logging.INFO, "httpx": logging.WARNING, "httpcore": logging.WARNING}
 
 
 def install_redaction(secrets: Iterable[str] = ()) -> RedactingFilter:

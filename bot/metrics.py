@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ class Metrics:
         it may be a coroutine function (e.g. a storage query)."""
         self._get(name, "gauge", help_).collector = collect
 
+    def counter_callback(self, name: str, collect: Callable[[], object], help_: str = "") -> None:
+        """A counter kept elsewhere (e.g. ``generation/counters.py``), read at scrape time."""
+        self._get(name, "counter", help_).collector = collect
+
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
         metric = self._metrics.get(self._name(name))
         return 0.0 if metric is None else metric.values.get(_key(labels), 0.0)
@@ -147,3 +152,22 @@ def default_metrics() -> Metrics:
     metrics.counter("errors_total", "Errors raised while handling updates")
     metrics.counter("comfydeploy_webhooks_total", "ComfyDeploy webhook calls received")
     return metrics
+
+
+def install_generation_metrics(metrics: Metrics, service: Any) -> None:
+    """Run figures from the service's in-process counters (``generation/counters.py``) and
+    live gauges — not a ``COUNT ... GROUP BY`` over the runs table under the database lock at
+    every scrape."""
+    from generation.counters import COUNTERS
+
+    def series(name: str) -> Callable[[], dict[Any, float]]:
+        return lambda: {k: float(v) for k, v in service.counters.snapshot()[name].items()}
+
+    for name, help_ in COUNTERS.items():
+        metrics.counter_callback(name, series(name), help_)
+
+    def gauge(name: str) -> Callable[[], float]:
+        return lambda: float(service.metrics_snapshot()["gauges"][name])
+
+    for name in ("generation_queued", "generation_in_flight", "generation_tracked"):
+        metrics.gauge_callback(name, gauge(name), name.replace("_", " "))

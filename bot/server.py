@@ -45,6 +45,17 @@ TELEGRAM_PATH = "/telegram"
 COMFYDEPLOY_PATH = "/comfydeploy/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_BODY_BYTES = 1_000_000  # updates and run callbacks are small; refuse anything huge
+MAX_WEBHOOK_TASKS = 256  # ComfyDeploy callbacks processed at once; more get 503 (it retries)
+MAX_QUEUED_UPDATES = 2_000  # Telegram updates waiting; more get 503 (Telegram retries)
+# uvicorn limits (issue 11, point 6): connections served at once (more get 503), idle
+# keep-alive, and the largest request head h11 buffers (headers included).
+HTTP_LIMIT_CONCURRENCY = 256
+HTTP_KEEP_ALIVE_SECONDS = 5
+HTTP_MAX_HEAD_BYTES = 16 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 def _webhook_secret(settings: Settings, secret: str) -> str:
@@ -55,18 +66,50 @@ def _webhook_secret(settings: Settings, secret: str) -> str:
     return secret
 
 
+async def read_body_capped(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, read as a stream and abandoned as soon as it passes ``limit`` (a declared
+    ``Content-Length`` over it is refused before reading anything)."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise BodyTooLarge
+    return bytes(buf)
+
+
 async def _read_json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValueError("body too large")
-    return json.loads(body)
+    return json.loads(await read_body_capped(request))
+
+
+def _too_large() -> Response:
+    return PlainTextResponse("payload too large", status_code=413)
+
+
+def _busy() -> Response:
+    return PlainTextResponse("busy", status_code=503, headers={"retry-after": "5"})
+
+
+def _metrics_authorized(request: Request, token: str) -> bool:
+    """``Authorization: Bearer <METRICS_TOKEN>`` (or ``?token=``), compared in constant time."""
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    given = given or request.query_params.get("token", "")
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
 class WebhookTasks:
     """Background tasks for accepted ComfyDeploy callbacks, referenced until they finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_WEBHOOK_TASKS) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.limit = limit
+
+    @property
+    def full(self) -> bool:
+        return len(self._tasks) >= self.limit
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -93,55 +136,69 @@ class WebhookTasks:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-def create_app(
-    application: Application,
-    settings: Settings,
-    services: Services,
-    *,
-    webhook_secret: str = "",
-    metrics: Metrics | None = None,
-) -> Starlette:
-    """The starlette app serving Telegram and ComfyDeploy webhooks, health and metrics."""
-    secret = _webhook_secret(settings, webhook_secret)
-    metrics = metrics or default_metrics()
-    tasks = WebhookTasks()
+class _Routes:
+    """The endpoints of :func:`create_app` (methods, so each stays simple)."""
 
-    async def telegram(request: Request) -> Response:
+    def __init__(
+        self,
+        application: Application,
+        services: Services,
+        secret: str,
+        metrics: Metrics,
+        metrics_token: str,
+    ) -> None:
+        self.application = application
+        self.services = services
+        self.secret = secret
+        self.metrics = metrics
+        self.metrics_token = metrics_token
+        self.run_key = secret
+        self.tasks = WebhookTasks()
+
+    async def telegram(self, request: Request) -> Response:
         given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), secret.encode()):
-            metrics.inc("webhook_rejected_total", labels={"source": "telegram"})
+        if not hmac.compare_digest(given.encode(), self.secret.encode()):
+            self.metrics.inc("webhook_rejected_total", labels={"source": "telegram"})
             return PlainTextResponse("forbidden", status_code=403)
+        if self.application.update_queue.qsize() >= MAX_QUEUED_UPDATES:
+            return _busy()
         try:
             data = await _read_json(request)
-            update = Update.de_json(data, application.bot)
+            update = Update.de_json(data, self.application.bot)
+        except BodyTooLarge:
+            return _too_large()
         except Exception:
             return PlainTextResponse("bad request", status_code=400)
         if update is None:
             return PlainTextResponse("bad request", status_code=400)
-        await application.update_queue.put(update)
+        await self.application.update_queue.put(update)
         return Response(status_code=200)
 
-    async def comfydeploy(request: Request) -> Response:
+    async def comfydeploy(self, request: Request) -> Response:
         if request.method == "GET":  # retry-as-GET: acknowledge, change nothing
             return Response(status_code=200)
         run_ref = request.query_params.get("r")
         token = request.query_params.get("t")
-        if not run_ref or not token or not verify_webhook_token(secret, run_ref, token):
-            metrics.inc("webhook_rejected_total", labels={"source": "comfydeploy"})
+        if not run_ref or not token or not verify_webhook_token(self.run_key, run_ref, token):
+            self.metrics.inc("webhook_rejected_total", labels={"source": "comfydeploy"})
             return PlainTextResponse("forbidden", status_code=403)
+        if self.tasks.full:
+            return _busy()
         try:
             payload = await _read_json(request)
+        except BodyTooLarge:
+            return _too_large()
         except Exception:
             return PlainTextResponse("bad request", status_code=400)
         if not isinstance(payload, dict):
             return PlainTextResponse("bad request", status_code=400)
-        metrics.inc("comfydeploy_webhooks_total")
-        tasks.spawn(services.generation.process_webhook(payload, token, run_ref))
+        self.metrics.inc("comfydeploy_webhooks_total")
+        self.tasks.spawn(self.services.generation.process_webhook(payload, token, run_ref))
         return Response(status_code=200)
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         try:
-            ok = await services.storage.ping()
+            ok = await self.services.storage.ping()
             if not ok:
                 raise RuntimeError("no answer")
         except Exception as exc:
@@ -149,20 +206,44 @@ def create_app(
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok"})
 
-    async def metrics_route(request: Request) -> Response:
+    async def metrics_route(self, request: Request) -> Response:
+        if self.metrics_token and not _metrics_authorized(request, self.metrics_token):
+            return PlainTextResponse("unauthorized", status_code=401)
         return Response(
-            await metrics.render(), media_type=None, headers={"content-type": CONTENT_TYPE}
+            await self.metrics.render(), media_type=None, headers={"content-type": CONTENT_TYPE}
         )
 
+
+def create_app(
+    application: Application,
+    settings: Settings,
+    services: Services,
+    *,
+    webhook_secret: str = "",
+    run_webhook_key: str | None = None,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """The starlette app serving Telegram and ComfyDeploy webhooks, health and metrics."""
+    secret = _webhook_secret(settings, webhook_secret)
+    # ``run_webhook_key`` verifies the per-run tokens (bot/app.py stores it apart from the
+    # Telegram secret); without one (unit tests) the Telegram secret is used.
+    run_key = run_webhook_key or secret
+    metrics = metrics or default_metrics()
+    token = settings.metrics_token
+    routes = _Routes(
+        application, services, secret, metrics, token.get_secret_value() if token else ""
+    )
+    routes.run_key = run_key
+    tasks = routes.tasks
     metrics.gauge_callback(
         "webhook_tasks", lambda: len(tasks), "ComfyDeploy callbacks being processed"
     )
     app = Starlette(
         routes=[
-            Route(TELEGRAM_PATH, telegram, methods=["POST"]),
-            Route(COMFYDEPLOY_PATH, comfydeploy, methods=["POST", "GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics_route, methods=["GET"]),
+            Route(TELEGRAM_PATH, routes.telegram, methods=["POST"]),
+            Route(COMFYDEPLOY_PATH, routes.comfydeploy, methods=["POST", "GET"]),
+            Route("/healthz", routes.healthz, methods=["GET"]),
+            Route("/metrics", routes.metrics_route, methods=["GET"]),
         ]
     )
     app.state.webhook_tasks = tasks
@@ -217,6 +298,16 @@ class ReadyServer(uvicorn.Server):
         return serving
 
 
+def http_limits() -> dict[str, Any]:
+    """uvicorn options that keep one slow or hostile client from starving the server."""
+    return {
+        "limit_concurrency": HTTP_LIMIT_CONCURRENCY,
+        "timeout_keep_alive": HTTP_KEEP_ALIVE_SECONDS,
+        "h11_max_incomplete_event_size": HTTP_MAX_HEAD_BYTES,
+        "backlog": 256,
+    }
+
+
 async def serve_webhook(application: Application, settings: Settings) -> None:
     """Webhook mode: one uvicorn server for Telegram and ComfyDeploy; stops on SIGTERM/SIGINT.
 
@@ -233,6 +324,7 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
             settings,
             runtime.services,
             webhook_secret=runtime.webhook_secret,
+            run_webhook_key=runtime.run_webhook_key,
             metrics=runtime.metrics,
         )
         await application.start()
@@ -243,6 +335,7 @@ async def serve_webhook(application: Application, settings: Settings) -> None:
             log_config=None,  # use our logging (and its redaction filter)
             access_log=False,  # access lines would carry per-run webhook tokens
             lifespan="off",
+            **http_limits(),
         )
         server = runtime.http_server = ReadyServer(config, runtime.http_ready)
         serving = await server.start_serving()

@@ -4,10 +4,14 @@ One ``httpx.AsyncClient`` per instance, Bearer auth, tenacity retries on transpo
 and 5xx only, a client-side concurrency cap and request rate limit, and one log line per HTTP
 attempt (never the API key or headers). Every failure leaves as a ``GenerationError``.
 
-``create_run`` is not idempotent: a timeout after the request was sent may already have created
-a run. It is therefore retried only when the request surely never reached the server (connect
-errors, pool timeouts) or the server answered 429/5xx; anything else in flight raises
-:class:`SubmitUncertainError` so the caller can reconcile instead of double-submitting.
+``create_run`` is not idempotent: a timeout or a gateway's 500/504 after the request was sent
+may already have queued a run. It is retried freely only when the request surely did not
+arrive (connect errors, pool timeouts, 429, 502, 503). An uncertain failure (any other
+transport error, 500, 504) gets at most one more attempt, and only when the call carries a
+webhook URL: every attempt carries the same one, so a run created by a lost attempt reports to
+it and the service adopts or cancels it (generation.service). Without a webhook (polling mode)
+nothing could ever find such a run, so there is no second attempt. Either way, an uncertain
+outcome that stays uncertain raises :class:`SubmitUncertainError`, logged with the deployment.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from aiolimiter import AsyncLimiter
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
     stop_after_attempt,
     wait_random_exponential,
 )
@@ -65,6 +68,10 @@ class _Retryable(Exception):
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+
+
+class _Uncertain(_Retryable):
+    """Internal: a create attempt whose request may have reached the backend."""
 
 
 class _Wait:
@@ -192,6 +199,11 @@ class ComfyDeployClient:
             AsyncLimiter(max_per_second, 1.0) if max_per_second and max_per_second > 0 else None
         )
 
+    @property
+    def base_url(self) -> str:
+        """The API root (output files of ComfyDeploy may live under the same origin)."""
+        return str(self._http.base_url).rstrip("/")
+
     def __repr__(self) -> str:  # never show the key
         return f"ComfyDeployClient(base_url={str(self._http.base_url)!r})"
 
@@ -218,7 +230,23 @@ class ComfyDeployClient:
             "webhook": webhook,
             "webhook_intermediate_status": webhook_intermediate_status,
         }
-        body = await self._request("create", "POST", "/run/deployment/queue", json=payload)
+        try:
+            body = await self._request(
+                "create",
+                "POST",
+                "/run/deployment/queue",
+                json=payload,
+                uncertain_retries=1 if webhook else 0,
+            )
+        except SubmitUncertainError:
+            log.warning(
+                "create-run outcome uncertain: deployment=%s at=%s; a run may exist at the "
+                "backend%s",
+                deployment_id,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "" if webhook else " (polling mode: check the ComfyDeploy dashboard)",
+            )
+            raise
         run_id = body.get("run_id") if isinstance(body, Mapping) else None
         if not isinstance(run_id, str) or not run_id:
             raise BackendError("create-run answer has no run_id")
@@ -296,11 +324,22 @@ class ComfyDeployClient:
         params: Mapping[str, str] | None = None,
         files: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        uncertain_retries: int = 0,
     ) -> Any:
+        uncertain = 0
+
+        def should_retry(state: RetryCallState) -> bool:
+            nonlocal uncertain
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(exc, _Uncertain):
+                uncertain += 1
+                return uncertain <= uncertain_retries
+            return isinstance(exc, _Retryable)
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._max_attempts),
             wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
+            retry=should_retry,
             sleep=self._sleep,
             reraise=True,
         )
@@ -350,8 +389,10 @@ class ComfyDeployClient:
 
     def _transport_error(self, op: str, exc: httpx.TransportError) -> Exception:
         if op == "create" and not isinstance(exc, _NOT_SENT_ERRORS):
-            return SubmitUncertainError(
-                f"create-run request may have reached the backend ({type(exc).__name__})"
+            return _Uncertain(
+                SubmitUncertainError(
+                    f"create-run request may have reached the backend ({type(exc).__name__})"
+                )
             )
         return _Retryable(BackendUnavailableError(f"transport error: {type(exc).__name__}"))
 
@@ -376,6 +417,13 @@ class ComfyDeployClient:
             raise InvalidInputError(detail or f"HTTP {status}", field=_detail_field(body))
         if status == 429:
             raise _Retryable(RateLimitedError("ComfyDeploy rate limit"), _retry_after(response))
+        if op == "create" and status >= 500 and status not in (502, 503):
+            # 500/504: a gateway may have given up while the backend queued the run.
+            raise _Uncertain(
+                SubmitUncertainError(
+                    f"create-run answered {status}; a run may exist", status=status
+                )
+            )
         if status >= 500:
             if op == "cancel" and _CANCEL_NOT_FOUND_MARKER in detail.lower():
                 # ComfyDeploy wraps its own 404 in a 500 (docs/comfydeploy.md): not retryable.

@@ -27,6 +27,9 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "BACKEND_ERROR"
     SUBMIT_UNCERTAIN = "SUBMIT_UNCERTAIN"
     INTERRUPTED = "INTERRUPTED"
+    OUTPUT_REFUSED = "OUTPUT_REFUSED"
+    OUTPUT_DOWNLOAD_FAILED = "OUTPUT_DOWNLOAD_FAILED"
+    QUEUE_BUSY = "QUEUE_BUSY"
     # money and access (spending guards, access modes, Stars payments)
     DAILY_LIMIT = "DAILY_LIMIT"
     BOT_DAILY_LIMIT = "BOT_DAILY_LIMIT"
@@ -137,6 +140,30 @@ class InterruptedError_(GenerationError):
     code = ErrorCode.INTERRUPTED
 
 
+class OutputRefusedError(GenerationError):
+    """An output URL or body the bot will not fetch: an internal address, a redirect to one,
+    a scheme other than http(s), too many outputs or bytes (generation.safe_fetch)."""
+
+    code = ErrorCode.OUTPUT_REFUSED
+
+
+class OutputDownloadError(GenerationError):
+    """Downloading an output failed (HTTP error, transport error, total time exceeded).
+    ``transient`` says whether trying again may help."""
+
+    code = ErrorCode.OUTPUT_DOWNLOAD_FAILED
+
+    def __init__(self, message: str = "", *, transient: bool = False, **details: Any) -> None:
+        super().__init__(message, transient=transient, **details)
+        self.transient = transient
+
+
+class QueueBusyError(GenerationError):
+    """The whole bot has ``MAX_QUEUED_TOTAL`` runs waiting: new requests are refused."""
+
+    code = ErrorCode.QUEUE_BUSY
+
+
 class LimitReachedError(GenerationError):
     """A spending guard refused a new run. ``resets_at`` (epoch seconds, the next UTC
     midnight) says when the count starts again and ``remaining`` how many seconds that is
@@ -240,6 +267,9 @@ ERRORS_BY_CODE: dict[ErrorCode, type[GenerationError]] = {
         BackendError,
         SubmitUncertainError,
         InterruptedError_,
+        OutputRefusedError,
+        OutputDownloadError,
+        QueueBusyError,
         DailyLimitError,
         BotDailyLimitError,
         AccessDeniedError,

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import warnings
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import PurePath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -213,3 +217,131 @@ async def aprepare_mask(
     mask: InputImage, *, size: tuple[int, int], field: str = "mask"
 ) -> InputImage:
     return await asyncio.to_thread(prepare_mask, mask, size=size, field=field)
+
+
+# -- memory budget ------------------------------------------------------------------------------
+
+
+def decoded_size_estimate(data: bytes) -> int:
+    """Bytes an image takes while being prepared: the file plus its decoded RGBA pixels (from
+    the header only; an unreadable file counts as its length)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+    except Exception:
+        return len(data)
+    return len(data) + max(0, w) * max(0, h) * 4
+
+
+class ImageMemoryBudget:
+    """A process-wide cap on image bytes being held/decoded at once (issue 11, point 7).
+
+    :meth:`hold` waits until ``n`` bytes fit under ``max_bytes``; a single job larger than the
+    whole budget runs only when nothing else holds any."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(1, int(max_bytes))
+        self.used = 0
+        self.peak = 0
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        n = max(0, min(int(n), self.max_bytes))
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.max_bytes)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+class HeldImageBytes:
+    """Bytes of images held by long-lived objects (the photo of an open /i2i or /inpaint flow),
+    counted process-wide until the object is garbage-collected (``weakref.finalize``), so a
+    flow dropped in any way (done, cancelled, timed out, replaced) gives its bytes back."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def hold(self, owner: object, n: int) -> bool:
+        """Count ``n`` bytes for ``owner`` while it lives; False (nothing counted) when they
+        do not fit under ``max_bytes``."""
+        if self.used + n > self.max_bytes:
+            return False
+        self.used += n
+        weakref.finalize(owner, self._release, n)
+        return True
+
+    def _release(self, n: int) -> None:
+        self.used -= n
+
+
+# Images held by open flows, all users together (each at most 20 MB, Telegram's bot download cap).
+FLOW_IMAGES = HeldImageBytes(256 * 1024 * 1024)
+
+
+# -- outputs --------------------------------------------------------------------------------------
+
+OUTPUT_MAX_PIXELS = 40_000_000  # never decode a larger output (12,600² would be ~0.5 GB)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedOutputPhoto:
+    photo: bytes | None  # None: cannot (or will not) be sent as a photo; send as a document
+    reencoded: bool  # the original broke a photo limit, so it also goes as a document
+    filename: str
+
+
+def prepare_output_photo(
+    data: bytes,
+    filename: str = "result.png",
+    *,
+    max_bytes: int,
+    max_dimension_sum: int,
+    max_ratio: float,
+    max_pixels: int = OUTPUT_MAX_PIXELS,
+) -> PreparedOutputPhoto:
+    """Fit an output into a chat's photo limits, decoding it only when it must be re-encoded.
+
+    The header gives the size: an output that already fits is sent as it is, undecoded; one
+    with an extreme ratio, or more than ``max_pixels`` pixels, is not decoded at all (it goes
+    as a document only). Otherwise it is re-encoded as JPEG, quality first, then size. CPU work:
+    call it in a worker thread."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                ratio = max(width, height) / max(1, min(width, height))
+                if ratio > max_ratio:
+                    return PreparedOutputPhoto(None, True, filename)
+                if len(data) <= max_bytes and width + height <= max_dimension_sum:
+                    return PreparedOutputPhoto(data, False, filename)
+                if width * height > max_pixels:
+                    return PreparedOutputPhoto(None, True, filename)
+                if img.format == "JPEG":
+                    img.draft("RGB", (max_dimension_sum, max_dimension_sum))
+                rgb = img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return PreparedOutputPhoto(None, True, filename)
+    scale = min(1.0, max_dimension_sum / (rgb.width + rgb.height))
+    quality = 90
+    for _ in range(12):  # bounded: quality first, then size
+        w, h = max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale))
+        frame = rgb if (w, h) == rgb.size else rgb.resize((w, h), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        frame.save(out, "JPEG", quality=quality, optimize=True)
+        if out.tell() <= max_bytes:
+            stem = filename.rsplit(".", 1)[0] or "result"
+            return PreparedOutputPhoto(out.getvalue(), True, f"{stem}.jpg")
+        if quality > 70:
+            quality -= 10
+        else:
+            scale *= 0.75
+    return PreparedOutputPhoto(None, True, filename)

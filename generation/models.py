@@ -154,6 +154,9 @@ class RunSnapshot:
     live_status: str | None = None
     queue_position: int | None = None
     outputs: tuple[MediaOutput, ...] = ()
+    # The webhook URL the run was created with, when the backend reports it (GET /run/{id}):
+    # proves that a backend run id we do not track was created for one of our runs.
+    webhook: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,3 +100,19 @@ class Backend(Protocol):
     async def list_deployments(self) -> list[DeploymentInfo]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ImageStore(Protocol):
+    """Input images of accepted runs, on disk (``storage.images.FileImageStore``)."""
+
+    async def put(self, data: bytes) -> str:
+        """Store the bytes; returns a reference (content-addressed: same bytes, same ref)."""
+
+    async def get(self, ref: str) -> bytes | None:
+        """The bytes of ``ref``; None when they are gone."""
+
+    async def delete(self, ref: str) -> None: ...
+
+    async def sweep(self, keep: set[str]) -> int:
+        """Delete every stored image not in ``keep``; returns how many."""

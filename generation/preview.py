@@ -25,11 +25,13 @@ import io
 import logging
 import math
 import random
+import re
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -63,7 +65,9 @@ PREVIEW_INPUTS: tuple[str, ...] = (
     "input_image",
     "input_mask",
     "input_checkpoint",
+    "input_batch",
 )
+MAX_BATCH = 4  # like the bot's --batch: at most four images per run
 _TYPE_BY_DEPLOYMENT = {dep_id: name for name, dep_id in PREVIEW_DEPLOYMENTS.items()}
 
 # (raw status, progress, live_status) per step of ``step_seconds``; success follows the last.
@@ -115,7 +119,17 @@ def _decode_data_uri(value: str) -> bytes | None:
         return None
 
 
+# DejaVu Sans (generation/fonts/LICENSE): Pillow's built-in font has Latin only, so a Cyrillic
+# or Greek prompt would be drawn as empty boxes. Opening it is cheap (~20 µs), and a font
+# object per render keeps FreeType faces out of the threads' way.
+FONT_PATH = Path(__file__).with_name("fonts") / "DejaVuSans.ttf"
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.truetype(str(FONT_PATH), size=size)
+    except OSError:  # font file missing or Pillow without FreeType
+        log.warning("preview font %s unavailable; prompts may lose non-Latin letters", FONT_PATH)
     try:
         return ImageFont.load_default(size=size)
     except Exception:  # Pillow without FreeType: the fixed-size bitmap font still works
@@ -326,10 +340,28 @@ class _Run:
     image: bytes | str | None  # bytes of an upload, or a data URI decoded off the loop
     mask: bytes | str | None
     upscale: bool
+    batch: int = 1  # images per run (input_batch, 1..MAX_BATCH): output i has seed + i
     cancelled_step: int | None = None  # step index at which it was cancelled
     failed: bool = False
-    png: bytes | None = None
+    png: bytes | None = None  # the first image
+    extra: list[bytes] = field(default_factory=list)  # images 2..batch
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def _render_batch(run: _Run) -> list[bytes]:
+    """Every image of ``run`` (CPU work, in a worker thread): item i uses seed + i."""
+    return [
+        render_preview(
+            prompt=run.prompt,
+            seed=None if run.seed is None else run.seed + i,
+            width=run.width,
+            height=run.height,
+            image=run.image,
+            mask=run.mask,
+            upscale=run.upscale,
+        )
+        for i in range(run.batch)
+    ]
 
 
 class PreviewBackend:
@@ -388,6 +420,7 @@ class PreviewBackend:
             image=self._input_ref(inputs.get("input_image")),
             mask=self._input_ref(inputs.get("input_mask")),
             upscale=_TYPE_BY_DEPLOYMENT.get(deployment_id) == "UPSCALE",
+            batch=min(MAX_BATCH, max(1, _as_int(inputs.get("input_batch"), 1) or 1)),
         )
         self._runs[run.id] = run
         self._evict_runs()
@@ -451,10 +484,16 @@ class PreviewBackend:
             return self._uploads.get(name.removeprefix("uploads/"))
         if not name.endswith(".png"):
             return None
-        run = self._runs.get(name.removesuffix(".png"))
+        stem = name.removesuffix(".png")
+        # "<run id>-<n>.png" is image n (2..batch) of a batch; run ids end in 12 hex digits
+        numbered = re.fullmatch(r"(.+)-([2-9])", stem)
+        run = self._runs.get(numbered.group(1) if numbered else stem)
         if run is None or self._raw_state(run)[0] != "success":
             return None
         png = await self._render(run)
+        if numbered:
+            number = int(numbered.group(2))
+            png = run.extra[number - 2] if number <= len(run.extra) + 1 else None
         return (png, "image/png") if png is not None else None
 
     def _input_ref(self, value: Any) -> bytes | str | None:
@@ -500,16 +539,8 @@ class PreviewBackend:
         async with run.lock:
             if run.png is None and not run.failed:
                 try:
-                    run.png = await asyncio.to_thread(
-                        render_preview,
-                        prompt=run.prompt,
-                        seed=run.seed,
-                        width=run.width,
-                        height=run.height,
-                        image=run.image,
-                        mask=run.mask,
-                        upscale=run.upscale,
-                    )
+                    pngs = await asyncio.to_thread(_render_batch, run)
+                    run.png, run.extra = pngs[0], pngs[1:]
                 except Exception:
                     log.exception("preview run %s: rendering failed", run.id)
                     run.failed = True
@@ -518,23 +549,25 @@ class PreviewBackend:
         return run.png
 
     def _outputs(self, run: _Run) -> list[dict[str, Any]]:
-        filename = f"preview_{run.id[:8]}.png"
+        """One SaveImage output node with an image per batch item (as ComfyUI saves them)."""
+        images = []
+        for number in range(1, 1 + 1 + len(run.extra)):
+            tail = "" if number == 1 else f"-{number}"
+            images.append(
+                {
+                    "url": f"{self.base_url}/files/{run.id}{tail}.png",
+                    "type": "output",
+                    "filename": f"preview_{run.id[:8]}{tail}.png",
+                    "subfolder": "",
+                    "is_public": True,
+                }
+            )
         return [
             {
                 "id": str(uuid.uuid5(_NAMESPACE, run.id)),
                 "run_id": run.id,
                 "node_meta": {"node_id": "9", "node_class": "SaveImage"},
-                "data": {
-                    "images": [
-                        {
-                            "url": f"{self.base_url}/files/{run.id}.png",
-                            "type": "output",
-                            "filename": filename,
-                            "subfolder": "",
-                            "is_public": True,
-                        }
-                    ]
-                },
+                "data": {"images": images},
             }
         ]
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from generation.errors import InvalidInputError
-from generation.loras import apply_lora_triggers, checkpoint_family
+from generation.loras import (
+    DEFAULT_WEIGHT_MAX,
+    apply_lora_triggers,
+    checkpoint_family,
+    filter_lora_tags,
+    strip_lora_tags,
+)
 from generation.models import LoraEntry
 from generation.request import GenerationRequest
 from generation.types import ResolvedType
@@ -54,6 +60,7 @@ class BuiltInputs:
     inputs: dict[str, Any]
     final_prompt: str
     applied_loras: tuple[str, ...]
+    kept_loras: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class _Ctx:
     image_values: Mapping[str, str]
     prompt: str
     checkpoint: str | None
+    negative: str = ""
+    inpaint_target: str = ""
 
 
 _Builder = Callable[[_Ctx], dict[str, Any]]
@@ -90,8 +99,13 @@ class PromptBuilder:
         loras: Sequence[LoraEntry],
         balance: int | None,
         image_values: Mapping[str, str],
+        lora_weight_max: float = DEFAULT_WEIGHT_MAX,
     ) -> BuiltInputs:
-        """Build the inputs; ``request.seed`` must already be concrete (the service draws it)."""
+        """Build the inputs; ``request.seed`` must already be concrete (the service draws it).
+
+        ``balance`` is the user's balance before this run's own hold (it gates LoRAs). LoRA
+        tags the user typed survive only for entries they are entitled to (generation.loras),
+        in the prompt and the negative prompt; the inpaint target never carries any."""
         if request.seed < 0:
             raise ValueError("the request's seed must be concrete (draw it before building)")
         spec = resolved.base
@@ -102,12 +116,23 @@ class PromptBuilder:
         family = ckpt_family or spec.family
 
         applied: tuple[str, ...] = ()
+        kept: tuple[str, ...] = ()
         prompt = request.prompt
         if prompt:
-            result = apply_lora_triggers(prompt, loras, balance=balance, family=family)
-            prompt, applied = result.prompt, result.applied
+            result = apply_lora_triggers(
+                prompt, loras, balance=balance, family=family, weight_max=lora_weight_max
+            )
+            prompt, applied, kept = result.prompt, result.applied, result.kept
+        negative = filter_lora_tags(
+            request.effective_negative_prompt,
+            loras,
+            balance=balance,
+            family=family,
+            weight_max=lora_weight_max,
+        )
+        target = strip_lora_tags((request.inpaint_target or "").strip())
 
-        ctx = _Ctx(request, resolved, image_values, prompt, checkpoint)
+        ctx = _Ctx(request, resolved, image_values, prompt, checkpoint, negative, target)
         builder = self._builders.get(spec.template, self._build_default)
         inputs = builder(ctx)
         if resolved.features and not any(knob[1] in inputs for knob in FEATURE_KNOBS.values()):
@@ -119,7 +144,9 @@ class PromptBuilder:
             declared = set(deployment_inputs) | set(ALWAYS_SENT)
             inputs = {k: v for k, v in inputs.items() if k in declared}
         _refuse_telegram_urls(inputs)
-        return BuiltInputs(inputs=inputs, final_prompt=prompt, applied_loras=applied)
+        return BuiltInputs(
+            inputs=inputs, final_prompt=prompt, applied_loras=applied, kept_loras=kept
+        )
 
     # --- shared pieces -------------------------------------------------------------------
 
@@ -128,7 +155,7 @@ class PromptBuilder:
         r = ctx.request
         inputs: dict[str, Any] = {
             "input_prompt": ctx.prompt,
-            "input_negative": r.effective_negative_prompt,
+            "input_negative": ctx.negative,
             "input_seed": r.seed,
             "input_width": r.width,
             "input_height": r.height,
@@ -188,7 +215,7 @@ class PromptBuilder:
         inputs["input_strength"] = ctx.request.strength
         inputs["input_image"] = self._image(ctx)
         mask = ctx.image_values.get("input_mask")
-        target = (ctx.request.inpaint_target or "").strip()
+        target = ctx.inpaint_target
         if mask:
             inputs["input_mask"] = mask
         if target:
@@ -202,7 +229,7 @@ class PromptBuilder:
         inputs: dict[str, Any] = {"input_image": self._image(ctx), "input_seed": ctx.request.seed}
         if ctx.prompt:
             inputs["input_prompt"] = ctx.prompt
-            inputs["input_negative"] = ctx.request.effective_negative_prompt
+            inputs["input_negative"] = ctx.negative
         if ctx.checkpoint:
             inputs["input_checkpoint"] = ctx.checkpoint
         return inputs
@@ -216,7 +243,7 @@ class PromptBuilder:
             inputs["input_image"] = image
         if mask := ctx.image_values.get("input_mask"):
             inputs["input_mask"] = mask
-        if target := (ctx.request.inpaint_target or "").strip():
+        if target := ctx.inpaint_target:
             inputs["input_inpaint_target"] = target
         return inputs
 

@@ -12,6 +12,16 @@ are still queued: waking every worker on every change made each submit cost O(wo
 (bench/README.md). An item stays "active" from ``take`` (or ``mark_active`` for
 resumed runs) until ``release``. The scheduler is synchronous apart from ``take``; it does no
 I/O and is safe to call from any coroutine on the loop.
+
+Queue positions are published coalesced: a change only marks them stale, and one flush —
+at the end of the event-loop turn, or ``position_interval`` seconds after the first change —
+computes the dispatch order once and calls ``on_position`` for the runs whose position
+actually changed. With an interval, a newly submitted run's own first position is still
+published at once (computed in O(users), without the whole order). Recomputing and scanning
+the order on every change made n submits cost
+O(n²) (bench/queue_bench.py); with an interval, the work is at most one O(n) pass and n
+events per interval, however fast runs arrive. Without a running loop (plain synchronous use)
+the flush happens at once.
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ class FairScheduler:
         max_active_per_user: int = 2,
         max_queued_per_user: int = 5,
         on_position: PositionCallback | None = None,
+        coalesce: bool = True,
+        position_interval: float = 0.0,
     ) -> None:
         self.max_in_flight = max(1, max_in_flight)
         self.max_active_per_user = max(1, max_active_per_user)
@@ -53,6 +65,11 @@ class FairScheduler:
         self._active: dict[str, int] = {}  # run id → user id
         self._active_per_user: dict[int, int] = {}
         self._published: dict[str, int] = {}
+        self._coalesce = coalesce
+        self._position_interval = max(0.0, position_interval)
+        self._positions: dict[str, int] | None = None  # cache; None when stale
+        self._flush_scheduled = False
+        self.position_flushes = 0  # dispatch-order computations for publishing (bench)
         self._waiters: deque[asyncio.Future[None]] = deque()  # workers blocked in take()
 
     # -- introspection ------------------------------------------------------------------------
@@ -88,10 +105,14 @@ class FairScheduler:
         """1-based position of a queued run in the dispatch order; None when not queued."""
         if run_id not in self._items:
             return None
-        for index, item in enumerate(self.dispatch_order(), start=1):
-            if item.run_id == run_id:
-                return index
-        return None  # pragma: no cover - _items and _queues are kept in sync
+        return self._current_positions().get(run_id)
+
+    def _current_positions(self) -> dict[str, int]:
+        if self._positions is None:
+            self._positions = {
+                item.run_id: index for index, item in enumerate(self.dispatch_order(), start=1)
+            }
+        return self._positions
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -102,9 +123,10 @@ class FairScheduler:
                 "too many queued requests", user_id=user_id, limit=self.max_queued_per_user
             )
 
-    def submit(self, item: QueueItem, *, enforce_cap: bool = True) -> int:
-        """Queue ``item``; returns its position. Raises QueueFullError past the user's cap
-        (``enforce_cap=False`` for runs that were already accepted, e.g. resumed ones)."""
+    def submit(self, item: QueueItem, *, enforce_cap: bool = True) -> None:
+        """Queue ``item`` (its position is published with the next flush). Raises
+        QueueFullError past the user's cap (``enforce_cap=False`` for runs that were already
+        accepted, e.g. resumed ones)."""
         if item.run_id in self._items or item.run_id in self._active:
             raise ValueError(f"run {item.run_id} is already scheduled")
         if enforce_cap:
@@ -112,7 +134,12 @@ class FairScheduler:
         self._queues.setdefault(item.user_id, deque()).append(item)
         self._items[item.run_id] = item
         self._after_change()
-        return self.position(item.run_id) or 0
+        if self._on_position is not None and self._coalesce and self._position_interval > 0:
+            # The new run's first position goes out at once (the user sees "queued, #n");
+            # the others that moved wait for the interval flush.
+            index = self._new_item_position(item)
+            self._published[item.run_id] = index
+            self._on_position(item, index)
 
     def remove(self, run_id: str) -> QueueItem | None:
         """Take a queued run out of the queue (cancel). None when it is not queued."""
@@ -197,9 +224,49 @@ class FairScheduler:
 
     def _after_change(self) -> None:
         self._wake_one()
+        self._positions = None
         if self._on_position is None:
             return
-        for index, item in enumerate(self.dispatch_order(), start=1):
-            if self._published.get(item.run_id) != index:
-                self._published[item.run_id] = index
-                self._on_position(item, index)
+        if not self._coalesce:
+            self.flush_positions()
+            return
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush_positions()
+            return
+        self._flush_scheduled = True
+        if self._position_interval > 0:
+            loop.call_later(self._position_interval, self.flush_positions)
+        else:
+            loop.call_soon(self.flush_positions)
+
+    def _new_item_position(self, item: QueueItem) -> int:
+        """Position of ``item``, just appended to its user's queue, in O(users): every user
+        has min(len, depth) items in earlier rounds, and users ahead in the rotation with an
+        item at the same depth come first."""
+        depth = len(self._queues[item.user_id]) - 1
+        position = 1
+        ahead = True
+        for user_id, queue in self._queues.items():
+            if user_id == item.user_id:
+                ahead = False
+            position += min(len(queue), depth)
+            if ahead and len(queue) > depth:
+                position += 1
+        return position
+
+    def flush_positions(self) -> None:
+        """Publish the positions that changed since the last flush (one O(n) pass)."""
+        self._flush_scheduled = False
+        if self._on_position is None:
+            return
+        self.position_flushes += 1
+        positions = self._current_positions()
+        published = self._published
+        for run_id, index in positions.items():
+            if published.get(run_id) != index:
+                published[run_id] = index
+                self._on_position(self._items[run_id], index)

@@ -6,6 +6,7 @@ Flow of one generation::
       validate (type registry: prompt? image? mask?)      → InvalidInputError(field=...)
       a deployment exists for the type?                   → NoDeploymentsAvailableError
       per-user queued cap                                  → QueueFullError
+      global queued cap (MAX_QUEUED_TOTAL)                 → QueueBusyError
       draw the concrete seed, persist the run + hold price → InsufficientBalanceError
       enqueue in the fair queue; publish GenerationQueued
       return the RunRecord at once (status QUEUED)
@@ -35,23 +36,34 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
+from generation.counters import GenerationCounters
 from generation.errors import (
     AuthFailedError,
     BackendError,
     BackendUnavailableError,
     DeploymentNotFoundError,
+    ErrorCode,
     GenerationError,
     InterruptedError_,
     InvalidInputError,
     NoDeploymentsAvailableError,
+    QueueBusyError,
     QueueFullError,
     RateLimitedError,
     RunNotFoundError,
     SubmitUncertainError,
 )
 from generation.events import EventBus, GenerationQueued, GenerationStarted
-from generation.images import aprepare_image, aprepare_mask, image_input_value
+from generation.images import (
+    ImageMemoryBudget,
+    aprepare_image,
+    aprepare_mask,
+    decoded_size_estimate,
+    image_input_value,
+)
+from generation.maintenance import Maintenance
 from generation.models import (
     ChargeState,
     DeliveryState,
@@ -59,7 +71,14 @@ from generation.models import (
     RunRecord,
     RunStatus,
 )
-from generation.ports import Backend, BalanceStore, DeploymentStore, LoraStore, RunStore
+from generation.ports import (
+    Backend,
+    BalanceStore,
+    DeploymentStore,
+    ImageStore,
+    LoraStore,
+    RunStore,
+)
 from generation.prompt_builder import PromptBuilder
 from generation.request import IMAGE_FIELDS, GenerationContext, GenerationRequest, InputImage
 from generation.scheduler import FairScheduler, QueueItem
@@ -86,6 +105,17 @@ class GenerationSettings:
     max_active_per_user: int = 2
     max_queued_per_user: int = 5
     inline_image_max_bytes: int = 4_000_000  # larger inputs go through upload_file
+    lora_weight_max: float = 2.0  # every LoRA weight sent is clamped to ±this (LORA_WEIGHT_MAX)
+    max_outputs_per_run: int = 16  # outputs kept per run (MAX_OUTPUTS_PER_RUN)
+    max_queued_total: int = 1000  # queued runs of all users together (MAX_QUEUED_TOTAL)
+    # queue-position events are coalesced: at most one publishing pass per this many seconds
+    queue_position_interval: float = 1.0
+    run_retention_days: float = 90.0  # terminal runs deleted after this (RUN_RETENTION_DAYS)
+    maintenance_interval: float = 600.0  # seconds between hold reconciliation + pruning passes
+    # image bytes being prepared (file + decoded pixels) at once, process-wide
+    image_memory_max_bytes: int = 256 * 1024 * 1024
+    # seconds an uncertain create (webhook mode) waits for its run's webhook to be adopted
+    adopt_window: float = 300.0
     breaker_threshold: int = 3  # consecutive create failures that open a deployment's breaker
     breaker_cooldown: float = 60.0  # seconds before a half-open probe
     # stop(): seconds in-flight create calls may take to finish (else they end SUBMITTING,
@@ -116,6 +146,26 @@ def _record_had_images(data: Mapping[str, Any]) -> bool:
     return any(data.get(name) for name in IMAGE_FIELDS)
 
 
+def _image_refs(data: Mapping[str, Any]) -> list[str]:
+    """The image-store refs a run record holds."""
+    refs: list[str] = []
+    for name in IMAGE_FIELDS:
+        meta = data.get(name)
+        if isinstance(meta, Mapping) and isinstance(meta.get("ref"), str):
+            refs.append(meta["ref"])
+    return refs
+
+
+def _images_stored(data: Mapping[str, Any]) -> bool:
+    """Every image of the record is in the image store (has a ref)."""
+    metas = [data.get(name) for name in IMAGE_FIELDS if data.get(name)]
+    return bool(metas) and all(isinstance(m, Mapping) and m.get("ref") for m in metas)
+
+
+def _without_images(request: GenerationRequest) -> GenerationRequest:
+    return request.model_copy(update={name: None for name in IMAGE_FIELDS})
+
+
 class GenerationService:
     def __init__(
         self,
@@ -129,8 +179,12 @@ class GenerationService:
         settings: GenerationSettings | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.backend = backend
+        # Input images of accepted runs live here (not in memory) until the run ends; None
+        # keeps them in memory (and a restart loses queued runs with images).
+        self.images = images
         self.runs = runs
         self.balances = balances
         self.deployments = deployments
@@ -138,6 +192,7 @@ class GenerationService:
         self.bus = bus or EventBus()
         self.settings = settings or GenerationSettings()
         self.clock = clock
+        self.counters = GenerationCounters()
         s = self.settings
         self.selector = DeploymentSelector(
             deployments,
@@ -151,6 +206,7 @@ class GenerationService:
             max_active_per_user=s.max_active_per_user,
             max_queued_per_user=s.max_queued_per_user,
             on_position=self._publish_position,
+            position_interval=s.queue_position_interval,
         )
         self.tracker = RunTracker(
             runs=runs,
@@ -159,8 +215,21 @@ class GenerationService:
             bus=self.bus,
             clock=clock,
             on_finished=self._on_finished,
+            max_outputs=s.max_outputs_per_run,
+            webhook_is_ours=self._webhook_is_ours,
+            counters=self.counters,
+        )
+        self.maintenance = Maintenance(
+            runs,
+            balances,
+            retention_days=s.run_retention_days,
+            clock=clock,
+            counters=self.counters,
         )
         self._pending: dict[str, _Pending] = {}
+        self._run_refs: dict[str, list[str]] = {}  # run id → image refs it holds on disk
+        self._ref_counts: Counter[str] = Counter()
+        self.image_budget = ImageMemoryBudget(s.image_memory_max_bytes)
         self._reserved: Counter[int] = Counter()  # queue slots taken by generate() in progress
         self._tasks: list[asyncio.Task[None]] = []
         self._busy: set[asyncio.Task[Any]] = set()  # workers inside dispatch()
@@ -184,6 +253,10 @@ class GenerationService:
             loop.create_task(self._worker(), name=f"generation-worker-{i}") for i in range(workers)
         ]
         self._tasks.append(loop.create_task(self._poll_loop(), name="generation-poller"))
+        if self.settings.maintenance_interval > 0:
+            self._tasks.append(
+                loop.create_task(self._maintenance_loop(), name="generation-maintenance")
+            )
 
     async def stop(self) -> None:
         """Stop taking work, cancel our tasks cleanly; persisted runs resume on next start.
@@ -208,11 +281,19 @@ class GenerationService:
         await self.tracker.aclose()
 
     async def _resume(self) -> None:
+        keep: set[str] = set()
         for run in await self.runs.list_unfinished_runs():
+            if not run.is_terminal:
+                keep.update(_image_refs(run.request))
             try:
                 await self._resume_run(run)
             except Exception:
                 log.exception("run %s: resume failed", run.id)
+        if self.images is not None:
+            keep.update(self._ref_counts)
+            removed = await self.images.sweep(keep)
+            if removed:
+                log.info("removed %d stored input images no run needs", removed)
 
     async def _resume_run(self, run: RunRecord) -> None:
         status = run.status
@@ -242,14 +323,17 @@ class GenerationService:
         if request is None:
             try:
                 request = request_from_record(run.request)
-                if _record_had_images(run.request):
+                on_disk = self.images is not None and _images_stored(run.request)
+                if _record_had_images(run.request) and not on_disk:
                     raise InterruptedError_("input images were lost in a restart")
-                validate_request(request)
+                if not on_disk:
+                    validate_request(request)
             except (GenerationError, ValueError) as exc:
                 err = exc if isinstance(exc, InterruptedError_) else InterruptedError_(str(exc))
                 await self.tracker.fail(run.id, err)
                 return
             self._pending[run.id] = _Pending(request)
+            self._hold_refs(run.id, _image_refs(run.request))
         if not self.scheduler.is_queued(run.id) and not self.scheduler.is_active(run.id):
             self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
 
@@ -265,17 +349,25 @@ class GenerationService:
         user_id = request.user_id
         queued = self.scheduler.queued_count(user_id) + self._reserved[user_id]
         if queued >= self.scheduler.max_queued_per_user:
+            self.counters.inc("generation_runs_refused_total", code=ErrorCode.QUEUE_FULL.value)
             raise QueueFullError("too many queued requests", user_id=user_id)
+        total = self.scheduler.queued_count() + self._reserved.total()
+        if total >= self.settings.max_queued_total:
+            self.counters.inc("generation_runs_refused_total", code=ErrorCode.QUEUE_BUSY.value)
+            raise QueueBusyError("the bot's queue is full", limit=self.settings.max_queued_total)
         self._reserved[user_id] += 1
+        refs: list[str] = []
         try:
             request = request.with_concrete_seed()
+            record = request.to_record()
+            refs = await self._store_images(request, record)
             now = self.clock()
             run = RunRecord(
                 id=uuid.uuid4().hex,
                 user_id=user_id,
                 chat_id=request.chat_id,
                 type=request.type,
-                request=request.to_record(),
+                request=record,
                 status=RunStatus.QUEUED,
                 price=context.price,
                 meta=dict(context.meta),
@@ -283,10 +375,17 @@ class GenerationService:
                 updated_at=now,
             )
             run = await self.runs.create_run(run, hold_amount=context.price)
+        except BaseException:
+            await self._drop_unused_refs(refs)
+            raise
         finally:
             self._reserved[user_id] -= 1
             if self._reserved[user_id] <= 0:
                 del self._reserved[user_id]
+        if refs:
+            self._hold_refs(run.id, refs)
+            request = _without_images(request)  # the bytes are on disk, not in memory
+        self.counters.inc("generation_runs_created_total", type=resolved.base.name)
         self._pending[run.id] = _Pending(request, context.balance, run)
         # Publishes GenerationQueued (via _publish_position) for this run and any that moved.
         self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
@@ -341,9 +440,19 @@ class GenerationService:
     async def process_webhook(
         self, payload: Mapping[str, Any], token: str | None = None, run_ref: str | None = None
     ) -> bool:
+        """See :meth:`_process_webhook`; counts the outcome."""
+        ok = await self._process_webhook(payload, token, run_ref)
+        self.counters.inc("generation_webhooks_total", result="accepted" if ok else "rejected")
+        return ok
+
+    async def _process_webhook(
+        self, payload: Mapping[str, Any], token: str | None, run_ref: str | None
+    ) -> bool:
         """Apply a ComfyDeploy webhook. ``run_ref``/``token`` are the ``r``/``t`` query
         parameters of our webhook URL. Returns False (and changes nothing) when the call is
-        forged, unknown or malformed. Makes no backend call: it answers fast."""
+        forged, unknown or malformed. A reported success is confirmed with ``GET /run/{id}``
+        before anything is delivered, and a backend run the run does not track is checked the
+        same way (adopted or cancelled), so the HTTP layer runs this in a task of its own."""
         secret = self.settings.webhook_secret
         if not run_ref or not verify_webhook_token(secret, run_ref, token):
             log.warning("webhook rejected: bad token")
@@ -357,11 +466,25 @@ class GenerationService:
         except Exception as exc:
             log.warning("webhook rejected for run %s: %r", run_ref, exc)
             return False
-        if run.backend_run_id and snapshot.backend_run_id != run.backend_run_id:
-            log.warning("webhook rejected for run %s: backend run id mismatch", run_ref)
-            return False
+        if run.backend_run_id is None or snapshot.backend_run_id != run.backend_run_id:
+            # A backend run we do not track reports to this run's URL: a create whose answer
+            # was lost (adopted when the run has none yet) or a duplicate (cancelled).
+            return await self.tracker.foreign_webhook(run.id, snapshot.backend_run_id)
+        if snapshot.status is RunStatus.SUCCESS:
+            if not run.is_terminal:
+                await self.tracker.confirm(run.id, run.backend_run_id)
+            return True
         await self.tracker.apply(run.id, snapshot, source="webhook")
         return True
+
+    def _webhook_is_ours(self, run_id: str, url: str | None) -> bool:
+        """Is ``url`` the webhook URL we gave ``run_id`` (same run ref, valid token)?"""
+        if not url:
+            return False
+        query = dict(parse_qsl(urlsplit(url).query))
+        return query.get("r") == run_id and verify_webhook_token(
+            self.settings.webhook_secret, run_id, query.get("t")
+        )
 
     def queue_position(self, run_id: str) -> int | None:
         return self.scheduler.position(run_id)
@@ -380,6 +503,7 @@ class GenerationService:
             )
             if await self.balances.settle_hold(run_id):
                 run = await self.runs.get_run(run_id) or run
+                self.counters.inc("generation_runs_delivered_total")
         return run
 
     async def mark_delivery_failed(self, run_id: str) -> RunRecord:
@@ -401,6 +525,73 @@ class GenerationService:
         self.scheduler.remove(run.id)
         self.scheduler.release(run.id)
         self._pending.pop(run.id, None)
+        refs = self._run_refs.pop(run.id, None)
+        if refs:
+            self._release_refs(refs)
+
+    # -- input images on disk -------------------------------------------------------------------
+
+    async def _store_images(self, request: GenerationRequest, record: dict[str, Any]) -> list[str]:
+        """Write the request's images to the image store; their refs go into ``record``."""
+        if self.images is None:
+            return []
+        refs: list[str] = []
+        for name in IMAGE_FIELDS:
+            img: InputImage | None = getattr(request, name)
+            if img is None:
+                continue
+            ref = await self.images.put(img.data)
+            record[name] = {**(record.get(name) or {}), "ref": ref}
+            refs.append(ref)
+        return refs
+
+    def _hold_refs(self, run_id: str, refs: list[str]) -> None:
+        if not refs or run_id in self._run_refs:
+            return
+        self._run_refs[run_id] = list(refs)
+        self._ref_counts.update(refs)
+
+    def _release_refs(self, refs: list[str]) -> None:
+        unused: list[str] = []
+        for ref in refs:
+            self._ref_counts[ref] -= 1
+            if self._ref_counts[ref] <= 0:
+                del self._ref_counts[ref]
+                unused.append(ref)
+        if unused and self.images is not None:
+            self.tracker.spawn(self._drop_unused_refs(unused))
+
+    async def _drop_unused_refs(self, refs: list[str]) -> None:
+        if self.images is None:
+            return
+        for ref in dict.fromkeys(refs):
+            if self._ref_counts.get(ref, 0) > 0:
+                continue  # another run still needs the same bytes
+            try:
+                await self.images.delete(ref)
+            except Exception:
+                log.warning("could not delete a stored input image", exc_info=True)
+
+    async def _load_images(self, run: RunRecord, request: GenerationRequest) -> GenerationRequest:
+        """``request`` with the images of ``run`` read back from the image store."""
+        if self.images is None or not _images_stored(run.request):
+            return request
+        updates: dict[str, InputImage] = {}
+        for name in IMAGE_FIELDS:
+            meta = run.request.get(name)
+            if not isinstance(meta, Mapping) or not meta.get("ref"):
+                continue
+            data = await self.images.get(str(meta["ref"]))
+            if data is None:
+                raise InterruptedError_("a stored input image is gone", field=name)
+            updates[name] = InputImage(
+                data=data,
+                mime_type=str(meta.get("mime_type") or "image/png"),
+                filename=str(meta.get("filename") or "image.png"),
+                width=meta.get("width"),
+                height=meta.get("height"),
+            )
+        return request.model_copy(update=updates)
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -433,6 +624,27 @@ class GenerationService:
             except Exception:
                 log.exception("poll tick failed")
 
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.maintenance_interval)
+            try:
+                await self.maintenance.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("maintenance pass failed")
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """Counters plus live gauges, for /metrics (no database access)."""
+        return {
+            "counters": self.counters.snapshot(),
+            "gauges": {
+                "generation_queued": self.scheduler.queued_count(),
+                "generation_in_flight": self.scheduler.in_flight,
+                "generation_tracked": len(self.tracker.tracked_ids),
+            },
+        }
+
     async def dispatch(self, item: QueueItem) -> None:
         """Submit one run taken from the queue (what a worker does with each item).
 
@@ -449,14 +661,14 @@ class GenerationService:
             if run is not None and run.status is RunStatus.QUEUED:
                 await self.tracker.fail(run.id, InterruptedError_("request data lost"))
             return
-        request = pending.request
         try:
+            request = await self._load_images(run, pending.request)
             resolved = validate_request(request)
             image_values = await self._image_values(request)
             loras = [entry for entry in await self.loras.list_loras() if entry.enabled]
             balance = pending.balance
             if balance is None and loras:  # the balance only gates LoRAs (min_balance)
-                balance = await self.balances.get_balance(run.user_id)
+                balance = await self._balance_before_hold(run)
         except GenerationError as exc:
             await self.tracker.fail(run.id, exc)
             return
@@ -498,13 +710,20 @@ class GenerationService:
                 loras=loras,
                 balance=balance,
                 image_values=image_values,
+                lora_weight_max=self.settings.lora_weight_max,
             )
         except GenerationError as exc:
             await self.tracker.fail(run.id, exc)
             return None
         record = request.to_record()
+        for name in IMAGE_FIELDS:  # keep the stored images' refs (deleted when the run ends)
+            meta = run.request.get(name)
+            if isinstance(meta, Mapping) and meta.get("ref") and isinstance(record.get(name), dict):
+                record[name]["ref"] = meta["ref"]
         record["final_prompt"] = built.final_prompt
         record["applied_loras"] = list(built.applied_loras)
+        if built.kept_loras:
+            record["kept_loras"] = list(built.kept_loras)
         now = self.clock()
         async with self.tracker.lock(run.id):
             submitting = await self._update_if_active(
@@ -529,7 +748,19 @@ class GenerationService:
             log.warning("run %s: deployment %s failed: %s", run.id, dep_id, exc.code.value)
             await self.selector.record_failure(dep_id)
             return exc
-        except (AuthFailedError, InvalidInputError, SubmitUncertainError) as exc:
+        except SubmitUncertainError as exc:
+            self.counters.inc("generation_creates_uncertain_total")
+            await self.selector.record_failure(dep_id)
+            if hook is None:  # polling mode: nothing could ever find that run; fail clearly
+                await self.tracker.fail(run.id, exc)
+                return None
+            # Webhook mode: a run created by a lost attempt reports to this run's URL and is
+            # adopted then (tracker.foreign_webhook); until the window ends the run waits.
+            self._pending.pop(run.id, None)
+            self.tracker.await_adoption(run.id, self.clock() + self.settings.adopt_window)
+            log.warning("run %s: create on %s uncertain; waiting for its webhook", run.id, dep_id)
+            return None
+        except (AuthFailedError, InvalidInputError) as exc:
             await self.tracker.fail(run.id, exc)
             return None
         except GenerationError as exc:
@@ -540,6 +771,14 @@ class GenerationService:
         await self._after_create(run, backend_run_id, dep_id)
         return None
 
+    async def _balance_before_hold(self, run: RunRecord) -> int:
+        """The user's available balance as it was before this run's own hold: a user exactly
+        at a LoRA's ``min_balance`` who pays for this run still gets the LoRA."""
+        available = await self.balances.get_balance(run.user_id)
+        if run.charge_state is ChargeState.HELD:
+            available += run.price
+        return available
+
     async def _update_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
         """Write ``changes`` unless the run is gone or terminal (caller holds the run's lock)."""
         return await self.runs.update_run_if_active(run_id, **changes)
@@ -549,10 +788,16 @@ class GenerationService:
             current = await self.runs.get_run(run.id)
             if current is None:
                 return
+            orphan = current.backend_run_id not in (None, backend_run_id)
             if current.is_terminal:
-                cancelled_meanwhile = current.status is RunStatus.CANCELLED
+                # Cancelled meanwhile, or ended (e.g. as uncertain) without this backend run:
+                # nobody will deliver it, so it must not keep running.
+                unused = current.status is RunStatus.CANCELLED or orphan
+                unused = unused or current.backend_run_id is None
+            elif orphan:
+                unused = True  # a run adopted from an earlier attempt's webhook is the one
             else:
-                cancelled_meanwhile = False
+                unused = False
                 changes: dict[str, Any] = {"updated_at": self.clock()}
                 if current.backend_run_id != backend_run_id:
                     changes["backend_run_id"] = backend_run_id
@@ -560,9 +805,10 @@ class GenerationService:
                     changes["status"] = RunStatus.WAITING
                 current = await self.runs.update_run(run.id, **changes)
                 self.tracker.track(current)
+        if unused:
+            await self.tracker.cancel_orphan(run.id, backend_run_id)
+            return
         if current.is_terminal:
-            if cancelled_meanwhile and current.backend_run_id in (None, backend_run_id):
-                await self._cancel_backend(run.id, backend_run_id)
             return
         self.bus.publish(
             GenerationStarted(
@@ -579,6 +825,15 @@ class GenerationService:
         """Prepare every input image of ``request`` (off the event loop) and turn it into a
         data URI or an uploaded URL, keyed by input name (``input_image``, ``input_mask``...).
         The mask is sized to the prepared photo."""
+        estimate = sum(
+            decoded_size_estimate(img.data)
+            for name in IMAGE_FIELDS
+            if (img := getattr(request, name)) is not None
+        )
+        async with self.image_budget.hold(estimate):
+            return await self._prepare_image_values(request)
+
+    async def _prepare_image_values(self, request: GenerationRequest) -> dict[str, str]:
         values: dict[str, str] = {}
         photo: InputImage | None = None
         if request.image is not None:

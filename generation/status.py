@@ -82,4 +82,5 @@ def snapshot_from_payload(payload: Mapping[str, Any]) -> RunSnapshot:
         live_status=live_status if isinstance(live_status, str) and live_status else None,
         queue_position=_queue_position(payload.get("queue_position")),
         outputs=parse_outputs(payload.get("outputs")),
+        webhook=webhook if isinstance(webhook := payload.get("webhook"), str) and webhook else None,
     )

@@ -12,6 +12,15 @@ Every change of a run after it was accepted goes through :class:`RunTracker`:
 * :meth:`RunTracker.poll_once` and :meth:`RunTracker.check_deadlines` are the polling
   backstop and deadline check; the service's background loop calls them on a timer and tests
   call them directly.
+* A webhook reporting success is never taken at its word: the run is finished from the
+  answer of ``GET /run/{id}`` (its outputs, its status), fetched in a helper task.
+* At most ``max_outputs`` outputs of a run are kept (``MAX_OUTPUTS_PER_RUN``).
+* Orphans (issue 11, point 3): a webhook for one of our runs naming a backend run we do not
+  track is checked with ``GET /run/{id}`` (its ``webhook`` must be this run's URL, token
+  included), then *adopted* when the run has no backend run yet (a create whose answer was
+  lost) or *cancelled* at the backend otherwise. A run whose create was uncertain waits for
+  adoption until its window ends (:meth:`RunTracker.await_adoption`), then fails as
+  SUBMIT_UNCERTAIN.
 
 All changes to one run are serialized by a per-run lock, so a webhook and a poll (or a
 cancel) can never interleave their read-modify-write.
@@ -28,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from generation.errors import ErrorCode, GenerationError, RunNotFoundError
+from generation.counters import GenerationCounters
+from generation.errors import ErrorCode, GenerationError, RunNotFoundError, SubmitUncertainError
 from generation.events import (
     EventBus,
     GenerationCancelled,
@@ -80,6 +90,9 @@ class RunTracker:
         on_finished: Callable[[RunRecord], None] | None = None,
         not_found_limit: int = 3,
         poll_concurrency: int = 8,
+        max_outputs: int = 16,
+        webhook_is_ours: Callable[[str, str | None], bool] | None = None,
+        counters: GenerationCounters | None = None,
     ) -> None:
         self._runs = runs
         self._balances = balances
@@ -92,6 +105,13 @@ class RunTracker:
         self._tracked: dict[str, _Tracked] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._max_outputs = max(1, max_outputs)
+        # (our run id, backend webhook URL) → is that URL the one we gave that run?
+        self._webhook_is_ours = webhook_is_ours or (lambda _run_id, _url: False)
+        self._awaiting: dict[str, float] = {}  # run id → end of its adoption window
+        self._foreign: set[str] = set()  # backend run ids already adopted/cancelled/checking
+        self.orphans_cancelled: list[str] = []  # backend run ids cancelled as orphans
+        self._counters = counters or GenerationCounters()
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -111,6 +131,15 @@ class RunTracker:
 
     def untrack(self, run_id: str) -> None:
         self._tracked.pop(run_id, None)
+        self._awaiting.pop(run_id, None)
+
+    def await_adoption(self, run_id: str, until: float) -> None:
+        """The create of ``run_id`` was uncertain: wait for a webhook of the run it may have
+        created until ``until`` (clock time), then fail it as SUBMIT_UNCERTAIN."""
+        self._awaiting[run_id] = until
+
+    def is_awaiting(self, run_id: str) -> bool:
+        return run_id in self._awaiting
 
     def is_tracked(self, run_id: str) -> bool:
         return run_id in self._tracked
@@ -128,10 +157,21 @@ class RunTracker:
                 await task
         self._tasks.clear()
 
+    async def drain(self) -> None:
+        """Wait for the helper tasks (confirmations, orphan checks) running now, and those
+        they start (bounded)."""
+        for _ in range(20):
+            pending = [t for t in self._tasks if not t.done()]
+            if not pending:
+                return
+            await asyncio.gather(*pending, return_exceptions=True)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    spawn = _spawn  # helper tasks of the service too (cancelled by aclose, awaited by drain)
 
     # -- state machine ------------------------------------------------------------------------
 
@@ -146,9 +186,12 @@ class RunTracker:
                 return False
             status = snapshot.status
             if status.is_terminal:
-                if status is RunStatus.SUCCESS and not snapshot.outputs and source == "webhook":
-                    # A success without outputs: let GET (authoritative) confirm it.
-                    self._spawn(self.poll_once(run_id))
+                if status is RunStatus.SUCCESS and source == "webhook":
+                    # Never deliver on a webhook's word: GET (authoritative) confirms it, and
+                    # its outputs are the ones delivered.
+                    self._spawn(
+                        self._confirm(run_id, run.backend_run_id or snapshot.backend_run_id)
+                    )
                     return False
                 return await self._finish_locked(
                     run,
@@ -252,6 +295,14 @@ class RunTracker:
         if backend_run_id and run.backend_run_id is None:
             changes["backend_run_id"] = backend_run_id
         if status is RunStatus.SUCCESS:
+            if len(outputs) > self._max_outputs:
+                log.warning(
+                    "run %s: %d outputs, keeping the first %d",
+                    run.id,
+                    len(outputs),
+                    self._max_outputs,
+                )
+                outputs = outputs[: self._max_outputs]
             changes["outputs"] = outputs
             changes["progress"] = 1.0
         else:
@@ -267,6 +318,9 @@ class RunTracker:
                 log.exception("run %s: releasing the hold failed", run.id)
         if self._on_finished is not None:
             self._on_finished(run)
+        self._counters.inc(
+            "generation_runs_finished_total", status=status.value, code=run.error_code or ""
+        )
         log.info("run %s finished: %s %s", run.id, status.value, run.error_code or "")
         for event in self._final_events(run):
             self._bus.publish(event)
@@ -287,6 +341,98 @@ class RunTracker:
                 message=run.error_message or "",
             )
         ]
+
+    async def confirm(self, run_id: str, backend_run_id: str) -> None:
+        """Apply ``GET /run/{id}`` after a webhook said success (a failed GET leaves the run to
+        the polling backstop)."""
+        try:
+            snapshot = await self._backend.get_run(backend_run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("run %s: confirming a reported success failed: %r", run_id, exc)
+            return
+        if snapshot.backend_run_id != backend_run_id:
+            log.warning("run %s: confirmation answered for another run; ignored", run_id)
+            return
+        try:
+            await self.apply(run_id, snapshot, source="confirm")
+        except Exception:
+            log.exception("run %s: applying a confirmed snapshot failed", run_id)
+
+    # -- orphans ------------------------------------------------------------------------------
+
+    async def foreign_webhook(self, run_id: str, backend_run_id: str) -> bool:
+        """A valid webhook of ``run_id`` named ``backend_run_id``, which the run does not
+        track: check it, then adopt or cancel it. Each foreign backend run id is handled once
+        (its later webhooks cost nothing). False when the backend run was not created for
+        ``run_id`` (or could not be checked)."""
+        if backend_run_id in self._foreign:
+            return True
+        if len(self._foreign) > 100_000:  # bounded memory; a repeat only costs one more GET
+            self._foreign.clear()
+        self._foreign.add(backend_run_id)
+        return await self._reconcile_foreign(run_id, backend_run_id)
+
+    async def _reconcile_foreign(self, run_id: str, backend_run_id: str) -> bool:
+        try:
+            snapshot = await self._backend.get_run(backend_run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("run %s: checking foreign backend run failed: %r", run_id, exc)
+            self._foreign.discard(backend_run_id)  # the next webhook tries again
+            return False
+        if snapshot.backend_run_id != backend_run_id or not self._webhook_is_ours(
+            run_id, snapshot.webhook
+        ):
+            log.warning("run %s: a webhook named a backend run not created for it", run_id)
+            return False
+        known = await self._runs.get_run_by_backend_id(backend_run_id)
+        if known is not None and known.id != run_id:
+            return False  # another run of ours tracks it
+        adopted = False
+        async with self.lock(run_id):
+            run = await self._runs.get_run(run_id)
+            own = run is not None and run.backend_run_id == backend_run_id
+            if own:
+                adopted = True  # the create's answer arrived meanwhile: it is this run's own
+            elif run is not None and not run.is_terminal and run.backend_run_id is None:
+                changes: dict[str, Any] = {
+                    "backend_run_id": backend_run_id,
+                    "updated_at": self._clock(),
+                }
+                if run.status.rank < RunStatus.WAITING.rank:
+                    changes["status"] = RunStatus.WAITING
+                run = await self._runs.update_run(run_id, **changes)
+                self._awaiting.pop(run_id, None)
+                self.track(run)
+                adopted = True
+                self._counters.inc("generation_orphans_adopted_total")
+        if adopted:
+            if not own:
+                log.info(
+                    "run %s: adopted backend run %s (its create answer was lost)",
+                    run_id,
+                    backend_run_id,
+                )
+            await self.apply(run_id, snapshot, source="confirm")
+            return True
+        await self.cancel_orphan(run_id, backend_run_id)
+        return True
+
+    async def cancel_orphan(self, run_id: str, backend_run_id: str) -> None:
+        """Cancel a backend run created for ``run_id`` that the run does not use."""
+        self._foreign.add(backend_run_id)
+        self.orphans_cancelled.append(backend_run_id)
+        self._counters.inc("generation_orphans_cancelled_total")
+        log.warning("run %s: cancelling orphan backend run %s", run_id, backend_run_id)
+        try:
+            await self._backend.cancel_run(backend_run_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("run %s: cancelling orphan %s failed: %r", run_id, backend_run_id, exc)
 
     # -- polling backstop ---------------------------------------------------------------------
 
@@ -337,6 +483,12 @@ class RunTracker:
             if t.deadline_at is not None and now >= t.deadline_at
         ]
         timed_out: list[str] = []
+        for run_id, until in list(self._awaiting.items()):
+            if now >= until:
+                self._awaiting.pop(run_id, None)
+                await self.fail(
+                    run_id, SubmitUncertainError("no run reported after an uncertain create")
+                )
         for run_id, backend_run_id in expired:
             run = await self.finish(
                 run_id,

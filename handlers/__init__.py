@@ -8,15 +8,35 @@ so it sees a message before the commands do.
 from __future__ import annotations
 
 from telegram import Update
-from telegram.ext import Application, CallbackQueryHandler, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    filters,
+)
 
-from handlers import access, account, admin, cancel, make, menus, payments, results
+from handlers import (
+    access,
+    account,
+    actions,
+    admin,
+    cancel,
+    lookup,
+    menus,
+    payments,
+    prompt_commands,
+    results,
+)
+from handlers.anonymous import register_anonymous_guard
 from handlers.context import BotContext
+from handlers.custom_commands import type_command
 from handlers.deps import services_of
 from handlers.errors import on_error
 from handlers.flows import build_flows
 from handlers.i2i import I2I_FLOW
 from handlers.inpaint import INPAINT_FLOW
+from handlers.upscale import UPSCALE_FLOW
 
 
 async def unknown_command(update: Update, context: BotContext) -> None:
@@ -24,7 +44,10 @@ async def unknown_command(update: Update, context: BotContext) -> None:
     message = update.effective_message
     if message is None or message.text is None:
         return
-    first = message.text.split(maxsplit=1)[0]
+    words = message.text.split(maxsplit=1)
+    if not words:  # a command entity on blank text (seen from odd clients)
+        return
+    first = words[0]
     if message.chat.type != "private":
         username = (context.bot.username or "").lower()
         if "@" not in first or first.split("@", 1)[1].lower() != username:
@@ -48,19 +71,28 @@ def register(application: Application) -> None:
     """Add all handlers, most specific first; the catch-alls come last. Called by the
     composition root once ``bot_data["services"]`` is set (the flows read its timeout)."""
     timeout = services_of(application).config.conversation_timeout
-    # 0. The access gate (bans, ACCESS=allowlist) sees every update first.
+    # 0. Anonymous admins and "send as channel" users share one placeholder identity: refused
+    #    before anything else (admin commands included).
+    register_anonymous_guard(application)
+    # 0. The access gate (bans, ACCESS=allowlist) sees every update first; then, in an
+    #    early group that never ends an update, who wrote is remembered (usernames for the
+    #    admin commands' lookups). Also /id and /user.
     access.register_access(application)
-    # 1. The /i2i and /inpaint conversations: while one waits for a photo or a prompt, its
-    #    states see the user's messages first; /cancel inside one ends it.
-    flows = build_flows([I2I_FLOW, INPAINT_FLOW], cancel.cancel_fallbacks(), timeout)
+    lookup.register_lookup(application)
+    # 1. The /i2i, /inpaint and /upscale conversations: while one waits for a photo or a
+    #    prompt, its states see the user's messages first; /cancel inside one ends it.
+    flows = build_flows([I2I_FLOW, INPAINT_FLOW, UPSCALE_FLOW], cancel.cancel_fallbacks(), timeout)
     application.add_handler(flows)
-    # 2. One-shot commands and the buttons of progress messages and results.
-    make.register_make(application)
+    # 2. One-shot prompt commands (/make, /quickmake, admin-added types; also as a photo's
+    #    caption) and the buttons of progress messages and results.
+    prompt_commands.register_prompt_commands(application)
     cancel.register_cancel(application)
     results.register_result_buttons(application)
+    actions.register_actions(application)
     # 3. /settings (and its typed-value input group), /start /help /balance, admin commands.
     menus.register_menus(application)
     admin.register_admin(application)
+    application.add_handler(CommandHandler("type", type_command))
     account.register_account(application)
     # 3b. Telegram Stars (/buy, pre-checkout, payments, /refund, /paysupport, /terms).
     payments.register_payments(application)

@@ -159,9 +159,34 @@ async def check_generation(context: BotContext, user_id: int, chat_id: int) -> N
 # -- admin commands -------------------------------------------------------------------------------
 
 
-def _target(reply: Reply, args: Sequence[str], usage: str) -> int:
-    """A user id (positive) or a group chat id (negative); in a group, no argument means the
-    group itself (for /allow and /unban)."""
+async def _target(reply: Reply, services: Services, args: Sequence[str], usage: str) -> int | None:
+    """A user id (positive) or a group chat id (negative). A user may also be named by an
+    ``@username`` the bot has seen or by replying to their message; ids are taken as given
+    (an allowlist admits people before they ever wrote). In a group, no argument means the
+    group itself (for /allow and /unban). ``None``: refused, the admin has been told."""
+    named = await named_user(reply, services, args)
+    if named is not False:
+        return named
+    return _id_target(reply, args, usage)
+
+
+async def named_user(reply: Reply, services: Services, args: Sequence[str]) -> int | bool | None:
+    """The user an ``@username`` argument or the replied-to message names; ``False`` when
+    the arguments name nobody that way; ``None`` after telling the admin the name is unknown."""
+    message = reply.update.effective_message
+    replied = message.reply_to_message if message is not None else None
+    author = replied.from_user if replied is not None else None
+    if not args and author is not None and not author.is_bot:
+        return author.id
+    if len(args) == 1 and args[0].startswith("@"):
+        found = await services.storage.directory.id_for_username(args[0])
+        if found is None:
+            await reply("users.unknown_username", query=args[0][:64])
+        return found
+    return False
+
+
+def _id_target(reply: Reply, args: Sequence[str], usage: str) -> int:
     if not args:
         chat = reply.update.effective_chat
         if chat is not None and chat.type != "private" and usage != "access.usage.ban":
@@ -179,7 +204,9 @@ def _target(reply: Reply, args: Sequence[str], usage: str) -> int:
 async def allow_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
-    target = _target(reply, args, "access.usage.allow")
+    target = await _target(reply, services, args, "access.usage.allow")
+    if target is None:
+        return
     if target < 0:
         await services.storage.access.allow_chat(target, actor=admin_id)
         await reply("access.allowed_chat", chat_id=target)
@@ -191,7 +218,9 @@ async def allow_command(
 
 @admin_only
 async def ban_command(reply: Reply, services: Services, args: Sequence[str], admin_id: int) -> None:
-    target = _target(reply, args, "access.usage.ban")
+    target = await _target(reply, services, args, "access.usage.ban")
+    if target is None:
+        return
     if target in services.config.admin_ids:
         await reply("access.cannot_ban_admin")
         return
@@ -204,7 +233,9 @@ async def ban_command(reply: Reply, services: Services, args: Sequence[str], adm
 async def unban_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
-    target = _target(reply, args, "access.usage.unban")
+    target = await _target(reply, services, args, "access.usage.unban")
+    if target is None:
+        return
     if target < 0:
         await services.storage.access.disallow_chat(target)
         await reply("access.disallowed_chat", chat_id=target)

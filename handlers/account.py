@@ -5,7 +5,11 @@ from __future__ import annotations
 from telegram import Update
 from telegram.ext import Application, CommandHandler
 
+from handlers.common import addressed_to_us, is_group
 from handlers.context import BotContext
+from handlers.custom_commands import help_lines as custom_help
+from handlers.prompt_params import help_text as params_help
+from handlers.text_fit import fit
 
 
 async def start_command(update: Update, context: BotContext) -> None:
@@ -15,17 +19,25 @@ async def start_command(update: Update, context: BotContext) -> None:
 
 
 async def help_command(update: Update, context: BotContext) -> None:
+    """The command list, the inline parameters and the admin-added types' commands; in a
+    group only a short version (the full one in a private chat)."""
     message, caller = update.effective_message, await context.caller()
-    if message is None or caller is None:
+    if message is None or caller is None or not addressed_to_us(message.text, context):
         return
-    i18n = context.services.i18n
-    text = i18n.t(caller.lang, "help.user")
-    if context.services.config.star_packages:
-        text += "\n" + i18n.t(caller.lang, "pay.help_user")
-    if caller.user_id in context.services.config.admin_ids:
-        text += "\n\n" + i18n.t(caller.lang, "help.admin")
-        text += "\n\n" + i18n.t(caller.lang, "pay.help_admin")
-    await message.reply_text(text, parse_mode=None)
+    services = context.services
+    t, lang = services.i18n.t, caller.lang
+    if is_group(message.chat.type):
+        await context.reply("groups.help")
+        return
+    user_help = t(lang, "help.user")
+    if services.config.star_packages:
+        user_help += "\n" + t(lang, "pay.help_user")
+    parts = [user_help, params_help(t, lang)]
+    if custom := custom_help(t, lang, services.custom_types.all()):
+        parts.append(custom)
+    if caller.user_id in services.config.admin_ids:
+        parts.append(t(lang, "help.admin") + "\n\n" + t(lang, "pay.help_admin"))
+    await message.reply_text(fit(t, lang, "\n\n".join(parts)), parse_mode=None)
 
 
 async def balance_command(update: Update, context: BotContext) -> None:

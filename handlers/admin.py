@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from telegram.ext import Application, CommandHandler
 
-from generation.models import DeploymentConfig, DeploymentRole
+from generation.models import DeploymentRole
 from handlers.admin_base import (
     Handler,
     Reply,
@@ -35,7 +35,10 @@ from handlers.admin_base import (
     parse_uuid,
     quoted_args,
 )
+from handlers.custom_commands import after_type_change
+from handlers.deployment_list import compact_list, inputs_text
 from handlers.deps import Services
+from handlers.user_target import TargetError, resolve_target
 from storage.errors import DuplicateError, NotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -46,33 +49,16 @@ MAX_WEIGHT = 1000
 BACKEND_TIMEOUT = 15.0  # seconds for the optional list_deployments check
 
 
-def _deployment_line(reply: Reply, dep: DeploymentConfig) -> str:
-    state = reply.t("admin.enabled" if dep.enabled else "admin.disabled")
-    inputs = ", ".join(dep.inputs) if dep.inputs else reply.t("admin.inputs_unknown_short")
-    return reply.t(
-        "admin.deployment_line",
-        type=dep.type,
-        role=str(dep.role),
-        weight=dep.weight,
-        state=state,
-        id=dep.deployment_id,
-        inputs=inputs,
-        ok=dep.success_count,
-        failed=dep.failure_count,
-    )
-
-
 @admin_only
 async def deployments_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
+    """A compact list: one line per deployment; ``/deployment inputs <id>`` shows inputs."""
     deployments = await services.storage.deployments.list_deployments()
     if not deployments:
         await reply("admin.no_deployments")
         return
-    lines = [reply.t("admin.deployments_title", count=len(deployments))]
-    lines += [_deployment_line(reply, dep) for dep in deployments]
-    await reply.text("\n\n".join(lines))
+    await reply.text(compact_list(services.i18n.t, reply.lang, deployments))
 
 
 async def _declared_inputs(services: Services, deployment_id: str) -> tuple[str, ...] | None:
@@ -141,11 +127,19 @@ async def deployment_command(
     verb, rest = args[0].lower(), args[1:]
     if verb == "add":
         await _deployment_add(reply, services, rest)
+        await after_type_change(services)
         return
-    if verb not in ("remove", "enable", "disable") or len(rest) != 1:
+    if verb not in ("remove", "enable", "disable", "inputs") or len(rest) != 1:
         raise UsageError(usage)
     deployment_id = parse_uuid(rest[0], "admin.bad_uuid")
     store = services.storage.deployments
+    if verb == "inputs":
+        found = await store.get(deployment_id)
+        if found is None:
+            await reply("admin.deployment_not_found", id=deployment_id)
+            return
+        await reply.text(inputs_text(services.i18n.t, reply.lang, found))
+        return
     try:
         if verb == "remove":
             if not await store.remove(deployment_id):
@@ -155,6 +149,7 @@ async def deployment_command(
     except NotFoundError:
         await reply("admin.deployment_not_found", id=deployment_id)
         return
+    await after_type_change(services)  # a type may have gained or lost its command
     await reply(f"admin.deployment_{verb}d", id=deployment_id)
 
 
@@ -239,10 +234,30 @@ async def price_command(
     await reply("admin.price_set", type=type_, credits=credits)
 
 
-async def _ensure_user(services: Services, user_id: int) -> None:
-    await services.storage.users.get_or_create(
-        user_id, language_code=None, starting_balance=services.config.starting_balance
-    )
+async def _target(
+    reply: Reply, services: Services, args: Sequence[str], usage: str
+) -> tuple[int, list[str]] | None:
+    """The user named by ``args`` (id, @username seen, or the replied-to author) and the
+    amount argument; an unknown user is refused, never created."""
+    message = reply.update.effective_message
+    replied = message.reply_to_message if message is not None else None
+    author = replied.from_user if replied is not None else None
+    try:
+        target = await resolve_target(
+            services.storage.directory,
+            args,
+            other_args=1,
+            reply_user_id=author.id if author is not None else None,
+            reply_is_bot=bool(author is not None and author.is_bot),
+        )
+    except TargetError as exc:
+        if exc.key == "users.missing":
+            raise UsageError(usage) from None
+        await reply(exc.key, **exc.params)
+        return None
+    if len(target.rest) != 1:
+        raise UsageError(usage)
+    return target.user.id, target.rest
 
 
 @admin_only
@@ -250,11 +265,13 @@ async def setbalance_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
     usage = "admin.usage.setbalance"
-    if len(args) != 2:
+    if not 1 <= len(args) <= 2:
         raise UsageError(usage)
-    user_id = parse_int(args[0], usage, minimum=1, maximum=10**16)
-    amount = parse_int(args[1], usage, minimum=0)
-    await _ensure_user(services, user_id)
+    found = await _target(reply, services, args, usage)
+    if found is None:
+        return
+    user_id, (amount_text,) = found
+    amount = parse_int(amount_text, usage, minimum=0)
     ledger = services.storage.ledger
     try:  # the amount is the total; credits on hold stay reserved for running generations
         await ledger.set_balance(user_id, amount, actor=admin_id)
@@ -271,11 +288,13 @@ async def grant_command(
     reply: Reply, services: Services, args: Sequence[str], admin_id: int
 ) -> None:
     usage = "admin.usage.grant"
-    if len(args) != 2:
+    if not 1 <= len(args) <= 2:
         raise UsageError(usage)
-    user_id = parse_int(args[0], usage, minimum=1, maximum=10**16)
-    amount = parse_int(args[1], usage, minimum=1)
-    await _ensure_user(services, user_id)
+    found = await _target(reply, services, args, usage)
+    if found is None:
+        return
+    user_id, (amount_text,) = found
+    amount = parse_int(amount_text, usage, minimum=1)
     await services.storage.ledger.credit(user_id, amount, reason="admin_grant", actor=admin_id)
     balance = await services.storage.ledger.get_balance(user_id)
     await reply("admin.granted", user_id=user_id, amount=amount, balance=balance)

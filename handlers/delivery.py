@@ -7,6 +7,15 @@ sent is noted in the run's ``meta`` right away, so a delivery resumed after a cr
 the missing ones. After delivery the hold is settled (``mark_delivered``); when nothing could
 be delivered the user is told and the hold released. Each run is delivered once, even when
 ``GenerationCompleted`` is published twice.
+
+Telegram outages (issue 11, point 5): a send that fails with a 5xx, a connection error or
+429 after its own retries leaves the result PENDING (hold kept); the whole round is retried
+with backoff until ``DELIVERY_RETRY_WINDOW`` after the run finished — across restarts too, as
+a restart republishes undelivered results. Items already sent are never sent again, so the
+result arrives once and is charged once. Only after the window is the user told and the hold
+released. A media upload that timed out is counted as sent, not repeated (its answer was lost,
+not necessarily the upload). An output the safe fetcher refuses fails the run (localized
+``error.OUTPUT_REFUSED``, hold released).
 """
 
 from __future__ import annotations
@@ -14,30 +23,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from telegram import Bot
+from telegram.error import TimedOut
 
+from generation.errors import GenerationError, OutputRefusedError
 from generation.events import GenerationCompleted, GenerationEvent
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
-from handlers.delivery_plan import Fetched, plan_delivery
+from handlers.actions import deployed_types, record_delivered, result_keyboard
+from handlers.albums import send_album
+from handlers.delivery_plan import Fetched, Item, plan_delivery
 from handlers.deps import Services
-from handlers.keyboards import result_keyboard
 from handlers.origin import DELIVERED_ITEMS_KEY, Origin
 from handlers.telegram_io import (
     CAPTION_LIMIT,
     Sleep,
     call_with_retry,
     download,
+    is_outage,
+    output_fetcher,
     output_filename,
     prepare_photo_async,
     truncate_prompt,
+    upload_timeouts,
 )
 
 log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_INITIAL = 2.0  # seconds before the first delivery retry after an outage
+RETRY_BACKOFF_MAX = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    sent: int  # items of the result that are out (now or before)
+    outage: bool  # some item failed because Telegram was down or throttling
+
+
+def _reason(exc: BaseException) -> str:
+    """A log-safe reason: our errors' messages, else the exception type (an httpx error's
+    text would carry the URL)."""
+    return exc.message if isinstance(exc, GenerationError) else type(exc).__name__
 
 
 class Delivery:
@@ -50,15 +82,23 @@ class Delivery:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep = asyncio.sleep,
-        download_timeout: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        download_timeout: float = 120.0,
     ) -> None:
         self._bot = bot
         self._services = services
         self._sleep = sleep
-        self._http = httpx.AsyncClient(
+        self._clock = clock
+        config = services.config
+        origins = [*config.trusted_output_urls]
+        backend_url = getattr(services.backend, "base_url", None)
+        if isinstance(backend_url, str):
+            origins.append(backend_url)
+        self._http = output_fetcher(
+            origins,
+            config.output_url_allowlist,
             transport=transport or services.http_transport,
-            timeout=download_timeout,
-            follow_redirects=True,
+            total_timeout=download_timeout,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -114,31 +154,55 @@ class Delivery:
         run = await services.storage.runs.get_run(run_id)
         if run is None or run.delivery_state is not DeliveryState.PENDING:
             return
-        outputs = run.outputs or event_outputs
+        outputs = tuple(run.outputs or event_outputs)
         await self._show(run_id, "progress.sending")
-        origin = Origin.of(run)
-        lang = origin.lang or "en"
-        try:
-            sent = await self._send_outputs(run, tuple(outputs), lang)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("delivery of run %s failed", run_id)
-            sent = 0
-        if sent:
-            await services.generation.mark_delivered(run_id)
-            await self._show(run_id, "progress.done", final=True)
-            return
-        await services.generation.mark_delivery_failed(run_id)
-        key = "result.no_outputs" if not outputs else "result.delivery_failed"
+        lang = Origin.of(run).lang or "en"
+        deadline = (run.finished_at or self._clock()) + services.config.delivery_retry_window
+        backoff = RETRY_BACKOFF_INITIAL
+        failure = "result.no_outputs" if not outputs else "result.delivery_failed"
+        for _ in range(10_000):  # bounded; the window ends the loop long before
+            try:
+                outcome = await self._send_outputs(run, outputs, lang)
+            except asyncio.CancelledError:
+                raise
+            except OutputRefusedError as exc:
+                log.warning("run %s: an output was refused: %s", run_id, exc.message)
+                failure = "error.OUTPUT_REFUSED"
+                break
+            except Exception:
+                log.exception("delivery of run %s failed", run_id)
+                break
+            if outcome.sent and not outcome.outage:
+                await services.generation.mark_delivered(run_id)
+                await self._show(run_id, "progress.done", final=True)
+                return
+            if not outcome.outage or self._clock() + backoff > deadline:
+                if outcome.sent:  # part of it arrived: that part is what the user paid for
+                    await services.generation.mark_delivered(run_id)
+                    await self._show(run_id, "progress.done", final=True)
+                    return
+                break
+            log.warning(
+                "run %s: Telegram unavailable; retrying delivery in %.0f s", run_id, backoff
+            )
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+            run = await services.storage.runs.get_run(run_id) or run
+            if run.delivery_state is not DeliveryState.PENDING:
+                return
+        await self._give_up(run, lang, failure)
+
+    async def _give_up(self, run: RunRecord, lang: str, key: str) -> None:
+        """Release the hold and tell the user (best effort: Telegram may still be down)."""
+        await self._services.generation.mark_delivery_failed(run.id)
         with contextlib.suppress(Exception):
             await self._send(
                 "send_message",
                 chat_id=run.chat_id,
-                text=services.i18n.t(lang, key),
-                **origin.reply_kwargs(),
+                text=self._services.i18n.t(lang, key),
+                **Origin.of(run).reply_kwargs(),
             )
-        await self._show(run_id, "progress.delivery_failed", final=True)
+        await self._show(run.id, "progress.delivery_failed", final=True)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -148,6 +212,11 @@ class Delivery:
 
     async def download(self, url: str) -> bytes:
         return await download(self._http, url, self._sleep)
+
+    async def _send_media(self, method: str, size: int, **kwargs: Any) -> Any:
+        """An upload: time-outs fitting its size, a time-out never repeated."""
+        kwargs = {**upload_timeouts(size), **kwargs}
+        return await call_with_retry(getattr(self._bot, method), self._sleep, upload=True, **kwargs)
 
     def caption(self, run: RunRecord, lang: str) -> str:
         prompt = Origin.of(run).prompt_of(run)
@@ -170,8 +239,10 @@ class Delivery:
         for index, output in enumerate(outputs):
             try:
                 data = await self.download(output.url)
-            except Exception as exc:
-                log.warning("run %s: could not download output %d: %s", run.id, index, exc)
+            except OutputRefusedError:
+                raise  # ends the run: nothing of it is sent
+            except Exception as exc:  # messages carry no URL (presigned URLs are secrets)
+                log.warning("run %s: could not download output %d: %s", run.id, index, _reason(exc))
                 continue
             name = output_filename(output, index)
             photo = None
@@ -182,36 +253,94 @@ class Delivery:
 
     async def _send_outputs(
         self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str
-    ) -> int:
-        """Send every output; returns how many were delivered."""
+    ) -> _Outcome:
+        """Send every output not sent yet; how many are out, and whether Telegram was down.
+        Two or more photos go as one album, followed by the message with the per-image
+        buttons (U1…, V1…)."""
         if not outputs:
-            return 0
+            return _Outcome(0, False)
         png_as_file = await self._png_as_file(run.user_id)
         plan = plan_delivery(await self._fetch(run, outputs), png_as_file=png_as_file)
         caption = self.caption(run, lang)
         base = {"chat_id": run.chat_id, **Origin.of(run).reply_kwargs()}
+        deployed = await deployed_types(self._services.storage)
+        documents = {
+            item.key.split(":")[0] for item in plan.items if item.method == "send_document"
+        }
+        photos = [item for item in plan.items if item.method == "send_photo"]
         # Items already delivered before a crash/restart are not sent again (see
         # _note_delivered); only an item killed between Telegram's answer and our note repeats.
         done = set((run.meta or {}).get(DELIVERED_ITEMS_KEY) or ())
-        sent = 0
-        for position, item in enumerate(plan.items):
+        sent, outage = 0, False
+        if len(photos) >= 2:
+            in_album, outage = await self._send_album(
+                run, photos, lang, caption, base, deployed, done
+            )
+            sent += in_album
+        rest = [item for item in plan.items if len(photos) < 2 or item not in photos]
+        for position, item in enumerate(rest):
             if item.key in done:
                 sent += 1
                 continue
             extra: dict[str, Any] = {"caption": caption}
-            if position == len(plan.items) - 1:
-                extra["reply_markup"] = result_keyboard(
-                    self._services.i18n, run.id, lang, original=plan.offer_original
+            if position == len(rest) - 1 and len(photos) < 2:
+                original = any(i.key.split(":")[0] not in documents for i in photos)
+                keyboard = result_keyboard(
+                    self._services, lang, run, deployed, original=original or plan.offer_original
                 )
+                if keyboard is not None:
+                    extra["reply_markup"] = keyboard
+            size = sum(len(v) for v in item.kwargs.values() if isinstance(v, bytes))
+            message = None
             try:
-                await self._send(item.method, **base, **item.kwargs, **extra)
-                sent += 1
+                message = await self._send_media(item.method, size, **base, **item.kwargs, **extra)
+            except TimedOut:
+                log.warning("run %s: %s timed out; not repeated", run.id, item.method)
             except Exception as exc:
-                log.warning("run %s: %s failed: %s", run.id, item.method, exc)
+                outage = outage or is_outage(exc)
+                log.warning("run %s: %s failed: %s", run.id, item.method, type(exc).__name__)
                 continue
+            sent += 1
+            if message is not None:
+                await record_delivered(self._services.storage, run.id, _index(item), message)
             done.add(item.key)
             await self._note_delivered(run.id, done)
-        return sent
+        return _Outcome(sent, outage)
+
+    async def _send_album(
+        self,
+        run: RunRecord,
+        photos: list[Item],
+        lang: str,
+        caption: str,
+        base: dict[str, Any],
+        deployed: set[str],
+        done: set[str],
+    ) -> tuple[int, bool]:
+        """The photos as one album: (how many are out, whether Telegram was down)."""
+        if all(item.key in done for item in photos):
+            return len(photos), False
+        items = [(_index(i), i.kwargs["photo"], i.kwargs["filename"]) for i in photos][:10]
+        keyboard = result_keyboard(
+            self._services, lang, run, deployed, items=[i for i, _, _ in items]
+        )
+        try:
+            sent = await send_album(
+                self._send,
+                self._services.storage,
+                run.id,
+                items,
+                caption=caption,
+                base=base,
+                keyboard=keyboard,
+                keyboard_text=self._services.i18n.t(lang, "actions.batch_pick", count=len(items)),
+            )
+        except Exception as exc:
+            log.warning("run %s: the album failed: %s", run.id, type(exc).__name__)
+            return 0, is_outage(exc)
+        done.update(item.key for item in photos)
+        await self._note_delivered(run.id, done)
+        return sent, False
 
     async def _note_delivered(self, run_id: str, keys: set[str]) -> None:
         """Record in the run's meta which items reached Telegram, right after each send, so a
@@ -243,3 +372,7 @@ class Delivery:
             )
             sent += 1
         return sent
+
+
+def _index(item: Item) -> int:
+    return int(item.key.split(":", 1)[0])

@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from generation.billing import AccessMode, StarPackage
+from generation.custom_types import CustomTypeRegistry
 
 if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
     import httpx
@@ -37,6 +39,9 @@ class HandlerConfig:
     max_active_per_user: int = 2
     max_queued_per_user: int = 5
     max_in_flight: int = 10
+    output_url_allowlist: frozenset[str] = frozenset()  # OUTPUT_URL_ALLOWLIST
+    trusted_output_urls: tuple[str, ...] = ()  # the backend's own origin(s)
+    delivery_retry_window: float = 900.0  # DELIVERY_RETRY_WINDOW, seconds
     # Charging for generations (handlers/payments.py, handlers/access.py)
     star_packages: tuple[StarPackage, ...] = ()
     free_daily_credits: int = 0
@@ -64,9 +69,11 @@ class ProgressView(Protocol):
 
 
 class OriginalSender(Protocol):
-    """Result delivery (``handlers/delivery.py``), as the "original file" button uses it."""
+    """Result delivery (``handlers/delivery.py``), as the result buttons use it."""
 
     async def send_original(self, run: RunRecord, lang: str) -> int: ...
+
+    async def download(self, url: str) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -82,6 +89,11 @@ class Services:
     backend_label: str | None = None  # e.g. "preview": progress texts say so
     progress: ProgressView | None = None  # set by ProgressRenderer.attach
     delivery: OriginalSender | None = None  # set by Delivery.attach
+    # Types admins added (``/deployment add ANIMATE <id>`` → ``/animate``); refreshed by
+    # handlers/custom_commands.py after deployments or /type options change.
+    custom_types: CustomTypeRegistry = field(default_factory=CustomTypeRegistry)
+    # Re-publishes the command menu (set_my_commands) with the custom types; set by bot/.
+    publish_commands: Callable[[], Awaitable[None]] | None = None
     signer: PayloadSigner | None = None  # signs Stars invoice payloads (None: no /buy)
 
 

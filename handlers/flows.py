@@ -15,11 +15,12 @@ from typing import Any
 from telegram import Message, Update
 from telegram.ext import BaseHandler, ConversationHandler, TypeHandler
 
+from generation.images import FLOW_IMAGES
 from generation.request import InputImage
 from handlers.context import BotContext
 from handlers.media import MediaError, download_image, image_ref
 
-FLOWS = ("i2i", "inpaint")
+FLOWS = ("i2i", "inpaint", "upscale")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +65,15 @@ async def fetch_image(context: BotContext, source: Message | None) -> InputImage
         ref = image_ref(source)
         if ref is None:
             return None
-        return await download_image(context.bot, ref)
+        image = await download_image(context.bot, ref)
     except MediaError as exc:
         await context.reply(exc.key, **exc.params)
         return None
+    # A process-wide cap on image bytes held by open flows (released when the flow drops it).
+    if not FLOW_IMAGES.hold(image, len(image.data)):
+        await context.reply("hardening.images_busy")
+        return None
+    return image
 
 
 def reminder(key: str) -> Callable[[Update, BotContext], Awaitable[None]]:

@@ -211,19 +211,3 @@ def cancel_keyboard(i18n: Translator, run_id: str, lang: str) -> InlineKeyboardM
         i18n.t(lang, "progress.cancel_button"), callback_data=RunAction("cx", run_id).pack()
     )
     return InlineKeyboardMarkup([[button]])
-
-
-def result_keyboard(
-    i18n: Translator, run_id: str, lang: str, *, original: bool
-) -> InlineKeyboardMarkup:
-    """The buttons under a result: again with a new seed, parameters, (original file)."""
-
-    def button(key: str, action: str) -> InlineKeyboardButton:
-        return InlineKeyboardButton(
-            i18n.t(lang, key), callback_data=RunAction(action, run_id).pack()
-        )
-
-    rows = [[button("result.again_button", "ag"), button("result.params_button", "pm")]]
-    if original:
-        rows.append([button("result.original_button", "og")])
-    return InlineKeyboardMarkup(rows)

@@ -28,6 +28,7 @@ class Origin:
     chat_type: str | None = None  # "private", "group", ...
     prompt: str = ""  # the prompt as the user typed it (the request holds the final one)
     message_thread_id: int | None = None  # forum topic of the request
+    callback_query_id: str | None = None  # the button press that started it ("Again")
 
     @classmethod
     def of_message(cls, message: Message, lang: str, prompt: str) -> Origin:
@@ -43,6 +44,7 @@ class Origin:
             chat_type=meta.get("chat_type"),
             prompt=str(meta.get("prompt") or ""),
             message_thread_id=meta.get("message_thread_id"),
+            callback_query_id=meta.get("callback_query_id"),
         )
 
     def to_meta(self) -> dict[str, Any]:
@@ -54,6 +56,8 @@ class Origin:
         }
         if self.message_thread_id:
             meta["message_thread_id"] = self.message_thread_id
+        if self.callback_query_id:
+            meta["callback_query_id"] = self.callback_query_id
         return meta
 
     @property

@@ -41,6 +41,7 @@ from generation.errors import (
     PaymentInvalidError,
     PaymentNotFoundError,
 )
+from handlers.access import named_user
 from handlers.admin_base import Reply, UsageError, admin_only, parse_int
 from handlers.callbacks import BuyAction
 from handlers.context import BotContext, Caller
@@ -320,7 +321,15 @@ async def payments_command(
     """The latest payments (of one user), with the charge ids /refund needs."""
     if len(args) > 1:
         raise UsageError("pay.usage.payments")
-    user_id = parse_int(args[0], "pay.usage.payments", minimum=1, maximum=10**16) if args else None
+    named = await named_user(reply, services, args)  # @username, or a reply to the user
+    if named is None:
+        return
+    if named is not False:
+        user_id: int | None = int(named)
+    else:
+        user_id = (
+            parse_int(args[0], "pay.usage.payments", minimum=1, maximum=10**16) if args else None
+        )
     found = await services.storage.payments.list_recent(user_id, limit=MAX_PAYMENTS_LISTED)
     if not found:
         await reply("pay.payments_none")

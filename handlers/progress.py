@@ -43,6 +43,7 @@ from handlers.errors import reason_text
 from handlers.keyboards import cancel_keyboard
 from handlers.origin import Origin
 from handlers.telegram_io import retry_after_seconds, telegram_retrying
+from handlers.text_fit import localize_live_status
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,9 @@ class ProgressRenderer:
         if status is RunStatus.STARTING:
             return self._t(lang, "progress.starting")
         percent = max(0, min(100, round(progress * 100)))
-        if live_status:
-            return self._t(lang, "progress.running_status", percent=percent, status=live_status)
+        status = localize_live_status(self._services.i18n.t, lang, live_status)
+        if status:  # "Executing KSampler" → the localized "step KSampler"
+            return self._t(lang, "progress.running_status", percent=percent, status=status)
         return self._t(lang, "progress.running", percent=percent)
 
     def cancel_markup(self, run_id: str, lang: str) -> InlineKeyboardMarkup:

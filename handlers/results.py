@@ -1,5 +1,6 @@
-"""The buttons under a result (``handlers/keyboards.py: result_keyboard``): again with a new
-seed, show the parameters, send the original file."""
+"""The older result buttons (``r:`` callback data on results delivered before the result
+actions of ``handlers/actions.py``): again with a new seed, show the parameters, send the
+original file."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ async def again_button(update: Update, context: BotContext) -> None:
         await context.answer_query("result.again_needs_photo", show_alert=True)
         return
     await context.answer_query("result.again_started")
-    await resubmit(message, context, run)
+    query = update.callback_query
+    await resubmit(message, context, run, query.id if query is not None else None)
 
 
 def loras_text(request: dict[str, object]) -> str:

@@ -9,14 +9,16 @@ message delivered twice (after a restart) starts no second run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from pydantic import ValidationError
 from telegram import Message
 
-from generation.errors import GenerationError
+from generation.errors import ErrorCode, GenerationError
 from generation.models import RunRecord
+from generation.params import REFERENCE_FLAGS, ParamError
 from generation.request import (
     IMAGE_FIELDS,
     MAX_PROMPT_LENGTH,
@@ -30,6 +32,8 @@ from handlers.deps import Services
 from handlers.errors import error_key, error_text
 from handlers.keyboards import cancel_keyboard
 from handlers.origin import Origin
+from handlers.prompt_params import error_text as param_error_text
+from handlers.prompt_params import prepare
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +46,17 @@ def _user_fields(caller: Caller) -> dict[str, Any]:
 
 
 async def _already_started(
-    message: Message, services: Services, caller: Caller
+    message: Message, services: Services, caller: Caller, callback_query_id: str | None = None
 ) -> RunRecord | None:
-    """The run this very message started before (redelivered after a restart)."""
-    if message.from_user is None or message.from_user.is_bot:
+    """The run this very message (or button press) started before (redelivered after a
+    restart)."""
+    runs = services.storage.runs
+    if callback_query_id:
+        seen = await runs.find_run_for_callback(caller.user_id, callback_query_id)
+    elif message.from_user is None or message.from_user.is_bot:
         return None
-    seen = await services.storage.runs.find_run_for_message(
-        caller.user_id, message.chat_id, message.message_id
-    )
+    else:
+        seen = await runs.find_run_for_message(caller.user_id, message.chat_id, message.message_id)
     if seen is not None:
         log.info("message %s already started run %s", message.message_id, seen.id)
         if seen.progress_message_id is None and not seen.is_terminal:
@@ -68,12 +75,19 @@ async def submit(
     mask: InputImage | None = None,
     inpaint_target: str | None = None,
     base: dict[str, Any] | None = None,
+    callback_query_id: str | None = None,
 ) -> RunRecord | None:
     """Start one generation and show its progress message; ``None`` when refused (the user
-    has been told why)."""
+    has been told why). ``callback_query_id``: the button press that asked for it."""
     services = context.services
-    if (seen := await _already_started(message, services, caller)) is not None:
+    seen = await _already_started(message, services, caller, callback_query_id)
+    if seen is not None:
         return seen
+    if base is None:  # inline parameters (callers that parsed them pass ``base``)
+        parsed = await _with_params(message, context, caller, type_, prompt, image)
+        if parsed is None:
+            return None
+        prompt, base = parsed
     prompt = (prompt or "").strip()
     if len(prompt) > MAX_PROMPT_LENGTH:
         await context.reply("gen.prompt_too_long", limit=MAX_PROMPT_LENGTH, length=len(prompt))
@@ -91,7 +105,9 @@ async def submit(
     try:
         request = GenerationRequest(**fields)
     except ValidationError as exc:
-        log.info("invalid request from user %s: %s", caller.user_id, exc.errors()[:3])
+        # Without the input values: the prompt must not reach the logs at INFO.
+        errors = exc.errors(include_input=False, include_url=False, include_context=False)
+        log.info("invalid request from user %s: %s", caller.user_id, errors[:3])
         await context.reply("error.INVALID_INPUT")
         return None
 
@@ -107,12 +123,19 @@ async def submit(
             await context.reply("gen.insufficient_balance", price=price, balance=balance)
             return None
     origin = Origin.of_message(message, caller.lang, prompt)
+    if callback_query_id:
+        origin = dataclasses.replace(origin, callback_query_id=callback_query_id)
     try:
         run = await services.generation.generate(
             request, GenerationContext(price=price, meta=origin.to_meta())
         )
     except GenerationError as exc:
         log.info("generation refused for user %s: %s", caller.user_id, exc.code)
+        if exc.code is ErrorCode.NO_DEPLOYMENTS_AVAILABLE and (
+            caller.user_id in services.config.admin_ids
+        ):  # tell an admin what is missing and how to add it
+            await context.reply("actions.no_deployment_admin", type=request.type)
+            return None
         await message.reply_text(
             error_text(services.i18n, caller.lang, exc),
             parse_mode=None,
@@ -121,6 +144,36 @@ async def submit(
         return None
     await show_progress_message(message, services, run, caller.lang)
     return run
+
+
+async def _with_params(
+    message: Message,
+    context: BotContext,
+    caller: Caller,
+    type_: str,
+    prompt: str,
+    image: InputImage | None,
+) -> tuple[str, dict[str, Any]] | None:
+    """The prompt without its inline parameters and the request fields they set; ``None``
+    when a parameter cannot be used (the user has been told which and why)."""
+    try:
+        prepared = prepare(
+            prompt or "", _user_fields(caller), type_name=type_, takes_image=image is not None
+        )
+        if prepared.references:  # reference photos come with /make and /quickmake only
+            flag = next(k for k, v in REFERENCE_FLAGS.items() if v in prepared.references)
+            raise ParamError(flag, "unsupported")
+    except ParamError as err:
+        await message.reply_text(
+            param_error_text(context.services.i18n.t, caller.lang, err),
+            parse_mode=None,
+            reply_parameters=reply_to(message.message_id),
+        )
+        return None
+    if prompt and prompt.strip() and not prepared.prompt:
+        await context.reply("gen.need_prompt")
+        return None
+    return prepared.prompt, prepared.fields
 
 
 async def show_progress_message(
@@ -145,7 +198,9 @@ async def show_progress_message(
         renderer.register(run, sent.message_id, text)
 
 
-async def resubmit(message: Message, context: BotContext, run: RunRecord) -> RunRecord | None:
+async def resubmit(
+    message: Message, context: BotContext, run: RunRecord, callback_query_id: str | None = None
+) -> RunRecord | None:
     """ "Again with a new seed": the stored request of ``run`` with seed −1, for the presser."""
     caller = await context.caller()
     if caller is None:
@@ -165,4 +220,5 @@ async def resubmit(message: Message, context: BotContext, run: RunRecord) -> Run
         prompt=Origin.of(run).prompt_of(run),
         inpaint_target=base.pop("inpaint_target", None),
         base=base,
+        callback_query_id=callback_query_id,
     )

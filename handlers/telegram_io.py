@@ -3,12 +3,18 @@ upload limits, and fitting an image into the photo limits.
 
 Retries use tenacity: ``RetryAfter`` waits what Telegram asks, time-outs and transport errors
 back off, a ``BadRequest`` (a ``NetworkError`` subclass) or ``Forbidden`` is never retried.
+A media upload (``send_photo``, ``send_document``...) that timed out is *not* repeated: the
+file may well have arrived (the time-out is on the answer), and a repeat would send a copy.
+Uploads get time-outs that fit their size (:func:`upload_timeouts`).
+
+Output files are fetched with ``generation/safe_fetch.py`` (only the backend's origin, public
+https addresses or ``OUTPUT_URL_ALLOWLIST`` hosts; every redirect hop checked; byte and time
+caps); only transient failures are retried.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import warnings
 from collections.abc import Awaitable, Callable
@@ -17,12 +23,14 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from PIL import Image
 from telegram.constants import FileSizeLimit, MessageLimit
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from generation.errors import OutputDownloadError
+from generation.images import prepare_output_photo
 from generation.models import MediaOutput
+from generation.safe_fetch import FetchPolicy, SafeFetcher
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,26 @@ def retry_after_seconds(exc: RetryAfter) -> float:
     return float(value)
 
 
+MEDIA_METHODS = frozenset(
+    {"send_photo", "send_document", "send_animation", "send_video", "send_audio"}
+)
+UPLOAD_BYTES_PER_SECOND = 256 * 1024  # a slow uplink; the time-out must not cut a good upload
+
+
+def upload_timeouts(size: int) -> dict[str, float]:
+    """``write_timeout``/``read_timeout`` for an upload of ``size`` bytes (PTB's 5 s default
+    read time-out made large uploads "time out" after they had arrived)."""
+    transfer = size / UPLOAD_BYTES_PER_SECOND
+    return {"write_timeout": 20.0 + transfer, "read_timeout": 30.0 + transfer / 2}
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Telegram (or the way to it) is down or throttling: 5xx, connection errors, 429."""
+    if isinstance(exc, RetryAfter):
+        return True
+    return isinstance(exc, NetworkError) and not isinstance(exc, BadRequest | Forbidden | TimedOut)
+
+
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: flood control, time-outs, transport errors — never a ``BadRequest``
     (which subclasses ``NetworkError``) nor ``Forbidden``."""
@@ -71,10 +99,12 @@ def telegram_wait(fallback: float = 1.0) -> Callable[[RetryCallState], float]:
     return wait
 
 
-def telegram_retrying(attempts: int, sleep: Sleep) -> AsyncRetrying:
-    """Bounded retries of one Bot API call (see the module docstring)."""
+def telegram_retrying(attempts: int, sleep: Sleep, *, upload: bool = False) -> AsyncRetrying:
+    """Bounded retries of one Bot API call (see the module docstring); ``upload``: a time-out
+    is not retried."""
+    retry = is_outage if upload else is_transient
     return AsyncRetrying(
-        retry=retry_if_exception(is_transient),
+        retry=retry_if_exception(retry),
         wait=telegram_wait(),
         stop=stop_after_attempt(attempts),
         sleep=sleep,
@@ -83,23 +113,27 @@ def telegram_retrying(attempts: int, sleep: Sleep) -> AsyncRetrying:
 
 
 async def call_with_retry(
-    call: Callable[..., Awaitable[Any]], sleep: Sleep, attempts: int = SEND_ATTEMPTS, **kwargs: Any
+    call: Callable[..., Awaitable[Any]],
+    sleep: Sleep,
+    attempts: int = SEND_ATTEMPTS,
+    *,
+    upload: bool = False,
+    **kwargs: Any,
 ) -> Any:
-    """``await call(**kwargs)`` with :func:`telegram_retrying`."""
-    async for attempt in telegram_retrying(attempts, sleep):
+    """``await call(**kwargs)`` with :func:`telegram_retrying` (``upload``: see there)."""
+    async for attempt in telegram_retrying(attempts, sleep, upload=upload):
         with attempt:
             return await call(**kwargs)
     return None  # pragma: no cover - AsyncRetrying either returns or raises
 
 
 def _download_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500
-    return isinstance(exc, httpx.TransportError)
+    return isinstance(exc, OutputDownloadError) and exc.transient
 
 
-async def download(http: httpx.AsyncClient, url: str, sleep: Sleep) -> bytes:
-    """Fetch an output file (at most 50 MB), retrying transport errors and 5xx."""
+async def download(fetcher: SafeFetcher, url: str, sleep: Sleep) -> bytes:
+    """Fetch an output file through the safe fetcher (at most 50 MB), retrying transient
+    failures. :class:`OutputRefusedError` (an address we will not fetch) is never retried."""
     async for attempt in AsyncRetrying(
         retry=retry_if_exception(_download_retryable),
         wait=lambda rs: 0.5 * rs.attempt_number,
@@ -108,15 +142,25 @@ async def download(http: httpx.AsyncClient, url: str, sleep: Sleep) -> bytes:
         reraise=True,
     ):
         with attempt:
-            async with http.stream("GET", url) as response:
-                response.raise_for_status()
-                buf = bytearray()
-                async for chunk in response.aiter_bytes():
-                    buf += chunk
-                    if len(buf) > UPLOAD_MAX_BYTES:
-                        raise DownloadError("output larger than the upload limit")
-                return bytes(buf)
+            return await fetcher.fetch(url)
     raise DownloadError("unreachable")  # pragma: no cover
+
+
+def output_fetcher(
+    backend_urls: list[str],
+    allowlist: frozenset[str],
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    total_timeout: float = 120.0,
+) -> SafeFetcher:
+    """The fetcher of output files: the backend's origins, the allowlist, the upload cap."""
+    policy = FetchPolicy.build(
+        backend_urls=backend_urls,
+        allowlist=allowlist,
+        max_bytes=UPLOAD_MAX_BYTES,
+        total_timeout=total_timeout,
+    )
+    return SafeFetcher(policy, transport=transport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,31 +171,16 @@ class PreparedPhoto:
 
 
 def prepare_photo(data: bytes, filename: str = "result.png") -> PreparedPhoto:
-    """Fit an image into Telegram's photo limits (runs in a worker thread)."""
-    with Image.open(io.BytesIO(data)) as img:
-        width, height = img.size
-        ratio = max(width, height) / max(1, min(width, height))
-        if ratio > PHOTO_MAX_RATIO:
-            return PreparedPhoto(None, True, filename)
-        fits = len(data) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_DIMENSION_SUM
-        if fits:
-            return PreparedPhoto(data, False, filename)
-        rgb = img.convert("RGB")
-    scale = min(1.0, PHOTO_MAX_DIMENSION_SUM / (width + height))
-    quality = 90
-    for _ in range(12):  # bounded: quality first, then size
-        w, h = max(1, int(width * scale)), max(1, int(height * scale))
-        frame = rgb if (w, h) == rgb.size else rgb.resize((w, h), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        frame.save(out, "JPEG", quality=quality, optimize=True)
-        if out.tell() <= PHOTO_MAX_BYTES:
-            stem = filename.rsplit(".", 1)[0] or "result"
-            return PreparedPhoto(out.getvalue(), True, f"{stem}.jpg")
-        if quality > 70:
-            quality -= 10
-        else:
-            scale *= 0.75
-    return PreparedPhoto(None, True, filename)
+    """Fit an image into Telegram's photo limits (runs in a worker thread): decoded only when
+    it must be re-encoded, never beyond ``OUTPUT_MAX_PIXELS`` (``generation/images.py``)."""
+    out = prepare_output_photo(
+        data,
+        filename,
+        max_bytes=PHOTO_MAX_BYTES,
+        max_dimension_sum=PHOTO_MAX_DIMENSION_SUM,
+        max_ratio=PHOTO_MAX_RATIO,
+    )
+    return PreparedPhoto(out.photo, out.reencoded, out.filename)
 
 
 async def prepare_photo_async(data: bytes, filename: str) -> PreparedPhoto:

@@ -6,6 +6,7 @@ Open it with ``storage = await Storage.open(path)``; close with ``await storage.
 
 from storage.access import AccessRepository, AccessState
 from storage.deployments import DeploymentRepository
+from storage.directory import UserDirectory, UserLookupError, UserProfile
 from storage.errors import (
     DuplicateError,
     NotFoundError,
@@ -18,8 +19,10 @@ from storage.ledger import Balances, Hold, LedgerEntry, LedgerRepository
 from storage.loras import LoraRepository
 from storage.payments import Payment, PaymentRepository, PaymentResult, RefundPlan, RefundResult
 from storage.prices import PriceRepository
+from storage.result_files import ResultFile, ResultFileRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository, UsageStats
 from storage.users import User, UserRepository, UserSettings
 
@@ -41,15 +44,21 @@ __all__ = [
     "PriceRepository",
     "RefundPlan",
     "RefundResult",
+    "ResultFile",
+    "ResultFileRepository",
     "RunLimits",
     "RunRepository",
     "SchemaVersionError",
     "SettingsRepository",
     "Storage",
     "StorageError",
+    "TypeOptionRepository",
     "UsageRepository",
     "UsageStats",
     "User",
+    "UserDirectory",
+    "UserLookupError",
+    "UserProfile",
     "UserRepository",
     "UserSettings",
     "ValidationError",

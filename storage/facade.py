@@ -9,13 +9,17 @@ from types import TracebackType
 from storage.access import AccessRepository
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
+from storage.directory import UserDirectory
+from storage.images import FileImageStore
 from storage.ledger import LedgerRepository
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
 from storage.payments import PaymentRepository
 from storage.prices import PriceRepository
+from storage.result_files import ResultFileRepository
 from storage.runs import RunRepository
 from storage.settings import SettingsRepository
+from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository
 from storage.users import UserRepository
 
@@ -44,6 +48,10 @@ class Storage:
         self.runs = RunRepository(db, self.ledger, limits=run_limits)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.images = FileImageStore.next_to(db.path)  # input images of queued runs
+        self.directory = UserDirectory(db, self.runs)
+        self.type_options = TypeOptionRepository(db)
+        self.result_files = ResultFileRepository(db)
         self.payments = PaymentRepository(db, self.ledger)
         self.access = AccessRepository(db)
         self.usage = UsageRepository(db)

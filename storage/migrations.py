@@ -184,7 +184,39 @@ CREATE TABLE allowed_chats (
 CREATE INDEX runs_by_created ON runs(created_at);
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
+# v7: finding users and admin-added types. ``usernames`` maps each username the bot has seen
+# (case-insensitive) to the one account holding it now; ``type_options`` holds what an admin
+# said about a type the bot does not know (``/type ANIMATE image``: it takes a photo);
+# ``result_files`` the Telegram file id of every delivered result item, so result actions
+# (upscale, vary, original) work on the stored output after a restart.
+_V7 = """
+CREATE TABLE usernames (
+    username  TEXT    PRIMARY KEY COLLATE NOCASE,
+    user_id   INTEGER NOT NULL,
+    seen_at   REAL    NOT NULL
+);
+CREATE INDEX usernames_by_user ON usernames(user_id);
+
+CREATE TABLE type_options (
+    type        TEXT    PRIMARY KEY,
+    input       TEXT    NOT NULL DEFAULT 'text' CHECK (input IN ('text', 'image')),
+    updated_at  REAL    NOT NULL
+);
+
+CREATE TABLE result_files (
+    run_id      TEXT    NOT NULL,
+    item        INTEGER NOT NULL CHECK (item >= 0),  -- index into the run's outputs
+    kind        TEXT    NOT NULL,                    -- photo | document | animation | video
+    file_id     TEXT    NOT NULL,
+    chat_id     INTEGER NOT NULL,
+    message_id  INTEGER NOT NULL,
+    created_at  REAL    NOT NULL,
+    PRIMARY KEY (run_id, item, kind)
+);
+CREATE INDEX result_files_by_message ON result_files(chat_id, message_id);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (7, _V7)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """

@@ -269,6 +269,14 @@ class RunRepository:
             f"SELECT * FROM runs WHERE {where} ORDER BY created_at DESC, rowid DESC", params
         )
 
+    async def list_recent_runs(self, user_id: int, *, limit: int = 5) -> list[RunRecord]:
+        """A user's latest ``limit`` runs of any status, newest first (``/user``)."""
+        limit = max(1, min(int(limit), 100))
+        return await self._many(
+            "SELECT * FROM runs WHERE user_id = ? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (user_id, limit),
+        )
+
     async def find_run_for_message(
         self, user_id: int, chat_id: int, message_id: int
     ) -> RunRecord | None:
@@ -281,6 +289,41 @@ class RunRepository:
             " ORDER BY created_at DESC LIMIT 1",
             (user_id, chat_id, message_id),
         )
+
+    async def find_run_for_callback(self, user_id: int, callback_query_id: str) -> RunRecord | None:
+        """The run a button press already started (``meta.callback_query_id``): Telegram
+        redelivers an unconfirmed callback query after a restart with the same id."""
+        return await self._one(
+            "SELECT * FROM runs WHERE user_id = ?"
+            " AND json_extract(meta, '$.callback_query_id') = ?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (user_id, str(callback_query_id)),
+        )
+
+    async def list_terminal_runs_with_open_holds(self, limit: int = 500) -> list[RunRecord]:
+        """Terminal runs whose hold is still open (a failed ``release_hold``, a crash between
+        the two writes): what the periodic reconciliation resolves."""
+        return await self._many(
+            "SELECT runs.* FROM holds JOIN runs ON runs.id = holds.run_id"
+            f" WHERE holds.state = 'open' AND runs.status IN ({_TERMINAL_SQL})"
+            " ORDER BY holds.created_at LIMIT ?",
+            (*_TERMINAL, int(limit)),
+        )
+
+    async def prune_runs(self, finished_before: float, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` terminal runs that finished before ``finished_before`` and
+        have nothing left to do (no open hold, not a success waiting for delivery). The ledger
+        is never touched: its rows keep the run id as plain text. Returns how many went."""
+        rows = await self._db.write_one(
+            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+            f" WHERE status IN ({_TERMINAL_SQL})"
+            " AND COALESCE(finished_at, updated_at) < ?"
+            " AND charge_state != 'held'"
+            " AND NOT (status = 'success' AND delivery_state = 'pending')"
+            " LIMIT ?) RETURNING id",
+            (*_TERMINAL, float(finished_before), int(limit)),
+        )
+        return len(rows)
 
     async def count_by_status(self) -> dict[str, int]:
         async with self._db.read() as conn:

@@ -188,7 +188,7 @@ async def test_breaker_skips_open_deployment_until_cooldown(
     env: E2E, breaker_clock: FakeClock
 ) -> None:
     dep = await env.add_deployment()
-    env.cd.fail_next_creates(8, status=500)  # two runs × four attempts
+    env.cd.fail_next_creates(8, status=503)  # two runs × four attempts
     for uid in (3201, 3202):
         user = env.fake.user(uid)
         await env.command(user, "/make x")

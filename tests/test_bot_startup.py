@@ -79,7 +79,10 @@ async def test_post_init_wires_everything_and_shutdown_closes_it(
         # the webhook secret was generated, stored and handed to the generation module
         stored = await services.storage.settings.get("webhook_secret")
         assert stored and get_runtime(app).webhook_secret == stored
-        assert services.generation.settings.webhook_secret == stored
+        run_key = await services.storage.settings.get("run_webhook_key")
+        # The per-run webhook tokens have a key of their own, not Telegram's secret_token.
+        assert run_key and run_key != stored
+        assert services.generation.settings.webhook_secret == run_key
         assert services.generation.settings.webhook_url is None  # polling mode
         # localized command menus: default (English) + one per language
         i18n = Translator.load()

@@ -210,7 +210,7 @@ async def test_5xx_twice_then_success_makes_three_calls(
 
 async def test_5xx_until_cap_is_backend_unavailable(fake: FakeComfyDeploy, sleeps: Sleeps) -> None:
     dep = fake.add_deployment()
-    fake.fail_next_creates(10, status=500)
+    fake.fail_next_creates(10, status=503)
     async with make_client(fake.transport, sleeps, max_attempts=3) as c:
         with pytest.raises(BackendUnavailableError):
             await c.create_run(dep, {})

@@ -101,7 +101,7 @@ async def env(storage: Storage) -> AsyncIterator[Env]:
         storage=storage,
         generation=generation,  # type: ignore[arg-type]
         i18n=Translator.load(),
-        config=HandlerConfig(),
+        config=HandlerConfig(trusted_output_urls=(cd.base_url,)),  # the backend's origin
     )
     delivery = Delivery(
         bot,
@@ -117,6 +117,7 @@ async def env(storage: Storage) -> AsyncIterator[Env]:
 
 
 async def test_image_as_photo_reply_with_caption_and_buttons(env: Env) -> None:
+    await env.storage.deployments.add("MAKE", "dep-make")  # Again needs a deployment
     url = env.serve("r.png", png())
     run = await env.run([MediaOutput(url, MediaType.IMAGE, filename="r.png")])
     await env.complete(run)
@@ -125,11 +126,14 @@ async def test_image_as_photo_reply_with_caption_and_buttons(env: Env) -> None:
     photo = media[0]
     assert photo.reply_to_message_id == env.request_id
     assert photo.caption == env.t("result.caption", prompt="a fox", seed=1234)
+    # no UPSCALE or img2img deployment: those actions are not shown
     assert {b["callback_data"] for b in photo.buttons} == {
-        f"r:ag:{RUN}",
-        f"r:pm:{RUN}",
-        f"r:og:{RUN}",
+        f"x:ag:0:{RUN}",
+        f"x:pm:0:{RUN}",
+        f"x:og:0:{RUN}",
     }
+    files = await env.storage.result_files.for_run(RUN)
+    assert [(f.item, f.kind, f.message_id) for f in files] == [(0, "photo", photo.message_id)]
     assert env.generation.delivered == [RUN] and env.generation.failed == []
 
 
@@ -143,7 +147,7 @@ async def test_png_as_file_adds_the_original_document(env: Env) -> None:
     assert kinds == ["photo", "document"]
     document = env.fake.sent_media(USER)[1]
     assert document.media == data and document.filename == "r.png"
-    assert f"r:og:{RUN}" not in {b["callback_data"] for b in document.buttons}
+    assert f"x:og:0:{RUN}" not in {b["callback_data"] for b in document.buttons}
 
 
 async def test_oversized_image_is_reencoded_and_original_sent_as_file(env: Env) -> None:

@@ -88,12 +88,13 @@ def payloads(backend_ids: list[str]) -> st.SearchStrategy[Any]:
 def test_random_webhook_payloads_change_nothing_they_should_not(tmp_path: Path) -> None:
     ran = [0]
     with fuzz_session(tmp_path) as (loop, env, errors):
-        secret = get_runtime(env.app).webhook_secret
+        secret = get_runtime(env.app).run_webhook_key
         app = create_app(
             env.app,
             Settings(_env_file=None, public_url="http://bot.test"),
             env.services,
-            webhook_secret=secret,
+            webhook_secret=get_runtime(env.app).webhook_secret,
+            run_webhook_key=secret,
         )
         http = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 40001)),

@@ -22,6 +22,7 @@ from handlers.admin import register_admin
 from handlers.context import CONTEXT_TYPES
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services
 from handlers.i18n import Translator
+from handlers.lookup import register_lookup
 from handlers.menus import register_menus
 from storage import Storage
 from tests.fakes.telegram import FakeMessage, FakeTelegram, FakeUser
@@ -118,6 +119,7 @@ async def make_harness(
         backend=backend,
     )
     app.bot_data[SERVICES_KEY] = services
+    register_lookup(app)  # usernames seen, for the admin commands' lookups
     register_account(app)
     register_menus(app)
     register_admin(app)
@@ -174,8 +176,20 @@ async def test_second_start_does_not_credit_again(h: Harness) -> None:
 async def test_help_lists_user_commands_and_hides_admin_ones(h: Harness) -> None:
     alice = h.fake.user(1001, "Alice", language_code="de")
     reply = await h.command(alice, "/help")
-    assert reply.text == h.t("de", "help.user")
+    assert reply.text.startswith(h.t("de", "help.user"))
+    assert h.t("de", "params.help_title") in reply.text  # the inline parameters
+    assert h.t("de", "params.help.ar", range="1:8–8:1") in reply.text
     assert "/grant" not in reply.text
+
+
+async def test_help_in_a_group_is_short(h: Harness) -> None:
+    alice = h.fake.user(1001, "Alice", language_code="ru")
+    group = -100123
+    h.fake.add_chat(group, title="Team")
+    await h.feed(alice.send_command("/help@" + h.fake.bot_username, group, queue=False))
+    assert h.fake.last_message(group).text == h.t("ru", "groups.help")
+    await h.feed(alice.send_command("/help@other_bot", group, queue=False))
+    assert len(h.fake.messages(group)) == 1  # another bot's /help is not answered
 
 
 async def test_help_for_admin_includes_admin_commands(h: Harness) -> None:

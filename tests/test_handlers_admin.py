@@ -103,7 +103,16 @@ async def test_deployment_list_enable_disable_remove(h: Harness) -> None:
     await admin_says(h, f"/deployment add UPSCALE {DEP2} api 2")
     listing = await admin_says(h, "/deployments")
     assert DEP in listing and DEP2 in listing  # full ids
-    assert "UPSCALE · api · weight 2 · enabled" in listing
+    assert "🟢 UPSCALE · api · ×2 · ✔0 ✖0 · " + DEP2 in listing  # one compact line each
+    assert listing.endswith(h.t("en", "actions.deployments_hint"))
+    inputs = await admin_says(h, f"/deployment inputs {DEP2}")
+    assert inputs == h.t(
+        "en",
+        "actions.deployment_inputs",
+        type="UPSCALE",
+        id=DEP2,
+        inputs=h.t("en", "admin.inputs_unknown_short"),
+    )
 
     text = await admin_says(h, f"/deployment disable {DEP}")
     assert text == h.t("en", "admin.deployment_disabled", id=DEP)
@@ -239,13 +248,32 @@ async def test_grant_and_setbalance_record_the_admin(h: Harness) -> None:
     assert sorted(entry.amount for entry in history) == [-18, 25]
 
 
-async def test_grant_to_an_unknown_user_creates_them(h: Harness) -> None:
+async def test_grant_to_an_unknown_user_is_refused(h: Harness) -> None:
+    """No silent creation: an id or name the bot has never seen is refused, clearly."""
+    assert await admin_says(h, "/grant 5555 10") == h.t("en", "users.unknown_id", query="5555")
     assert await h.storage.users.get(5555) is None
-    await admin_says(h, "/grant 5555 10")
-    assert await h.storage.users.get(5555) is not None
-    assert await h.storage.ledger.get_balance(5555) == 10
-    await admin_says(h, "/setbalance 6666 4")
-    assert await h.storage.ledger.get_balance(6666) == 4
+    assert await admin_says(h, "/setbalance @ghost_user 4") == h.t(
+        "en", "users.unknown_username", query="@ghost_user"
+    )
+    assert await h.storage.users.count() == 1  # only the admin
+
+
+async def test_grant_by_username_and_by_reply(h: Harness) -> None:
+    bob = h.fake.user(USER, "Bob", username="bob_b")
+    await h.command(bob, "/balance")  # Bob uses the bot: known, by name too
+    assert await admin_says(h, "/grant @BOB_B 7") == h.t(
+        "en", "admin.granted", user_id=USER, amount=7, balance=7
+    )
+    group = -100777
+    h.fake.add_chat(group, title="Team")
+    said = await h.feed(bob.send_text("hi", group, queue=False))
+    admin = h.fake.users[ADMIN_ID]
+    await h.feed(admin.reply_to(said["message"]["message_id"], "/grant 3", chat_id=group))
+    assert h.fake.last_message(group).text == h.t(
+        "en", "admin.granted", user_id=USER, amount=3, balance=10
+    )
+    await h.feed(admin.reply_to(said["message"]["message_id"], "/setbalance 1", chat_id=group))
+    assert await h.storage.ledger.get_balance(USER) == 1
 
 
 async def test_setbalance_cannot_go_below_held_credits(h: Harness) -> None:
@@ -265,8 +293,6 @@ async def test_setbalance_cannot_go_below_held_credits(h: Harness) -> None:
         (f"/grant {USER} -5", "admin.usage.grant"),
         (f"/grant {USER} 0", "admin.usage.grant"),
         (f"/grant {USER} 1.5", "admin.usage.grant"),
-        ("/grant alice 5", "admin.usage.grant"),
-        ("/grant 0 5", "admin.usage.grant"),
         (f"/setbalance {USER} -1", "admin.usage.setbalance"),
         (f"/setbalance {USER} many", "admin.usage.setbalance"),
         ("/setbalance", "admin.usage.setbalance"),

@@ -66,7 +66,7 @@ async def test_make_progress_photo_buttons_and_settled_hold(e2e: E2E) -> None:
     seed = (await e2e.storage.runs.get_run(run.id)).request["seed"]
     assert photo.caption == e2e.t("result.caption", prompt="a red fox in snow", seed=seed)
     data = {b["callback_data"] for b in photo.buttons}
-    assert {f"r:ag:{run.id}", f"r:pm:{run.id}"} <= data
+    assert {f"x:ag:0:{run.id}", f"x:pm:0:{run.id}"} <= data
 
     final = await e2e.storage.runs.get_run(run.id)
     assert final.delivery_state is DeliveryState.DELIVERED
@@ -181,13 +181,13 @@ async def test_again_with_new_seed_and_show_parameters(e2e: E2E) -> None:
     await e2e.finish(first.id)
     photo = e2e.fake.sent_media(alice.id)[-1]
 
-    answer = await e2e.tap(alice, photo, f"r:pm:{first.id}")
+    answer = await e2e.tap(alice, photo, f"x:pm:0:{first.id}")
     assert answer["text"] == e2e.t("result.params_shown")
     params = e2e.fake.last_message(alice.id).text
     seed = (await e2e.storage.runs.get_run(first.id)).request["seed"]
     assert "a castle" in params and str(seed) in params and "MAKE" in params
 
-    await e2e.tap(alice, photo, f"r:ag:{first.id}")
+    await e2e.tap(alice, photo, f"x:ag:0:{first.id}")
     second = await e2e.latest_run(alice.id)
     assert second.id != first.id and second.type == "MAKE"
     assert second.meta["prompt"] == "a castle"
@@ -235,10 +235,10 @@ async def test_parameters_show_the_applied_loras(e2e: E2E) -> None:
     stored = (await e2e.storage.runs.get_run(run.id)).request
     assert stored["applied_loras"] and all("pixelart" in name for name in stored["applied_loras"])
     photo = e2e.fake.sent_media(alice.id)[-1]
-    await e2e.tap(alice, photo, f"r:pm:{run.id}")
+    await e2e.tap(alice, photo, f"x:pm:0:{run.id}")
     params = e2e.fake.last_message(alice.id).text
     loras_line = next(line for line in params.splitlines() if line.startswith("LoRAs:"))
-    assert loras_line == "LoRAs: " + ", ".join(stored["applied_loras"])
+    assert loras_line == "LoRAs: " + ", ".join(f"{n}:1" for n in stored["applied_loras"])
     assert loras_line != "LoRAs: —"
 
 
@@ -303,6 +303,9 @@ async def test_again_on_i2i_result_asks_for_the_photo(e2e: E2E) -> None:
     run = await e2e.latest_run(alice.id)
     await e2e.finish(run.id)
     photo = e2e.fake.sent_media(alice.id)[-1]
+    assert not any(b["callback_data"].startswith("x:ag:") for b in photo.buttons)  # not shown
+    # a button from before result actions existed still answers sensibly
+    photo.reply_markup = {"inline_keyboard": [[{"text": "a", "callback_data": f"r:ag:{run.id}"}]]}
     answer = await e2e.tap(alice, photo, f"r:ag:{run.id}")
     assert answer["text"] == e2e.t("result.again_needs_photo") and answer["show_alert"]
     assert len(e2e.cd.create_calls) == 1

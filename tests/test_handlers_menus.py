@@ -116,7 +116,7 @@ async def test_language_switch_rerenders_at_once(h: Harness) -> None:
     assert h.t("de", "settings.btn.back") in edited.button_texts
     # and everything afterwards speaks German, whatever Telegram says
     reply = await h.command(alice, "/help")
-    assert reply.text == h.t("de", "help.user")
+    assert reply.text.startswith(h.t("de", "help.user"))
 
 
 async def test_typed_seed_with_a_mistake_then_a_number(h: Harness) -> None:

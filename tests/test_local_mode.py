@@ -79,7 +79,7 @@ async def test_make_shows_live_progress_then_the_photo_and_buttons_work(
     # a result button: "again with a new seed" makes a second photo
     buttons = [b for row in photo["buttons"] for b in row if "callback_data" in b]
     assert buttons, photo
-    again = next(b for b in buttons if b["callback_data"].startswith("r:ag:"))
+    again = next(b for b in buttons if b["callback_data"].startswith("x:ag:"))
     r = await client.post(
         "/api/press", json={"message_id": photo["id"], "data": again["callback_data"]}
     )
@@ -304,3 +304,30 @@ async def test_preview_setting_with_a_token_uses_the_preview_backend(tmp_path: P
         assert await services.storage.deployments.list_deployments() == []
     finally:
         await shutdown(app)
+
+
+async def test_a_batch_arrives_as_an_album_in_the_web_chat(
+    runtime: LocalRuntime, client: httpx.AsyncClient
+) -> None:
+    """Local mode end to end: ``--batch 3`` on the preview backend renders three images; the
+    emulator's sendMediaGroup delivers them as one album, then the U/V buttons; U2 works."""
+    chat = Chat(client)
+    await chat.refresh(wait=0)
+    await chat.send("/make three lighthouses --batch 3 --ar 3:2")
+    photos = await chat.until(lambda ms: len(bot_photos(ms)) >= 3 and bot_photos(ms), "album")
+    assert abs(photos[0]["w"] / photos[0]["h"] - 1.5) < 0.01  # --ar 3:2 (the preview scales)
+    keyboard = await chat.until(
+        lambda ms: next((m for m in ms if m.get("buttons") and m.get("kind") is None), None),
+        "the U/V buttons",
+    )
+    labels = [b["text"] for row in keyboard["buttons"] for b in row]
+    assert labels[:6] == ["U1", "U2", "U3", "V1", "V2", "V3"]
+    u2 = next(b for row in keyboard["buttons"] for b in row if b["text"] == "U2")
+    r = await client.post(
+        "/api/press", json={"message_id": keyboard["id"], "data": u2["callback_data"]}
+    )
+    assert r.status_code == 200, r.text
+    await chat.until(lambda ms: len(bot_photos(ms)) >= 4 and bot_photos(ms), "the upscale")
+    storage = services_of(runtime.application).storage
+    runs = await storage.runs.list_user_runs(LOCAL_USER_ID, active_only=False)
+    assert [r.type for r in runs[:2]] == ["UPSCALE", "MAKE"] and runs[1].request["batch"] == 3

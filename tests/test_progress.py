@@ -149,7 +149,8 @@ async def test_throttle_and_coalesce(env: Env) -> None:
     await env.settle()
     assert len(env.edits()) == 1  # one edit, with the newest state only
     msg = env.fake.message(USER, msg_id)
-    assert msg.text == env.t("progress.running_status", percent=30, status="Executing KSampler")
+    step = env.t("actions.executing", node="KSampler")  # ComfyUI's English, localized
+    assert msg.text == env.t("progress.running_status", percent=30, status=step)
     assert msg.buttons[0]["callback_data"] == f"r:cx:{RUN}"
 
     env.publish(progress(0.5))

@@ -130,6 +130,7 @@ async def test_no_secret_in_logs_requests_or_messages(env: E2E, capture: Capture
         Settings(_env_file=None, public_url="http://bot.test"),
         env.services,
         webhook_secret=get_runtime(env.app).webhook_secret,
+        run_webhook_key=get_runtime(env.app).run_webhook_key,
     )
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40002))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:

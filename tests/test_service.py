@@ -435,9 +435,15 @@ async def test_forged_unknown_and_malformed_webhooks_rejected(env: Env) -> None:
     assert len(env.store.update_calls) == writes
     stored = await env.store.get_run(run.id)
     assert stored is not None and stored.status is RunStatus.WAITING
+    # A genuine webhook that says success is confirmed with GET /run/{id} first (issue 11):
+    # the backend still says not-started, so nothing is finished or delivered.
     assert await service.process_webhook(good, token, run.id)
     stored = await env.store.get_run(run.id)
+    assert stored is not None and stored.status is RunStatus.WAITING
+    await env.fake.set_status(start.backend_run_id, "success")
+    stored = await env.store.get_run(run.id)
     assert stored is not None and stored.status is RunStatus.SUCCESS
+    assert stored.outputs == ()  # the outputs GET reported, not the ones the webhook claimed
 
 
 # ------------------------------------------------------------------------------ cancel
@@ -495,6 +501,7 @@ async def test_cancel_queued_run_and_cancel_user_generations(env: Env) -> None:
     assert result.status is RunStatus.CANCELLED
     assert service.queue_position(queued.id) is None
     assert service.queue_position(third.id) == 1
+    service.scheduler.flush_positions()  # moved positions are published coalesced
     await env.settle()
     assert env.recorder is not None
     assert env.recorder.of(GenerationQueued, third.id)[-1].position == 1
@@ -592,7 +599,7 @@ async def test_auth_failure_no_retry_no_failover(env: Env) -> None:
 async def test_failover_to_second_deployment(env: Env) -> None:
     a = env.deployment()
     b = env.deployment()
-    env.fake.fail_next_creates(4, status=500)  # the client tries 4 times per deployment
+    env.fake.fail_next_creates(4, status=503)  # the client tries 4 times per deployment
     service = env.make()
     await service.start()
     run = await service.generate(make_request(), GenerationContext())
@@ -609,7 +616,7 @@ async def test_failover_to_second_deployment(env: Env) -> None:
 
 async def test_all_deployments_failing_fails_the_run(env: Env) -> None:
     env.deployment()
-    env.fake.fail_next_creates(4, status=500)
+    env.fake.fail_next_creates(4, status=503)
     env.store.set_balance(USER, 1)
     service = env.make()
     await service.start()

@@ -42,3 +42,14 @@ def test_webhook_url_keeps_existing_query() -> None:
     assert query["target_events"] == ["run.output,run.updated"]
     assert query["r"] == ["x"]
     assert query["t"] == [webhook_token(SECRET, "x")]
+
+
+def test_token_key_is_not_the_raw_secret() -> None:
+    """Issue 11 point 2: the Telegram secret_token (sent in every update header) must not be
+    the HMAC key of the per-run tokens: the plain HMAC of the run id with it is not a token."""
+    import hashlib
+    import hmac as _hmac
+
+    plain = _hmac.new(SECRET.encode(), b"run1", hashlib.sha256).hexdigest()[:TOKEN_LENGTH]
+    assert webhook_token(SECRET, "run1") != plain
+    assert not verify_webhook_token(SECRET, "run1", plain)

@@ -121,7 +121,7 @@ async def test_the_web_chat_in_a_real_browser(
     out_dir = tmp_path / "output"
     out_dir.mkdir()
     i18n = services_of(runtime.application).i18n
-    again_text = i18n.t("en", "result.again_button")
+    again_text = i18n.t("en", "actions.again")
 
     async with async_playwright() as pw:
         context = await pw.chromium.launch_persistent_context(

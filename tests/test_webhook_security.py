@@ -53,7 +53,11 @@ async def env(tmp_path: Path) -> AsyncIterator[E2E]:
 async def server(env: E2E) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]:
     settings = Settings(_env_file=None, public_url="http://bot.test")
     app = create_app(
-        env.app, settings, env.services, webhook_secret=get_runtime(env.app).webhook_secret
+        env.app,
+        settings,
+        env.services,
+        webhook_secret=get_runtime(env.app).webhook_secret,
+        run_webhook_key=get_runtime(env.app).run_webhook_key,
     )
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
@@ -90,17 +94,19 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
     env: E2E, server: tuple[httpx.AsyncClient, Any]
 ) -> None:
     http, app = server
-    await env.add_deployment(timeline=Timeline.success("png"))
+    # The run never ends at the backend: a success claim (even with the right token) is
+    # confirmed with GET /run/{id} first (issue 11), which says it is still waiting.
+    await env.add_deployment(timeline=Timeline.stall())
     hooks = Hooks()
     run, backend = await _started_run(env, 4001, hooks)
     other, _ = await _started_run(env, 4002, hooks)
-    await env.cd.run_to_end(backend)
-    url, success = hooks.by_status("success")
+    url = env.cd.runs[backend].webhook or ""
+    success = {"run_id": backend, "status": "success", "progress": 1, "outputs": []}
     assert urlsplit(url).path == COMFYDEPLOY_PATH
     before = await _snapshot(env, run.id)
     sent_before = len(env.fake.call_log)
     base = f"http://bot.test{COMFYDEPLOY_PATH}"
-    secret = get_runtime(env.app).webhook_secret
+    secret = get_runtime(env.app).run_webhook_key
 
     forged = [
         f"{base}?r={run.id}&t={'0' * 32}",  # wrong token
@@ -108,6 +114,8 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
         f"{base}?t={webhook_token(secret, run.id)}",  # no run
         f"{base}?r={run.id}&t={webhook_token(secret, run.id)[:-1]}",  # truncated token
         f"{base}?r={run.id}&t={webhook_token('guessed-secret', run.id)}",  # other key
+        # keyed by Telegram's secret_token (sent in every update header): not the run key
+        f"{base}?r={run.id}&t={webhook_token(get_runtime(env.app).webhook_secret, run.id)}",
         f"{base}?r={run.id}&t={webhook_token(secret, other.id)}",  # another run's token
         f"{base}?r={other.id}&t={webhook_token(secret, run.id)}",
         base,
@@ -126,6 +134,7 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
         {"run_id": "someone-else", "status": "success", "outputs": []},  # another backend run
         {"run_id": backend, "status": 17, "outputs": "x"},
         {"run_id": backend, "status": "success", "progress": "NaN", "outputs": [{"data": 5}]},
+        success,  # well formed, but GET says the run has not even started
     ):
         await _post(http, url, body)
     await app.state.webhook_tasks.drain()
@@ -137,7 +146,10 @@ async def test_forged_unknown_cross_run_and_malformed_calls_change_nothing(
     sent = [c.method for c in env.fake.call_log[sent_before:]]
     assert "sendPhoto" not in sent and "sendMessage" not in sent
 
-    # the genuine call still works afterwards
+    # the genuine call still works afterwards (the run now really ends at the backend)
+    env.cd.runs[backend].timeline = Timeline.success("png")
+    await env.cd.run_to_end(backend)
+    url, success = hooks.by_status("success")
     assert await _post(http, url, success) == 200
     await app.state.webhook_tasks.drain()
     await env.events.wait(lambda: "generation:completed" in env.events.names(run.id))

@@ -222,6 +222,7 @@ class BotApiCore(StarsPayments):
     max_files: int | None = None
     can_join_groups = False
     accepts_urls = False  # sending media by http(s) URL
+    _media_group_seq = itertools.count(13_000_000_000_000_000)
 
     def __init__(
         self,
@@ -760,6 +761,39 @@ class BotApiCore(StarsPayments):
         width, height = size or (512, 512)
         msg.media_fields = media_fields(kind, base, width, height, filename)
         return self.message_dict(msg)
+
+    def _m_sendMediaGroup(self, params: dict[str, Any], files: dict[str, Any]) -> list[Any]:
+        """An album: 2–10 photos/videos (or documents only) sent as separate messages that
+        share one ``media_group_id``, each with its own caption, all replying to the same
+        message in the same topic; albums carry no reply markup."""
+        items = params.get("media")
+        if not isinstance(items, list) or not 2 <= len(items) <= 10:
+            raise bad_request("wrong number of media items: a group holds 2 to 10")
+        kinds = []
+        for item in items:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind not in ("photo", "video", "document", "audio") or not item.get("media"):
+                raise bad_request("wrong media type in the group")
+            kinds.append(kind)
+        if not (set(kinds) <= {"photo", "video"} or len(set(kinds)) == 1):
+            raise bad_request("documents and audio can only be grouped with their own kind")
+        self._known_chat(params)
+        group_id = str(next(self._media_group_seq))
+        shared = {
+            k: params[k]
+            for k in ("chat_id", "reply_parameters", "reply_to_message_id", "message_thread_id")
+            if k in params
+        }
+        sent: list[Any] = []
+        for item, kind in zip(items, kinds, strict=True):
+            one = {**shared, kind: item["media"]}
+            if item.get("caption") is not None:
+                one["caption"] = item["caption"]
+            result = self._send_media(kind, one, files)
+            msg = self.message(result["chat"]["id"], result["message_id"])
+            msg.media_fields = {**msg.media_fields, "media_group_id": group_id}
+            sent.append(self.message_dict(msg))
+        return sent
 
     def _m_sendPhoto(self, params: dict[str, Any], files: dict[str, Any]) -> Any:
         return self._send_media("photo", params, files)

@@ -25,8 +25,9 @@ from telegram.ext import Application
 from telegram.request import HTTPXRequest
 
 from bot.app import build_application, initialize, shutdown
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.local.emulator import LOCAL_TOKEN, BotApiEmulator
+from bot.local.guard import exposure_error
 from bot.local.webchat import LOOPBACK_HOSTS, create_webchat_app
 from bot.server import ReadyServer
 
@@ -98,6 +99,12 @@ async def local_mode(
     """Run local mode while the block runs. ``sock`` is a listening socket for the web chat
     (default: bound to ``settings.local_listen_host:listen_port``); it is closed at the end."""
     host = settings.local_listen_host
+    token = settings.local_mode_token.get_secret_value() if settings.local_mode_token else None
+    bound = sock.getsockname()[0] if sock is not None else host
+    if (refusal := exposure_error(str(bound), token)) is not None:
+        if sock is not None:
+            sock.close()
+        raise ConfigError(refusal)
     if sock is None:
         sock = bind_socket(host, settings.listen_port)
     emulator = BotApiEmulator()
@@ -124,6 +131,8 @@ async def local_mode(
             user_id=LOCAL_USER_ID,
             backend_label="preview" if effective.preview_backend else "comfydeploy",
             loopback_only=bound_host in LOOPBACK_HOSTS,
+            token=token,
+            allowed_hosts=await _own_hosts(host),
         )
         config = uvicorn.Config(
             webchat,
@@ -141,7 +150,7 @@ async def local_mode(
             application=application,
             server=server,
             serving=serving,
-            url=page_url(sock, host),
+            url=page_url(sock, host) + (f"/?token={token}" if token else ""),
         )
     finally:
         try:
@@ -189,9 +198,25 @@ async def serve_local(settings: Settings, sock: socket.socket | None = None) -> 
     log.info("local mode stopped")
 
 
+async def _own_hosts(listen_host: str) -> list[str]:
+    """Host names a non-loopback bind answers to: the listen address itself (unless it is a
+    wildcard), this machine's name and its addresses (resolved without blocking the loop)."""
+    hosts = [] if listen_host in ("0.0.0.0", "::", "") else [listen_host.strip("[]")]
+    name = socket.gethostname()
+    hosts.append(name)
+    with contextlib.suppress(OSError):
+        infos = await asyncio.get_running_loop().getaddrinfo(name, None)
+        hosts += [str(info[4][0]) for info in infos]
+    return list(dict.fromkeys(hosts))
+
+
 def run_local(settings: Settings) -> int:
     """``python -m bot`` without a token. Returns the exit code."""
     host = settings.local_listen_host
+    token = settings.local_mode_token
+    if (refusal := exposure_error(host, token.get_secret_value() if token else None)) is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     try:
         sock = bind_socket(host, settings.listen_port)
     except OSError as exc:

@@ -17,8 +17,9 @@ Routes (starlette):
 * ``GET /healthz``.
 
 Every POST needs the header ``X-Local-Chat: 1`` (a browser sends it cross-origin only after a
-CORS preflight, which is never granted) and, on a loopback bind, the ``Host`` must be
-loopback too (no DNS rebinding): other web pages cannot drive the bot as the local admin.
+CORS preflight, which is never granted) and the ``Host`` must be one the server answers to (no
+DNS rebinding): other web pages cannot drive the bot as the local admin. Off loopback every
+request also needs ``LOCAL_MODE_TOKEN`` (``bot/local/guard.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bot.local.emulator import MAX_UPLOAD, BotApiEmulator, Message, parse_multipart
+from bot.local.guard import LocalTokenMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +123,14 @@ def create_webchat_app(
     first_name: str = "You",
     backend_label: str | None = None,
     loopback_only: bool = True,
+    token: str | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> Starlette:
-    """The web chat for the single local user ``user_id`` (also the chat id)."""
-    return WebChat(emulator, user_id, first_name, backend_label).app(loopback_only=loopback_only)
+    """The web chat for the single local user ``user_id`` (also the chat id). ``token``: every
+    request needs it (``bot/local/guard.py``); ``allowed_hosts``: the Host check's list (loopback
+    names, plus what a non-loopback bind answers to)."""
+    chat = WebChat(emulator, user_id, first_name, backend_label)
+    return chat.app(loopback_only=loopback_only, token=token, allowed_hosts=allowed_hosts)
 
 
 class WebChat:
@@ -288,10 +295,19 @@ class WebChat:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    def app(self, *, loopback_only: bool) -> Starlette:
+    def app(
+        self,
+        *,
+        loopback_only: bool,
+        token: str | None = None,
+        allowed_hosts: list[str] | None = None,
+    ) -> Starlette:
         middleware = [Middleware(SecurityHeaders)]
-        if loopback_only:
-            middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS)))
+        # The Host check always applies (no DNS rebinding), on any bind.
+        hosts = list(LOOPBACK_HOSTS) if loopback_only else [*LOOPBACK_HOSTS, *(allowed_hosts or [])]
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+        if token:
+            middleware.append(Middleware(LocalTokenMiddleware, token=token))
         return Starlette(
             routes=[
                 Route("/", self.index),

@@ -241,7 +241,7 @@ async def build_harness(
         storage = infra.storage
         options: dict[str, Any] = {
             "webhook_url": HOOK,
-            "webhook_secret": infra.webhook_secret,
+            "webhook_secret": infra.run_webhook_key,
             "poll_interval": 3600.0,
             "webhook_poll_interval": 3600.0,
             "max_in_flight": settings.max_in_flight,

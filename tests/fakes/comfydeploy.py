@@ -370,8 +370,10 @@ class FakeComfyDeploy:
         self.drop_final_webhook = False
         self.retry_as_get = False
         self.upload_limit = UPLOAD_LIMIT
+        self.presigned_outputs = False  # output URLs carry an S3-style signature query
         # faults
         self._create_faults: list[_Fault] = []
+        self._lost_answers: list[_Fault] = []
         self._get_faults: list[_Fault] = []
         self._transport_faults: list[_TransportFault] = []
         self._seq = 0
@@ -409,6 +411,11 @@ class FakeComfyDeploy:
     def fail_next_creates(self, k: int, status: int = 500) -> None:
         """The next ``k`` create calls answer ``status``; no run is created."""
         self._create_faults.append(_Fault(k, status))
+
+    def lose_next_create_answers(self, k: int, status: int = 504) -> None:
+        """The next ``k`` create calls DO queue their run (webhooks and all), then answer
+        ``status`` as a gateway does when it gives up waiting (e.g. Cloudflare's 504)."""
+        self._lost_answers.append(_Fault(k, status))
 
     def fail_next_gets(self, k: int, status: int = 500) -> None:
         self._get_faults.append(_Fault(k, status))
@@ -552,8 +559,11 @@ class FakeComfyDeploy:
         filename = f"{base}{index:02d}.{ext}" if index > 1 else variant.filename
         name = f"{run.id}_{filename}"
         self.files[name] = (variant.content(), variant.content_type)
+        url = f"{self.base_url}/files/{name}"
+        if self.presigned_outputs:  # like S3: the query is a credential (the path still serves)
+            url += "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=" + secrets.token_hex(32)
         item = {
-            "url": f"{self.base_url}/files/{name}",
+            "url": url,
             "type": "output",
             "filename": filename,
             "subfolder": "",
@@ -879,6 +889,11 @@ class FakeComfyDeploy:
             seq=self._seq,
         )
         self.runs[run.id] = run
+        lost = self._take(self._lost_answers)
+        if lost is not None:
+            return _Resp(
+                lost.status, b"<html><body>504 Gateway Time-out</body></html>", "text/html"
+            )
         return _json(200, {"run_id": run.id})
 
     def _get(self, run_id: str, query: dict[str, str], loc: list[str]) -> _Resp:

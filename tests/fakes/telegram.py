@@ -289,6 +289,7 @@ class FakeTelegram(BotApiCore):
         self._gates: dict[str, _Gate] = {}
         self.members: dict[tuple[int, int], str] = {}  # (chat, user) -> getChatMember status
         self.held: dict[str, int] = {}  # method -> calls waiting at a gate right now
+        self._outage: tuple[float, int] | None = None  # (until, status), see outage()
 
     # ------------------------------------------------------------------ wiring helpers
     def request(self, **kwargs: Any) -> Any:
@@ -361,6 +362,11 @@ class FakeTelegram(BotApiCore):
             self._faults.setdefault(method, deque()).append(
                 _Fault(status, retry_after if status == 429 else None, description, timeout)
             )
+
+    def outage(self, until: float, status: int = 502) -> None:
+        """Every call answers ``status`` (a gateway error, like Telegram's own 502s during an
+        incident) until the fake's clock reaches ``until``."""
+        self._outage = (until, status)
 
     def add_chat(
         self, chat_id: int, *, type_: str | None = None, title: str | None = None
@@ -484,6 +490,9 @@ class FakeTelegram(BotApiCore):
         if await self._pass_gate(method, after_handling=False):
             call.status = 502
             return ApiError(502, "Bad Gateway: dropped before it arrived (test gate)").response()
+        if self._outage is not None and self.clock() < self._outage[0]:
+            call.status = self._outage[1]
+            return ApiError(self._outage[1], "Bad Gateway").response()
         try:
             fault = self._take_fault(method)
             if fault is not None:
@@ -754,8 +763,10 @@ class FakeUser:
         *,
         reply_to: FakeMessage | int | None = None,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
-        return self._message(chat_id, reply_to, queue, text=text)
+        """``thread_id``: the forum topic the message is posted in."""
+        return self._message(chat_id, reply_to, queue, text=text, message_thread_id=thread_id)
 
     def send_command(
         self,
@@ -764,13 +775,16 @@ class FakeUser:
         *,
         reply_to: FakeMessage | int | None = None,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         """``text`` starts with ``/command`` (optionally ``@botname``): a bot_command entity."""
         if not text.startswith("/"):
             raise ValueError("a command starts with '/'")
         length = len(text.split(maxsplit=1)[0])
         entity = {"type": "bot_command", "offset": 0, "length": utf16_len(text[:length])}
-        return self._message(chat_id, reply_to, queue, text=text, entities=[entity])
+        return self._message(
+            chat_id, reply_to, queue, text=text, entities=[entity], message_thread_id=thread_id
+        )
 
     def send_photo(
         self,
@@ -780,6 +794,7 @@ class FakeUser:
         chat_id: int | None = None,
         *,
         queue: bool | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         """A photo as Telegram delivers it: a list of PhotoSizes (largest last)."""
         fake_file = self.fake.register_file(data, kind="photo", ext="jpg")
@@ -806,6 +821,7 @@ class FakeUser:
             width=size[0],
             height=size[1],
             extra={"photo": sizes},
+            message_thread_id=thread_id,
         )
 
     def send_document(

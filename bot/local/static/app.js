@@ -13,6 +13,8 @@
 
   let version = -1;
   let noticeId = 0;
+  let noticesPrimed = false; // the first state only marks old notices as seen (no replay)
+  let pinned = true; // the view follows new content until the user scrolls up
   let attachment = null;
   let commands = [];
   const rendered = new Map(); // message id -> { el, sig }
@@ -36,11 +38,12 @@
     const box = el("div", "media");
     if (m.kind === "photo" || m.kind === "animation") {
       const img = el("img");
+      // Eager: a lazy image at the bottom edge may never load, and it grows the chat when it
+      // does; followMedia keeps the view at the bottom then (unless the user scrolled up).
+      img.addEventListener("load", followMedia);
       img.src = m.media;
       img.alt = m.caption || "image";
-      img.loading = "lazy";
       if (m.w && m.h) img.style.aspectRatio = `${m.w} / ${m.h}`;
-      img.addEventListener("load", () => stickToBottom());
       const link = el("a");
       link.href = m.media;
       link.target = "_blank";
@@ -54,6 +57,7 @@
       video.loop = true;
       video.muted = true;
       video.autoplay = true;
+      video.addEventListener("loadedmetadata", followMedia);
       box.appendChild(video);
     } else {
       box.className = "media file";
@@ -148,7 +152,33 @@
   }
 
   function stickToBottom(force) {
-    if (force || nearBottom()) chat.scrollTop = chat.scrollHeight;
+    if (force || pinned || nearBottom()) {
+      chat.scrollTop = chat.scrollHeight;
+      pinned = true;
+    }
+  }
+
+  // Media that finished loading made the chat taller; nearBottom() is already false then, so
+  // follow it when the view was pinned to the bottom before it grew.
+  function followMedia() {
+    if (pinned) chat.scrollTop = chat.scrollHeight;
+  }
+
+  // Only the user unpins the view: a scroll shortly after their wheel, touch or key input
+  // decides. Scrolls the browser makes itself (scroll anchoring while a message above is
+  // edited, content growing) leave it pinned.
+  let lastUserInput = -Infinity;
+  const userInput = () => (lastUserInput = performance.now());
+  for (const name of ["wheel", "touchmove", "keydown", "pointerdown"]) {
+    chat.addEventListener(name, userInput, { passive: true });
+  }
+  chat.addEventListener("scroll", () => {
+    if (performance.now() - lastUserInput < 1000) pinned = nearBottom();
+  });
+  // Whatever makes the chat taller (an image or video loading, an edit) keeps a pinned view
+  // at the bottom.
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(followMedia).observe(list);
   }
 
   function renderMessages(messages) {
@@ -215,8 +245,9 @@
     renderMessages(state.messages);
     for (const n of state.notices) {
       noticeId = Math.max(noticeId, n.id);
-      toast(n.text, n.alert);
+      if (noticesPrimed) toast(n.text, n.alert);
     }
+    noticesPrimed = true; // notices of before this page load are not shown again
   }
 
   // ------------------------------------------------------------------ network
