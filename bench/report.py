@@ -161,6 +161,14 @@ def _cost_rows(mode: str, bot: dict[str, Any], base: dict[str, Any]) -> list[Row
     return rows
 
 
+def _num(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _us(seconds: float) -> str:
+    return "—" if math.isnan(seconds) else f"{seconds * 1e6:.2f} µs"
+
+
 def _queue_rows(queue: dict[str, Any]) -> list[Row]:
     points = sorted((int(n), v) for n, v in queue.get("checkpoints", {}).items())
     if len(points) < 2:
@@ -171,9 +179,13 @@ def _queue_rows(queue: dict[str, Any]) -> list[Row]:
         ("submit_s", "submit cost per run", lambda v: ms(v)),
         ("dispatch_s", "dispatch (take the head)", lambda v: ms(v)),
         ("positions_per_submit", "position updates per submit", lambda v: f"{v:.1f}"),
-        ("positions_per_dispatch", "position updates per dispatch", lambda v: f"{v:.0f}"),
+        ("flush_positions_per_run", "position updates per queued run, a flush", _num),
+        ("flush_s_per_run", "position flush time per queued run", _us),
+        ("worst_turn_s", "worst loop turn, N submits (queue_bench)", ms),
         ("rss_per_run_kb", "memory per queued run", lambda v: f"{v:.2f} KiB"),
     ):
+        if key not in a or key not in b:
+            continue
         growth, verdict = growth_verdict(a[key], b[key], n1, n2)
         rows.append(
             (

@@ -111,14 +111,18 @@ def test_report_gives_a_verdict_per_target() -> None:
                 "submit_s": 0.001,
                 "dispatch_s": 0.001,
                 "positions_per_submit": 1.0,
-                "positions_per_dispatch": 1000.0,
+                "flush_positions_per_run": 1.0,
+                "flush_s_per_run": 1e-6,
+                "worst_turn_s": 0.001,
                 "rss_per_run_kb": 4.0,
             },
             "10000": {
                 "submit_s": 0.0012,
                 "dispatch_s": 0.01,
                 "positions_per_submit": 1.0,
-                "positions_per_dispatch": 10_000.0,
+                "flush_positions_per_run": 1.0,
+                "flush_s_per_run": 1.1e-6,
+                "worst_turn_s": 0.012,
                 "rss_per_run_kb": 4.0,
             },
         }
@@ -136,7 +140,8 @@ def test_report_gives_a_verdict_per_target() -> None:
     assert cpu[1:4] == ["4.0 ms", "1.0 ms", "4.00×"] and cpu[-1] == "NOT met"
     assert rows["[webhook] DB statements per generation"][1] == "20.0"
     assert rows["[queue] submit cost per run, 1,000 → 10,000"][-1] == "met"
-    assert rows["[queue] position updates per dispatch, 1,000 → 10,000"][-1] == "NOT met"
+    assert rows["[queue] position flush time per queued run, 1,000 → 10,000"][-1] == "met"
+    assert rows["[queue] worst loop turn, N submits (queue_bench), 1,000 → 10,000"][-1] == "NOT met"
     assert any("editMessageText 1.00" in line for line in lines)
 
 
