@@ -286,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     results = asyncio.run(Bench(args).main())
+    if args.json:  # first: the raw figures survive a report error
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     print(
         f"\n== results ({'quick' if args.quick else 'full'} run, {args.rounds} rounds, "
         f"{time.perf_counter() - started:.0f} s) =="
@@ -300,8 +302,6 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.markdown:
         args.markdown.write_text("\n".join(markdown(results, levels, when)) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
