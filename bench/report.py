@@ -177,7 +177,7 @@ def _queue_rows(queue: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
     for key, label, fmt in (
         ("submit_s", "submit cost per run", lambda v: ms(v)),
-        ("dispatch_s", "dispatch (take the head)", lambda v: ms(v)),
+        ("dispatch_s", "dispatch (take the head)", _us),
         ("positions_per_submit", "position updates per submit", lambda v: f"{v:.1f}"),
         ("flush_positions_per_run", "position updates per queued run, a flush", _num),
         ("flush_s_per_run", "position flush time per queued run", _us),
