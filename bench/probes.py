@@ -28,8 +28,10 @@ from tests.fakes.comfydeploy import FakeComfyDeploy, FakeRun, Step, Timeline, _R
 from tests.fakes.telegram import FakeTelegram
 
 TAG = re.compile(r"bench-(\d+)")
-# Near-instant generation: the output is stored and the run succeeds right after creation.
+# Near-instant generation: the output is stored and the run succeeds FINISH_DELAY seconds
+# after the create call was answered.
 INSTANT = Timeline((Step.out("png"), Step.to("success")))
+FINISH_DELAY = 0.02
 
 
 def tag_of(text: Any) -> int | None:
@@ -78,6 +80,7 @@ class BenchComfyDeploy(FakeComfyDeploy):
         super().__init__(**kwargs)
         self.probes = probes
         self.finished: list[str] = []  # run ids whose timeline has played out
+        self.finish_delay = FINISH_DELAY
 
     def _create(self, body: Any) -> _Resp:
         now = time.perf_counter()
@@ -109,7 +112,10 @@ class BenchComfyDeploy(FakeComfyDeploy):
         return self.runs[next(reversed(self.runs))] if self.runs else None
 
     async def _finish(self, run: FakeRun) -> None:
-        await asyncio.sleep(0)  # let the create answer go out first
+        # Let the create answer go out and be read first: a real run takes seconds, so its
+        # webhooks never overtake the create answer (they would send every run through the
+        # bot's unknown-backend-run check: generation/tracker.py foreign_webhook).
+        await asyncio.sleep(self.finish_delay)
         await self.run_to_end(run.id)
         self.finished.append(run.id)
 

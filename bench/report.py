@@ -299,6 +299,13 @@ LIKELY: tuple[tuple[str, str | None, str], ...] = (
     ("duplicate check", "handlers/submit.py", "_already_started"),
     ("per-chat processor (with the handler)", "bot/processor.py", "do_process_update"),
     ("the /make handler", "handlers/make.py", "make_command"),
+    ("the /make handler", "handlers/prompt_commands.py", "command"),
+    (
+        "webhook of a run not yet known by its backend id",
+        "generation/tracker.py",
+        "foreign_webhook",
+    ),
+    ("success confirmed by GET", "generation/tracker.py", "confirm"),
     ("progress message send", "handlers/submit.py", "show_progress_message"),
     ("worker: dispatch to create-run", "generation/service.py", "dispatch"),
     ("photo fitting (to_thread hop)", "handlers/telegram_io.py", "prepare_photo_async"),
@@ -324,6 +331,8 @@ def _likely(raw: dict[Any, Any], by_package: Counter[str], per: int) -> None:
             hits = [v for k, v in raw.items() if k[0] == "~" and name in k[2]]
         else:
             hits = [v for k, v in raw.items() if k[0].endswith(suffix) and k[2] == name]
+        if not hits:
+            continue  # not in this version of the code
         ct = sum(v[3] for v in hits)
         nc = sum(v[1] for v in hits)
         print(f"{ct * 1e3 / per:9.3f} {nc / per:12.1f}  {label} ({suffix}:{name})")
