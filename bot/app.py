@@ -31,6 +31,7 @@ from bot.backends import (
     connect_backend,
     generation_settings,
     make_backend,
+    output_origins,
     output_transport,
     sync_preview_deployments,
 )
@@ -51,6 +52,7 @@ from handlers.delivery import Delivery
 from handlers.deps import SERVICES_KEY, HandlerConfig, Services, services_of
 from handlers.i18n import DEFAULT_LANGUAGE, SUPPORTED_LANGUAGES, Translator
 from handlers.progress import ProgressRenderer
+from handlers.workflows import WorkflowAlerts
 from storage import RunLimits, Storage
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class Runtime:
     services: Services | None = None
     delivery: Delivery | None = None
     progress: ProgressRenderer | None = None
+    workflow_alerts: WorkflowAlerts | None = None
     webhook_secret: str = ""  # Telegram's secret_token (sent in every update's header)
     run_webhook_key: str = ""  # key of the per-run ComfyDeploy webhook tokens (stored apart)
     metrics: Metrics = field(default_factory=default_metrics)
@@ -188,6 +191,7 @@ def build_service(runtime: Runtime) -> GenerationService:
         settings,
         transport=runtime.comfy_transport,
         preview_step_seconds=runtime.preview_step_seconds,
+        workflows=storage.workflows,
     )
     service = GenerationService(
         backend=backend,
@@ -213,7 +217,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
         max_queued_per_user=settings.max_queued_per_user,
         max_in_flight=settings.max_in_flight,
         output_url_allowlist=settings.output_url_allowlist,
-        trusted_output_urls=(settings.comfydeploy_api_url,),
+        trusted_output_urls=output_origins(settings),
         delivery_retry_window=settings.delivery_retry_window,
         star_packages=settings.star_packages,
         free_daily_credits=settings.free_daily_credits,
@@ -302,6 +306,7 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     register(application)
     runtime.delivery = Delivery(application.bot, services).attach()
     runtime.progress = ProgressRenderer(application.bot, services).attach()
+    runtime.workflow_alerts = WorkflowAlerts(application.bot, services).attach()
     await refresh_registry(services.storage, services.custom_types)
 
     async def publish() -> None:
@@ -332,7 +337,7 @@ async def _stop_telegram_side(runtime: Runtime, grace: float = SHUTDOWN_GRACE) -
         await asyncio.wait_for(settle(), grace)
     except TimeoutError:
         log.warning("shutdown: deliveries still running after %.0f s resume at next start", grace)
-    for part in (progress, delivery):
+    for part in (progress, delivery, runtime.workflow_alerts):
         if part is not None:
             await part.detach()
 

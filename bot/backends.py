@@ -17,8 +17,10 @@ import httpx
 
 from bot.config import Settings
 from generation.client import ComfyDeployClient
-from generation.ports import Backend
+from generation.comfyui import ComfyUIBackend
+from generation.ports import Backend, WorkflowStore
 from generation.preview import PREVIEW_DEPLOYMENTS, PREVIEW_INPUTS, PREVIEW_LABEL, PreviewBackend
+from generation.routing import RoutingBackend
 from generation.service import GenerationService, GenerationSettings
 from storage import Storage
 
@@ -32,22 +34,44 @@ def make_backend(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     preview_step_seconds: float | None = None,
+    workflows: WorkflowStore | None = None,
 ) -> Backend:
-    """The backend the settings ask for. ``transport`` replaces the network (tests: the
-    ComfyDeploy double); ``preview_step_seconds`` speeds up the preview timeline (tests)."""
+    """The backend the settings ask for. ``transport`` replaces the network to ComfyDeploy
+    (tests: the ComfyDeploy double); ``preview_step_seconds`` speeds up the preview timeline
+    (tests); ``workflows`` holds the ComfyUI workflows (``storage.workflows``)."""
+    kinds = settings.backends
+    if kinds == {"preview"}:
+        return _preview(settings, preview_step_seconds, transport)
+    comfydeploy = _comfydeploy(settings, transport) if "comfydeploy" in kinds else None
+    comfyui = _comfyui(settings, workflows, transport) if "comfyui" in kinds else None
+    if comfydeploy is not None and comfyui is not None:
+        log.info("generations go to ComfyDeploy and to ComfyUI (%d servers)", len(comfyui.servers))
+        return RoutingBackend(comfydeploy=comfydeploy, comfyui=comfyui)
+    backend = comfydeploy or comfyui
+    assert backend is not None
+    return backend
+
+
+def _preview(
+    settings: Settings,
+    step_seconds: float | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> Backend:
+    if settings.comfydeploy_api_key is None and not settings.comfyui_url:
+        log.warning(
+            "neither COMFYDEPLOY_API_KEY nor COMFYUI_URL is set: generations use the local "
+            "preview backend (labelled placeholder images); set one to generate real images"
+        )
+    else:
+        log.info("GENERATION_BACKEND=preview: generations use the local preview backend")
+    options: dict[str, Any] = {}
+    if step_seconds is not None:
+        options["step_seconds"] = step_seconds
+    return PreviewBackend(fallback_transport=transport, **options)
+
+
+def _comfydeploy(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> Backend:
     api_key = settings.comfydeploy_api_key
-    if settings.preview_backend:
-        if api_key is None:
-            log.warning(
-                "COMFYDEPLOY_API_KEY is not set: generations use the local preview backend "
-                "(labelled placeholder images); set it to generate on ComfyDeploy"
-            )
-        else:
-            log.info("GENERATION_BACKEND=preview: generations use the local preview backend")
-        options: dict[str, Any] = {}
-        if preview_step_seconds is not None:
-            options["step_seconds"] = preview_step_seconds
-        return PreviewBackend(fallback_transport=transport, **options)
     if api_key is None:
         log.warning(
             "COMFYDEPLOY_API_KEY is not set: the bot starts, but every generation will fail "
@@ -57,6 +81,27 @@ def make_backend(
         api_key=api_key.get_secret_value() if api_key else "",
         base_url=settings.comfydeploy_api_url,
         transport=transport,
+    )
+
+
+def _comfyui(
+    settings: Settings,
+    workflows: WorkflowStore | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> ComfyUIBackend:
+    if not settings.comfyui_url:
+        raise ValueError("GENERATION_BACKEND=comfyui needs COMFYUI_URL")
+    if workflows is None:
+        raise ValueError("the ComfyUI backend needs the workflow store")
+    auth = settings.comfyui_auth.get_secret_value() if settings.comfyui_auth else None
+    # ComfyUI is reached over the network (its own loopback or LAN address); ``transport``
+    # only carries the downloads of other backends' outputs.
+    return ComfyUIBackend(
+        list(settings.comfyui_url),
+        workflows=workflows,
+        auth=auth,
+        download_transport=transport,
+        max_queue=settings.comfyui_max_queue,
     )
 
 
@@ -103,8 +148,18 @@ def connect_backend(backend: Backend, service: GenerationService) -> None:
 
 def output_transport(backend: Backend) -> httpx.AsyncBaseTransport | None:
     """The transport output files are downloaded through (the preview backend serves its
-    files in process); ``None``: the network."""
-    return backend.transport if isinstance(backend, PreviewBackend) else None
+    files in process; ComfyUI's ``/view`` needs ``COMFYUI_AUTH``); ``None``: the network."""
+    if isinstance(backend, PreviewBackend | ComfyUIBackend | RoutingBackend):
+        return backend.transport
+    return None
+
+
+def output_origins(settings: Settings) -> tuple[str, ...]:
+    """Output URLs the bot downloads without the public-address check: the backends' own."""
+    origins = [settings.comfydeploy_api_url]
+    if "comfyui" in settings.backends:
+        origins += list(settings.comfyui_url)
+    return tuple(origins)
 
 
 def backend_label(backend: Backend) -> str | None:

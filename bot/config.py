@@ -23,6 +23,7 @@ SECRET_FIELDS = (
     "webhook_secret",
     "local_mode_token",
     "metrics_token",
+    "comfyui_auth",
 )
 
 
@@ -57,8 +58,13 @@ class Settings(BaseSettings):
     max_queued_per_user: int = Field(default=5, ge=0)
     max_in_flight: int = Field(default=10, ge=1)
     log_level: str = "INFO"
-    # auto: the local preview backend when COMFYDEPLOY_API_KEY is unset, else ComfyDeploy.
-    generation_backend: Literal["auto", "comfydeploy", "preview"] = "auto"
+    # auto: ComfyDeploy when COMFYDEPLOY_API_KEY is set, ComfyUI when COMFYUI_URL is set (both
+    # when both are), else the local preview backend.
+    generation_backend: Literal["auto", "comfydeploy", "comfyui", "preview"] = "auto"
+    # Self-hosted ComfyUI (README "Your own ComfyUI"): servers, the proxy's Authorization value.
+    comfyui_url: Annotated[tuple[str, ...], NoDecode] = ()
+    comfyui_auth: SecretStr | None = None
+    comfyui_max_queue: int | None = Field(default=10, ge=1)
     # Hardening (README: Reliability).
     lora_weight_max: float = Field(default=2.0, gt=0)
     output_url_allowlist: Annotated[frozenset[str], NoDecode] = frozenset()
@@ -141,6 +147,26 @@ class Settings(BaseSettings):
                 raise ValueError("expected comma-separated integer user ids") from None
         return value
 
+    @field_validator("comfyui_url", mode="before")
+    @classmethod
+    def _parse_comfyui_urls(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            urls = tuple(p.strip().rstrip("/") for p in value.split(",") if p.strip())
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError("expected comma-separated http(s):// URLs")
+            return urls
+        return value
+
+    @field_validator("comfyui_max_queue", mode="before")
+    @classmethod
+    def _blank_queue_is_unlimited(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("output_url_allowlist", mode="before")
     @classmethod
     def _parse_hosts(cls, value: Any) -> Any:
@@ -203,11 +229,24 @@ class Settings(BaseSettings):
         return self.telegram_bot_token is None
 
     @property
-    def preview_backend(self) -> bool:
-        """Generations go to the local preview backend (no ComfyDeploy)."""
+    def backends(self) -> frozenset[str]:
+        """The backends generations go to: ``preview``, or ``comfydeploy`` and/or ``comfyui``.
+
+        ``auto``: ComfyDeploy when COMFYDEPLOY_API_KEY is set, ComfyUI when COMFYUI_URL is set
+        (both when both are), the preview backend when neither is."""
         if self.generation_backend == "auto":
-            return self.comfydeploy_api_key is None
-        return self.generation_backend == "preview"
+            kinds = set()
+            if self.comfydeploy_api_key is not None:
+                kinds.add("comfydeploy")
+            if self.comfyui_url:
+                kinds.add("comfyui")
+            return frozenset(kinds or {"preview"})
+        return frozenset({self.generation_backend})
+
+    @property
+    def preview_backend(self) -> bool:
+        """Generations go to the local preview backend (no ComfyDeploy, no ComfyUI)."""
+        return self.backends == {"preview"}
 
     @property
     def local_listen_host(self) -> str:

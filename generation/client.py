@@ -222,6 +222,7 @@ class ComfyDeployClient:
         *,
         webhook: str | None = None,
         webhook_intermediate_status: bool = True,
+        run_ref: str | None = None,  # unused: run ids are chosen by the backend
     ) -> str:
         """Queue a run of ``deployment_id`` and return ComfyDeploy's run id."""
         payload = {

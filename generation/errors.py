@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     BACKEND_ERROR = "BACKEND_ERROR"
     SUBMIT_UNCERTAIN = "SUBMIT_UNCERTAIN"
     INTERRUPTED = "INTERRUPTED"
+    WORKFLOW_INVALID = "WORKFLOW_INVALID"
     OUTPUT_REFUSED = "OUTPUT_REFUSED"
     OUTPUT_DOWNLOAD_FAILED = "OUTPUT_DOWNLOAD_FAILED"
     QUEUE_BUSY = "QUEUE_BUSY"
@@ -138,6 +139,15 @@ class InterruptedError_(GenerationError):
     """The bot stopped before the run could be submitted."""
 
     code = ErrorCode.INTERRUPTED
+
+
+class WorkflowInvalidError(GenerationError):
+    """A self-hosted ComfyUI workflow the server refuses (HTTP 400 ``node_errors``) or that
+    cannot take the request (an input it needs is missing). Never retried. ``details`` name
+    the node and input for admins (``node_id``, ``class_type``, ``input_name``, ``reason``);
+    users are only told the workflow is misconfigured."""
+
+    code = ErrorCode.WORKFLOW_INVALID
 
 
 class OutputRefusedError(GenerationError):
@@ -267,6 +277,7 @@ ERRORS_BY_CODE: dict[ErrorCode, type[GenerationError]] = {
         BackendError,
         SubmitUncertainError,
         InterruptedError_,
+        WorkflowInvalidError,
         OutputRefusedError,
         OutputDownloadError,
         QueueBusyError,

@@ -90,6 +90,34 @@ class DeploymentConfig:
     failure_count: int = 0
     consecutive_failures: int = 0
     last_failure_at: float | None = None  # unix time
+    # Which backend runs it: "comfydeploy" (a ComfyDeploy deployment UUID) or "comfyui" (a
+    # workflow on the bot's own ComfyUI servers, id "workflow:<name>").
+    backend: str = "comfydeploy"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """An API-format ComfyUI workflow registered by an admin (``/workflow add``).
+
+    It serves its type like a deployment: the matching :class:`DeploymentConfig` has
+    ``deployment_id == "workflow:<name>"`` and ``backend == "comfyui"``. ``input_map`` is the
+    analysis of the graph (``generation.comfyui.graph.WorkflowInput.to_dict`` per input)."""
+
+    deployment_id: str
+    name: str
+    type: str
+    graph: dict[str, Any]
+    input_map: tuple[dict[str, Any], ...] = ()
+    created_at: float = 0.0
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        names: list[str] = []
+        for item in self.input_map:
+            name = str(item.get("name"))
+            if name not in names:
+                names.append(name)
+        return tuple(names)
 
 
 @dataclass(frozen=True, slots=True)

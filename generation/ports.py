@@ -13,6 +13,7 @@ from generation.models import (
     LoraEntry,
     RunRecord,
     RunSnapshot,
+    WorkflowRecord,
 )
 
 
@@ -26,6 +27,16 @@ class DeploymentStore(Protocol):
 
     async def record_failure(self, deployment_id: str) -> None:
         """Health: one failed create on this deployment."""
+
+
+@runtime_checkable
+class WorkflowStore(Protocol):
+    """Self-hosted ComfyUI workflows (the graphs behind ``workflow:<name>`` deployments)."""
+
+    async def get_workflow(self, deployment_id: str) -> WorkflowRecord | None:
+        """The workflow of a ``workflow:<name>`` deployment id, or None when removed."""
+
+    async def list_workflows(self) -> list[WorkflowRecord]: ...
 
 
 @runtime_checkable
@@ -87,8 +98,11 @@ class Backend(Protocol):
         *,
         webhook: str | None = None,
         webhook_intermediate_status: bool = True,
+        run_ref: str | None = None,
     ) -> str:
-        """Start a run and return the backend's run id."""
+        """Start a run and return the backend's run id. ``run_ref`` is the bot's own run id;
+        a backend that can name its run after it does (ComfyUI's client-chosen prompt_id), so
+        a crash during the call can be reconciled on restart."""
 
     async def get_run(self, run_id: str) -> RunSnapshot: ...
 

@@ -403,6 +403,7 @@ class PreviewBackend:
         *,
         webhook: str | None = None,
         webhook_intermediate_status: bool = True,
+        run_ref: str | None = None,  # unused: run ids are chosen by the backend
     ) -> str:
         if not isinstance(deployment_id, str) or not deployment_id.strip():
             raise InvalidInputError("deployment id is empty", field="deployment_id")

@@ -227,6 +227,7 @@ class GenerationService:
             counters=self.counters,
         )
         self._pending: dict[str, _Pending] = {}
+        self._early_updates: dict[str, None] = {}  # backend run ids pushed before tracked
         self._run_refs: dict[str, list[str]] = {}  # run id → image refs it holds on disk
         self._ref_counts: Counter[str] = Counter()
         self.image_budget = ImageMemoryBudget(s.image_memory_max_bytes)
@@ -246,6 +247,9 @@ class GenerationService:
             return
         self._started = True
         self._stopping = False
+        set_sink = getattr(self.backend, "set_update_sink", None)
+        if set_sink is not None:
+            set_sink(self._on_backend_update)
         await self._resume()
         loop = asyncio.get_running_loop()
         workers = max(1, self.settings.max_in_flight)
@@ -300,8 +304,16 @@ class GenerationService:
         if status is RunStatus.QUEUED:
             await self._resume_queued(run)
         elif status is RunStatus.SUBMITTING or (not status.is_terminal and not run.backend_run_id):
-            # The create call may or may not have reached the backend: never resubmit.
-            await self.tracker.fail(run.id, SubmitUncertainError("interrupted while submitting"))
+            # The create call may or may not have reached the backend: never resubmit. A
+            # backend that names its runs after ours can tell whether it got this one.
+            found = await self._find_submitted(run)
+            if found is None:
+                await self.tracker.fail(
+                    run.id, SubmitUncertainError("interrupted while submitting")
+                )
+            else:
+                self.scheduler.mark_active(run.id, run.user_id)
+                await self._after_create(run, found, run.deployment_id or "")
         elif not status.is_terminal:
             self.scheduler.mark_active(run.id, run.user_id)
             self.tracker.track(run)
@@ -316,6 +328,28 @@ class GenerationService:
                     await self.balances.release_hold(run.id)
         elif run.charge_state is ChargeState.HELD:
             await self.balances.release_hold(run.id)
+
+    async def _find_submitted(self, run: RunRecord) -> str | None:
+        find = getattr(self.backend, "find_submitted", None)
+        if find is None or not run.deployment_id:
+            return None
+        try:
+            found = await find(run.deployment_id, run.id)
+            return found if isinstance(found, str) else None
+        except GenerationError as exc:
+            log.warning("run %s: looking up the interrupted submit failed: %r", run.id, exc)
+            return None
+
+    async def _on_backend_update(self, backend_run_id: str) -> None:
+        """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now. A push
+        that arrives before the create call returned is kept and applied once tracked."""
+        run = await self.runs.get_run_by_backend_id(backend_run_id)
+        if run is not None and self.tracker.is_tracked(run.id):
+            await self.tracker.poll_once(run.id)
+            return
+        self._early_updates[backend_run_id] = None
+        while len(self._early_updates) > 1000:
+            del self._early_updates[next(iter(self._early_updates))]
 
     async def _resume_queued(self, run: RunRecord) -> None:
         pending = self._pending.get(run.id)
@@ -742,7 +776,11 @@ class GenerationService:
             hook = webhook_url(self.settings.webhook_url, run.id, self.settings.webhook_secret)
         try:
             backend_run_id = await self.backend.create_run(
-                dep_id, built.inputs, webhook=hook, webhook_intermediate_status=True
+                dep_id,
+                built.inputs,
+                webhook=hook,
+                webhook_intermediate_status=True,
+                run_ref=run.id,
             )
         except _FAILOVER_ERRORS as exc:
             log.warning("run %s: deployment %s failed: %s", run.id, dep_id, exc.code.value)
@@ -820,6 +858,8 @@ class GenerationService:
             )
         )
         log.info("run %s submitted: deployment=%s backend=%s", run.id, dep_id, backend_run_id)
+        if self._early_updates.pop(backend_run_id, 0) is None:
+            await self.tracker.poll_once(run.id)
 
     async def _image_values(self, request: GenerationRequest) -> dict[str, str]:
         """Prepare every input image of ``request`` (off the event loop) and turn it into a

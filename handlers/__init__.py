@@ -27,6 +27,7 @@ from handlers import (
     payments,
     prompt_commands,
     results,
+    workflows,
 )
 from handlers.anonymous import register_anonymous_guard
 from handlers.context import BotContext
@@ -92,6 +93,7 @@ def register(application: Application) -> None:
     # 3. /settings (and its typed-value input group), /start /help /balance, admin commands.
     menus.register_menus(application)
     admin.register_admin(application)
+    workflows.register_workflows(application)  # /workflow add is a JSON document's caption
     application.add_handler(CommandHandler("type", type_command))
     account.register_account(application)
     # 3b. Telegram Stars (/buy, pre-checkout, payments, /refund, /paysupport, /terms).

@@ -46,6 +46,8 @@ BUILTIN_COMMANDS = frozenset(
         "setbalance",
         "grant",
         "stats",
+        "workflow",
+        "workflows",
     }
 )
 

@@ -25,6 +25,7 @@ from storage.settings import SettingsRepository
 from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository, UsageStats
 from storage.users import User, UserRepository, UserSettings
+from storage.workflows import WorkflowRepository
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
@@ -62,4 +63,5 @@ __all__ = [
     "UserRepository",
     "UserSettings",
     "ValidationError",
+    "WorkflowRepository",
 ]

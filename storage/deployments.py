@@ -47,6 +47,7 @@ def _config(row: aiosqlite.Row) -> DeploymentConfig:
         failure_count=row["failure_count"],
         consecutive_failures=row["consecutive_failures"],
         last_failure_at=row["last_failure_at"],
+        backend=row["backend"] if "backend" in row.keys() else "comfydeploy",
     )
 
 
@@ -60,6 +61,10 @@ class DeploymentRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._cache: tuple[DeploymentConfig, ...] | None = None  # all, by type, created_at
+
+    def invalidate(self) -> None:
+        """Drop the cached list (another repository wrote deployment rows)."""
+        self._cache = None
 
     def _patch_cache(self, deployment_id: str, **changes: Any) -> None:
         if self._cache is None:

@@ -22,6 +22,7 @@ from storage.settings import SettingsRepository
 from storage.type_options import TypeOptionRepository
 from storage.usage import RunLimits, UsageRepository
 from storage.users import UserRepository
+from storage.workflows import WorkflowRepository
 
 DEFAULT_DATABASE_PATH = "data/bot.sqlite3"
 
@@ -48,6 +49,7 @@ class Storage:
         self.runs = RunRepository(db, self.ledger, limits=run_limits)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.workflows = WorkflowRepository(db, self.deployments)
         self.images = FileImageStore.next_to(db.path)  # input images of queued runs
         self.directory = UserDirectory(db, self.runs)
         self.type_options = TypeOptionRepository(db)

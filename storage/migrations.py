@@ -216,7 +216,21 @@ CREATE TABLE result_files (
 CREATE INDEX result_files_by_message ON result_files(chat_id, message_id);
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (7, _V7)]
+# v4: self-hosted ComfyUI workflows. A workflow is a deployment row (backend 'comfyui', id
+# 'workflow:<name>') so selection, weights, enable/disable and health reuse the deployment
+# machinery; its graph and input map live in ``workflows`` and go with the row.
+_V4 = """
+ALTER TABLE deployments ADD COLUMN backend TEXT NOT NULL DEFAULT 'comfydeploy';
+CREATE TABLE workflows (
+    deployment_id  TEXT PRIMARY KEY REFERENCES deployments(deployment_id) ON DELETE CASCADE,
+    name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    graph          TEXT NOT NULL,
+    input_map      TEXT NOT NULL DEFAULT '[]',
+    created_at     REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (7, _V7)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """

@@ -129,7 +129,7 @@ async def local_mode(
         webchat = create_webchat_app(
             emulator,
             user_id=LOCAL_USER_ID,
-            backend_label="preview" if effective.preview_backend else "comfydeploy",
+            backend_label="+".join(sorted(effective.backends)),
             loopback_only=bound_host in LOOPBACK_HOSTS,
             token=token,
             allowed_hosts=await _own_hosts(host),
@@ -173,7 +173,18 @@ def banner(runtime: LocalRuntime) -> str:
             "the local preview backend (placeholder images; set COMFYDEPLOY_API_KEY for real ones)"
         )
     else:
-        backend = "ComfyDeploy (add deployments with /deployment add <TYPE> <deployment_id>)"
+        parts = []
+        if "comfydeploy" in settings.backends:
+            parts.append(
+                "ComfyDeploy (add deployments with /deployment add <TYPE> <deployment_id>)"
+            )
+        if "comfyui" in settings.backends:
+            parts.append(
+                "your ComfyUI at "
+                + ", ".join(settings.comfyui_url)
+                + " (send a workflow with the caption /workflow add <TYPE> [name])"
+            )
+        backend = " and ".join(parts)
     return (
         f"Local mode: open {runtime.url} — no Telegram token set; "
         "see README to connect a real bot\n"
