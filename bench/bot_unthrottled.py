@@ -31,7 +31,7 @@ def main() -> int:
         return run_profiled(out)
     from bot.__main__ import main as bot_main
 
-    return bot_main()
+    return bot_main([])  # [] : run the bot, whatever this script's own arguments are
 
 
 if __name__ == "__main__":

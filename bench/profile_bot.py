@@ -26,7 +26,7 @@ def run_profiled(out: str) -> int:
     signal.signal(signal.SIGTERM, on_term)
     profiler.enable()
     try:
-        return bot_main()
+        return bot_main([])  # [] : run the bot, whatever this script's own arguments are
     finally:
         profiler.disable()
         profiler.dump_stats(out)

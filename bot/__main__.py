@@ -1,4 +1,7 @@
-"""``python -m bot``: read settings, set up logging, run in polling or webhook mode."""
+"""``python -m bot``: read settings, set up logging, run in polling or webhook mode.
+
+``python -m bot doctor|backup|restore …`` runs an operator command instead (:mod:`bot.cli`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,12 @@ from bot.logging_setup import setup_logging
 log = logging.getLogger("bot")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        from bot.cli import main as cli_main
+
+        return cli_main(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

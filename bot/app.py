@@ -37,9 +37,10 @@ from bot.backends import (
 )
 from bot.config import Settings
 from bot.logging_setup import install_redaction
-from bot.metrics import Metrics, default_metrics, install_generation_metrics
+from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
+from bot.signals import install_signals
 from generation.billing import PayloadSigner
 from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
@@ -273,8 +274,7 @@ def _install_metric_collectors(application: Application, runtime: Runtime) -> No
         "Telegram updates waiting to be processed",
     )
 
-    if runtime.service is not None:
-        install_generation_metrics(runtime.metrics, runtime.service)
+    install_signals(runtime, application.bot.rate_limiter)  # generation series: docs/metrics.md
 
 
 async def _post_init(application: Application) -> None:  # type: ignore[type-arg]

@@ -118,4 +118,6 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> Redacting
     # redacts it anyway; WARNING keeps the log useful rather than noisy.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
+    # PTB's JobQueue (progress edits, retries) logs "Added job"/"Removed job" at INFO per job.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return install_redaction(secrets)

@@ -1,7 +1,8 @@
 """A tiny metrics registry rendered as Prometheus text format 0.0.4.
 
-Counters and gauges with optional labels; gauges may also be *callbacks* read at scrape time
-(queue sizes, runs by status from storage). Small on purpose: a dependency on prometheus_client
+Counters, gauges and histograms with optional labels; gauges and counters may also be
+*callbacks* read at scrape time (queue sizes, the service's counters, credits spent).
+Every series is listed in docs/metrics.md. Small on purpose: a dependency on prometheus_client
 would buy little for a handful of series.
 """
 
@@ -55,13 +56,43 @@ def _series(name: str, key: LabelKey, value: float) -> str:
     return f"{name} {_fmt_value(value)}"
 
 
+DEFAULT_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)  # seconds
+
+
+@dataclass(slots=True)
+class _Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int]
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[i] += 1
+
+    def lines(self, name: str, key: LabelKey) -> list[str]:
+        out = [
+            _series(f"{name}_bucket", _key((*key, ("le", _fmt_value(bound)))), n)
+            for bound, n in zip(self.buckets, self.counts, strict=True)
+        ]
+        out.append(_series(f"{name}_bucket", _key((*key, ("le", "+Inf"))), self.count))
+        out.append(_series(f"{name}_sum", key, self.total))
+        out.append(_series(f"{name}_count", key, self.count))
+        return out
+
+
 @dataclass(slots=True)
 class _Metric:
     name: str
     help: str
-    kind: str  # "counter" | "gauge"
+    kind: str  # "counter" | "gauge" | "histogram"
     values: dict[LabelKey, float] = field(default_factory=dict)
     collector: Callable[[], object] | None = None
+    histograms: dict[LabelKey, _Histogram] = field(default_factory=dict)
+    buckets: tuple[float, ...] = DEFAULT_BUCKETS
 
 
 class Metrics:
@@ -115,6 +146,24 @@ class Metrics:
         """A counter kept elsewhere (e.g. ``generation/counters.py``), read at scrape time."""
         self._get(name, "counter", help_).collector = collect
 
+    def histogram(
+        self, name: str, help_: str = "", buckets: tuple[float, ...] = DEFAULT_BUCKETS
+    ) -> None:
+        """Declare a histogram (its buckets are fixed by the first declaration)."""
+        metric = self._get(name, "histogram", help_)
+        if not metric.histograms:
+            metric.buckets = tuple(sorted(buckets))
+
+    def observe(
+        self, name: str, value: float, labels: Mapping[str, str] | None = None, help_: str = ""
+    ) -> None:
+        metric = self._get(name, "histogram", help_)
+        key = _key(labels)
+        hist = metric.histograms.get(key)
+        if hist is None:
+            hist = metric.histograms[key] = _Histogram(metric.buckets, [0] * len(metric.buckets))
+        hist.observe(value)
+
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
         metric = self._metrics.get(self._name(name))
         return 0.0 if metric is None else metric.values.get(_key(labels), 0.0)
@@ -140,6 +189,10 @@ class Metrics:
             metric = self._metrics[name]
             lines.append(f"# HELP {name} {_escape_help(metric.help)}")
             lines.append(f"# TYPE {name} {metric.kind}")
+            if metric.kind == "histogram":
+                for key, hist in sorted(metric.histograms.items()):
+                    lines.extend(hist.lines(name, key))
+                continue
             for key, value in sorted((await self._collect(metric)).items()):
                 lines.append(_series(name, key, value))
         return "\n".join(lines) + "\n"

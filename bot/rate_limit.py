@@ -51,7 +51,11 @@ class BotRateLimiter(AIORateLimiter):
         *,
         sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        on_retry_after: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_retry_after(endpoint)`` is called for every 429 answer (the metrics count; the
+        composition root may set the attribute later)."""
+        self.on_retry_after = on_retry_after
         super().__init__(
             overall_max_rate=1,
             overall_time_period=1 / OVERALL_PER_SECOND,
@@ -109,6 +113,8 @@ class BotRateLimiter(AIORateLimiter):
                     kwargs=kwargs,
                 )
             except RetryAfter as exc:
+                if self.on_retry_after is not None:
+                    self.on_retry_after(endpoint)
                 self._block(chat_id, retry_after_seconds(exc))
                 if attempt >= attempts:
                     raise

@@ -449,10 +449,10 @@ class ComfyDeployClient:
         duration_ms = (time.perf_counter() - started) * 1000
         if status is None or status >= 400:
             level = logging.WARNING
-        elif method == "GET":
-            level = logging.DEBUG  # status polls: one per run every few seconds
         else:
-            level = logging.INFO
+            # Successful calls are DEBUG: the service logs each run's story at INFO (accepted,
+            # submitted, finished) with the run id; polls alone come every few seconds.
+            level = logging.DEBUG
         log.log(
             level,
             "comfydeploy %s %s status=%s duration_ms=%.1f run_id=%s attempt=%d%s",

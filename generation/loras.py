@@ -274,16 +274,16 @@ def _apply(
 class Checkpoint:
     name: str
     family: str
-    in_menu: bool = False  # offered by the /settings checkpoint menu
 
 
-# The one checkpoint list: the /settings menu's choices, and legacy names whose family the
-# heuristic in checkpoint_family cannot guess (docs/legacy.md).
+# Well-known names whose family the heuristic in checkpoint_family cannot guess (or guesses
+# wrongly; docs/legacy.md). The /settings menu offers what admins configure instead
+# (storage/checkpoints.py, /checkpoint add).
 CHECKPOINTS: tuple[Checkpoint, ...] = (
-    Checkpoint("flux-schnell", "FLUX", in_menu=True),
-    Checkpoint("flux-dev", "FLUX", in_menu=True),
-    Checkpoint("sdxl-base", "SDXL", in_menu=True),
-    Checkpoint("pony-xl", "PONYXL", in_menu=True),
+    Checkpoint("flux-schnell", "FLUX"),
+    Checkpoint("flux-dev", "FLUX"),
+    Checkpoint("sdxl-base", "SDXL"),
+    Checkpoint("pony-xl", "PONYXL"),
     Checkpoint("proteus_v0.4", "SDXL"),
     Checkpoint("dreamshaper_631bakedvae", "SD1.5"),
     Checkpoint("frankenstein_v2", "SD1.5"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import posixpath
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +29,7 @@ _EXTENSIONS: dict[str, MediaType] = {
     "webm": MediaType.VIDEO,
     "mov": MediaType.VIDEO,
 }
+MEDIA_EXTENSIONS: Mapping[str, MediaType] = MappingProxyType(_EXTENSIONS)  # read-only view
 
 
 def _extension(url_or_filename: str) -> str:

@@ -423,7 +423,9 @@ class GenerationService:
         self._pending[run.id] = _Pending(request, context.balance, run)
         # Publishes GenerationQueued (via _publish_position) for this run and any that moved.
         self.scheduler.submit(QueueItem(run.id, run.user_id, run.chat_id), enforce_cap=False)
-        log.debug("run %s queued: type=%s user=%s", run.id, run.type, run.user_id)
+        log.info(
+            "run %s accepted: type=%s user=%s price=%d", run.id, run.type, run.user_id, run.price
+        )
         return run
 
     async def check_status(self, run_id: str) -> RunRecord:

@@ -321,7 +321,14 @@ class RunTracker:
         self._counters.inc(
             "generation_runs_finished_total", status=status.value, code=run.error_code or ""
         )
-        log.info("run %s finished: %s %s", run.id, status.value, run.error_code or "")
+        elapsed = (run.finished_at or run.updated_at) - run.created_at
+        log.info(
+            "run %s finished: %s%s after %.1f s",
+            run.id,
+            status.value,
+            f" {run.error_code}" if run.error_code else "",
+            elapsed,
+        )
         for event in self._final_events(run):
             self._bus.publish(event)
         return True

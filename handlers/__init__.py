@@ -32,6 +32,7 @@ from handlers import (
 from handlers.anonymous import register_anonymous_guard
 from handlers.context import BotContext
 from handlers.custom_commands import type_command
+from handlers.custom_flow import custom_flow
 from handlers.deps import services_of
 from handlers.errors import on_error
 from handlers.flows import build_flows
@@ -80,11 +81,15 @@ def register(application: Application) -> None:
     #    admin commands' lookups). Also /id and /user.
     access.register_access(application)
     lookup.register_lookup(application)
-    # 1. The /i2i, /inpaint and /upscale conversations: while one waits for a photo or a
-    #    prompt, its states see the user's messages first; /cancel inside one ends it.
-    flows = build_flows([I2I_FLOW, INPAINT_FLOW, UPSCALE_FLOW], cancel.cancel_fallbacks(), timeout)
+    # 1. The /i2i, /inpaint, /upscale and admin-added types' conversations: while one waits
+    #    for a photo or a prompt, its states see the user's messages first; /cancel ends it.
+    flows = build_flows(
+        [I2I_FLOW, INPAINT_FLOW, UPSCALE_FLOW, custom_flow(application)],
+        cancel.cancel_fallbacks(),
+        timeout,
+    )
     application.add_handler(flows)
-    # 2. One-shot prompt commands (/make, /quickmake, admin-added types; also as a photo's
+    # 2. One-shot prompt commands (/make, /quickmake; also as a photo's
     #    caption) and the buttons of progress messages and results.
     prompt_commands.register_prompt_commands(application)
     cancel.register_cancel(application)

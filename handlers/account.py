@@ -5,6 +5,7 @@ from __future__ import annotations
 from telegram import Update
 from telegram.ext import Application, CommandHandler
 
+from generation.contract import summary_lines
 from handlers.common import addressed_to_us, is_group
 from handlers.context import BotContext
 from handlers.custom_commands import help_lines as custom_help
@@ -35,9 +36,13 @@ async def help_command(update: Update, context: BotContext) -> None:
     parts = [user_help, params_help(t, lang)]
     if custom := custom_help(t, lang, services.custom_types.all()):
         parts.append(custom)
-    if caller.user_id in services.config.admin_ids:
+    admin = caller.user_id in services.config.admin_ids
+    if admin:
         parts.append(t(lang, "help.admin") + "\n\n" + t(lang, "pay.help_admin"))
     await message.reply_text(fit(t, lang, "\n\n".join(parts)), parse_mode=None)
+    if admin:  # the workflow contract (generation/contract.py), as its own message
+        types = "\n".join(summary_lines())
+        await message.reply_text(t(lang, "contract.help", types=types), parse_mode=None)
 
 
 async def balance_command(update: Update, context: BotContext) -> None:

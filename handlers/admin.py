@@ -1,4 +1,5 @@
-"""Admin commands: deployments, LoRAs, prices, balances, stats.
+"""Admin commands: deployments, LoRAs, prices, balances, stats (checkpoints:
+``handlers/admin_checkpoints.py``).
 
 Only ``ADMIN_IDS`` may use them; anyone else gets a polite refusal and nothing changes.
 Arguments are validated before anything is written; a mistake gets the command's usage.
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 from telegram.ext import Application, CommandHandler
 
+from generation.contract import missing_inputs
 from generation.models import DeploymentRole
 from handlers.admin_base import (
     Handler,
@@ -35,6 +37,7 @@ from handlers.admin_base import (
     parse_uuid,
     quoted_args,
 )
+from handlers.admin_checkpoints import CHECKPOINT_COMMANDS
 from handlers.custom_commands import after_type_change
 from handlers.deployment_list import compact_list, inputs_text
 from handlers.deps import Services
@@ -107,7 +110,7 @@ async def _deployment_add(reply: Reply, services: Services, args: Sequence[str])
         )
         return
     await services.storage.deployments.set_inputs(deployment_id, list(inputs))
-    await reply(
+    text = reply.t(
         "admin.deployment_added",
         type=type_,
         id=deployment_id,
@@ -115,6 +118,9 @@ async def _deployment_add(reply: Reply, services: Services, args: Sequence[str])
         weight=weight,
         inputs=", ".join(inputs) or "—",
     )
+    if missing := missing_inputs(type_, inputs):  # the workflow contract (docs/)
+        text += "\n" + reply.t("contract.missing_inputs", type=type_, missing=", ".join(missing))
+    await reply.text(text)
 
 
 @admin_only
@@ -369,6 +375,7 @@ ADMIN_COMMANDS: dict[str, Handler] = {
     "setbalance": setbalance_command,
     "grant": grant_command,
     "stats": stats_command,
+    **CHECKPOINT_COMMANDS,
 }
 
 

@@ -11,6 +11,11 @@ from telegram.ext import filters
 from handlers.context import BotContext
 
 IMAGE_MESSAGE = filters.PHOTO | filters.Document.ALL
+# What a waiting flow step takes: not a message that is another command, as text or as a
+# caption (a document captioned /workflow add, a photo captioned /make --style go there).
+_NO_CAPTION_COMMAND = ~filters.CaptionRegex(r"^/[A-Za-z0-9_]")
+FLOW_IMAGE = IMAGE_MESSAGE & _NO_CAPTION_COMMAND
+FLOW_OTHER = ~filters.COMMAND & _NO_CAPTION_COMMAND
 
 
 def is_group(chat_type: str | None) -> bool:

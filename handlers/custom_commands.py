@@ -22,7 +22,8 @@ from handlers.context import BotContext
 Translate = Callable[..., str]
 _COMMAND = re.compile(r"^/([A-Za-z0-9_]{1,32})(?:@(\w+))?(?:\s|$)")
 
-# Commands of the bot itself: an admin-added type never shadows one of them.
+# Commands of the bot itself: an admin-added type never shadows one of them
+# (tests/test_custom_commands.py checks this holds every registered command).
 BUILTIN_COMMANDS = frozenset(
     {
         "start",
@@ -48,6 +49,16 @@ BUILTIN_COMMANDS = frozenset(
         "stats",
         "workflow",
         "workflows",
+        "checkpoint",
+        "checkpoints",
+        "buy",
+        "refund",
+        "payments",
+        "paysupport",
+        "terms",
+        "allow",
+        "ban",
+        "unban",
     }
 )
 

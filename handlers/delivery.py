@@ -174,11 +174,13 @@ class Delivery:
                 break
             if outcome.sent and not outcome.outage:
                 await services.generation.mark_delivered(run_id)
+                _log_delivered(run, outcome.sent, len(outputs))
                 await self._show(run_id, "progress.done", final=True)
                 return
             if not outcome.outage or self._clock() + backoff > deadline:
                 if outcome.sent:  # part of it arrived: that part is what the user paid for
                     await services.generation.mark_delivered(run_id)
+                    _log_delivered(run, outcome.sent, len(outputs))
                     await self._show(run_id, "progress.done", final=True)
                     return
                 break
@@ -195,6 +197,7 @@ class Delivery:
     async def _give_up(self, run: RunRecord, lang: str, key: str) -> None:
         """Release the hold and tell the user (best effort: Telegram may still be down)."""
         await self._services.generation.mark_delivery_failed(run.id)
+        log.info("run %s not delivered (%s); hold released", run.id, key)
         with contextlib.suppress(Exception):
             await self._send(
                 "send_message",
@@ -372,6 +375,17 @@ class Delivery:
             )
             sent += 1
         return sent
+
+
+def _log_delivered(run: RunRecord, sent: int, outputs: int) -> None:
+    """The last INFO line of a generation's story (docs: README "Operating it")."""
+    log.info(
+        "run %s delivered: %d message(s) for %d output(s), charged %d",
+        run.id,
+        sent,
+        outputs,
+        run.price,
+    )
 
 
 def _index(item: Item) -> int:

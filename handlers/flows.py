@@ -20,7 +20,7 @@ from generation.request import InputImage
 from handlers.context import BotContext
 from handlers.media import MediaError, download_image, image_ref
 
-FLOWS = ("i2i", "inpaint", "upscale")
+FLOWS = ("i2i", "inpaint", "upscale", "custom")
 
 
 @dataclass(frozen=True, slots=True)

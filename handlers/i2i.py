@@ -8,7 +8,14 @@ from telegram import Message, Update
 from telegram.ext import CommandHandler, ConversationHandler, MessageHandler, filters
 
 from generation.request import InputImage
-from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
+from handlers.common import (
+    FLOW_IMAGE,
+    FLOW_OTHER,
+    IMAGE_MESSAGE,
+    addressed_to_us,
+    caption_command,
+    command_args,
+)
 from handlers.context import BotContext, Caller
 from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data, reminder
 from handlers.submit import submit
@@ -92,12 +99,12 @@ I2I_FLOW = Flow(
     ],
     states={
         I2I_WAIT_PHOTO: [
-            MessageHandler(IMAGE_MESSAGE, i2i_photo),
-            MessageHandler(~filters.COMMAND, reminder("i2i.send_photo")),
+            MessageHandler(FLOW_IMAGE, i2i_photo),
+            MessageHandler(FLOW_OTHER, reminder("i2i.send_photo")),
         ],
         I2I_WAIT_PROMPT: [
             MessageHandler(filters.TEXT & ~filters.COMMAND, i2i_prompt),
-            MessageHandler(IMAGE_MESSAGE, i2i_photo),
+            MessageHandler(FLOW_IMAGE, i2i_photo),
         ],
     },
 )

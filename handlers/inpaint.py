@@ -17,7 +17,14 @@ from telegram.ext import (
     filters,
 )
 
-from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
+from handlers.common import (
+    FLOW_IMAGE,
+    FLOW_OTHER,
+    IMAGE_MESSAGE,
+    addressed_to_us,
+    caption_command,
+    command_args,
+)
 from handlers.context import BotContext, Caller
 from handlers.deps import Services
 from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data, reminder
@@ -167,20 +174,20 @@ INPAINT_FLOW = Flow(
     ],
     states={
         PHOTO: [
-            MessageHandler(IMAGE_MESSAGE, on_photo),
-            MessageHandler(~filters.COMMAND, reminder("inpaint.send_photo")),
+            MessageHandler(FLOW_IMAGE, on_photo),
+            MessageHandler(FLOW_OTHER, reminder("inpaint.send_photo")),
         ],
         MASK: [
-            MessageHandler(IMAGE_MESSAGE, on_mask),
-            MessageHandler(~filters.COMMAND, reminder("inpaint.send_mask")),
+            MessageHandler(FLOW_IMAGE, on_mask),
+            MessageHandler(FLOW_OTHER, reminder("inpaint.send_mask")),
         ],
         TARGET: [
             MessageHandler(_TEXT, on_target),
-            MessageHandler(~filters.COMMAND, reminder("inpaint.send_target")),
+            MessageHandler(FLOW_OTHER, reminder("inpaint.send_target")),
         ],
         PROMPT: [
             MessageHandler(_TEXT, on_prompt),
-            MessageHandler(~filters.COMMAND, reminder("inpaint.send_prompt")),
+            MessageHandler(FLOW_OTHER, reminder("inpaint.send_prompt")),
         ],
     },
 )

@@ -8,9 +8,12 @@ double tap is harmless.
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Sequence
+
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from generation.loras import CHECKPOINTS as ALL_CHECKPOINTS
 from handlers.callbacks import MenuAction, RunAction
 from handlers.i18n import Translator
 from storage.users import UserSettings
@@ -24,9 +27,10 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
 )
 STEP_PRESETS: tuple[int, ...] = (20, 30, 40, 50)
-# The menu's checkpoints (generation/loras.py); "default" (None in the settings): the deployment's.
-CHECKPOINTS = tuple(c.name for c in ALL_CHECKPOINTS if c.in_menu)
+# The checkpoint menu offers what admins configured (/checkpoint add, storage/checkpoints.py);
+# "default" (None in the settings) lets the deployment decide.
 DEFAULT_CHECKPOINT = "default"
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")  # what MenuAction values may hold
 # Native names: a language menu must be readable by someone who does not read the current one.
 LANGUAGE_NAMES: dict[str, str] = {
     "en": "English",
@@ -161,8 +165,24 @@ def negative_keyboard(
     )
 
 
+def checkpoint_value(name: str) -> str:
+    """A checkpoint's button value: the name when it fits callback data, else a digest."""
+    if _PLAIN_VALUE.fullmatch(name) and name != DEFAULT_CHECKPOINT:
+        return name
+    return "h" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def checkpoint_for(value: str, checkpoints: Sequence[str]) -> str | None:
+    """The configured checkpoint a button value stands for (``None``: stale or unknown)."""
+    return next((name for name in checkpoints if checkpoint_value(name) == value), None)
+
+
 def checkpoint_keyboard(
-    tr: Translator, lang: str, owner: int, settings: UserSettings
+    tr: Translator,
+    lang: str,
+    owner: int,
+    settings: UserSettings,
+    checkpoints: Sequence[str] = (),
 ) -> InlineKeyboardMarkup:
     current = settings.checkpoint or DEFAULT_CHECKPOINT
     rows = [
@@ -175,7 +195,10 @@ def checkpoint_keyboard(
             )
         ]
     ]
-    rows += [[_button(_mark(current == name, name), owner, CKPT, name)] for name in CHECKPOINTS]
+    rows += [
+        [_button(_mark(current == name, name), owner, CKPT, checkpoint_value(name))]
+        for name in checkpoints
+    ]
     return InlineKeyboardMarkup([*rows, _back_row(tr, lang, owner)])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,14 +84,26 @@ _HINTS = {
 }
 
 
-def render_menu(
+async def checkpoint_names(services: Services) -> tuple[str, ...]:
+    """The checkpoints admins configured (cached by storage), for the menu."""
+    return tuple(c.name for c in await services.storage.checkpoints.list_checkpoints())
+
+
+async def render_menu(
     services: Services, lang: str, owner: int, settings: UserSettings, menu: str = kb.HOME
 ) -> tuple[str, InlineKeyboardMarkup]:
     """Text and keyboard of one menu view."""
     text = render_summary(services, lang, settings)
     if hint := _HINTS.get(menu):
         text += "\n\n" + services.i18n.t(lang, hint)
-    keyboard = kb.MENU_KEYBOARDS.get(menu, kb.home_keyboard)(services.i18n, lang, owner, settings)
+    if menu == kb.CKPT:
+        names = await checkpoint_names(services)
+        if not names:
+            text += "\n" + services.i18n.t(lang, "checkpoint.menu_empty")
+        keyboard = kb.checkpoint_keyboard(services.i18n, lang, owner, settings, names)
+    else:
+        build = kb.MENU_KEYBOARDS.get(menu, kb.home_keyboard)
+        keyboard = build(services.i18n, lang, owner, settings)
     return text, keyboard
 
 
@@ -104,7 +117,7 @@ async def settings_command(update: Update, context: BotContext) -> None:
     user, lang = caller.user, caller.lang
     if context.user_data is not None:
         context.user_data.pop(PENDING_KEY, None)
-    text, keyboard = render_menu(services, lang, tg_user.id, user.settings)
+    text, keyboard = await render_menu(services, lang, tg_user.id, user.settings)
     await message.reply_text(text, reply_markup=keyboard, parse_mode=None)
 
 
@@ -127,7 +140,7 @@ async def _answer(query: CallbackQuery, text: str | None = None, *, alert: bool 
         log.info("could not answer callback query: %s", exc)
 
 
-def _apply(menu: str, value: str) -> dict[str, Any] | None:
+def _apply(menu: str, value: str, checkpoints: Sequence[str] = ()) -> dict[str, Any] | None:
     """Settings changes for a button value; ``None`` when the value is not a valid choice."""
     if menu == kb.SIZE and (size := kb.parse_size(value)):
         return {"width": size[0], "height": size[1]}
@@ -137,8 +150,10 @@ def _apply(menu: str, value: str) -> dict[str, Any] | None:
         return {"seed": -1}
     if menu == kb.NEG and value in (kb.NEG_DEFAULT, kb.NEG_CLEAR):
         return {"negative_prompt": None if value == kb.NEG_DEFAULT else ""}
-    if menu == kb.CKPT and (value == kb.DEFAULT_CHECKPOINT or value in kb.CHECKPOINTS):
-        return {"checkpoint": None if value == kb.DEFAULT_CHECKPOINT else value}
+    if menu == kb.CKPT and value == kb.DEFAULT_CHECKPOINT:
+        return {"checkpoint": None}
+    if menu == kb.CKPT and (name := kb.checkpoint_for(value, checkpoints)):
+        return {"checkpoint": name}
     if menu == kb.LANG and value in kb.LANGUAGE_NAMES:
         return {"language": value}
     if menu == kb.PNG and value in ("on", "off"):
@@ -193,11 +208,12 @@ async def menu_callback(update: Update, context: BotContext) -> None:
             await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
             return
         user_data.pop(PENDING_KEY, None)
-        await _edit(query, *render_menu(services, lang, tg_user.id, settings, menu))
+        await _edit(query, *await render_menu(services, lang, tg_user.id, settings, menu))
         await _answer(query)
         return
 
-    changes = _apply(menu, value)
+    choices = await checkpoint_names(services) if menu == kb.CKPT else ()
+    changes = _apply(menu, value, choices)
     if changes is None:
         await _answer(query, services.i18n.t(lang, "settings.stale"), alert=True)
         return
@@ -208,7 +224,7 @@ async def menu_callback(update: Update, context: BotContext) -> None:
         lang = services.i18n.resolve_language(settings.language, tg_user.language_code)
         toast = services.i18n.t(lang, "settings.saved")
     view = kb.HOME if menu == kb.PNG else menu
-    await _edit(query, *render_menu(services, lang, tg_user.id, settings, view))
+    await _edit(query, *await render_menu(services, lang, tg_user.id, settings, view))
     await _answer(query, toast)
 
 
@@ -259,7 +275,7 @@ async def _show_home_again(
 ) -> None:
     if pending.message_id is None:
         return
-    text, keyboard = render_menu(services, lang, owner, settings)
+    text, keyboard = await render_menu(services, lang, owner, settings)
     try:
         await context.bot.edit_message_text(
             text,

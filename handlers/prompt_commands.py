@@ -1,5 +1,6 @@
 """Prompt commands with inline parameters and reference photos: /make, /quickmake, the
-commands of admin-added types, and their shared path :func:`run_prompt`.
+commands of admin-added types (``handlers/custom_flow.py``), and their shared path
+:func:`run_prompt`.
 
 ``/make a knight --ar 2:3 --style`` with a photo (replied to, or the command as the photo's
 caption) builds the combined type (``MAKE_STYLE``) with the photo as ``input_style_image``;
@@ -20,7 +21,6 @@ from generation.params import ParamError
 from generation.request import InputImage
 from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command, command_args
 from handlers.context import BotContext, Caller
-from handlers.custom_commands import CustomCommandFilter, command_of
 from handlers.flows import fetch_image
 from handlers.prompt_params import error_text, prepare, reference_fields, reference_type
 from handlers.submit import _user_fields, submit
@@ -118,46 +118,10 @@ make_command = prompt_command("MAKE", "gen.make_usage")
 quickmake_command = prompt_command("QUICKMAKE", "actions.quickmake_usage")
 
 
-async def custom_type_command(update: Update, context: BotContext) -> None:
-    """``/animate <prompt>`` for an admin-added type (photo-taking ones take the photo
-    replied to or attached)."""
-    message = update.effective_message
-    caller = await context.caller()
-    found = command_of(message, context.bot.username)
-    custom = context.services.custom_types.by_command(found[0]) if found else None
-    if message is None or caller is None or custom is None or found is None:
-        return
-    image = None
-    if custom.takes_image:
-        source = photo_source(message)
-        if source is None:
-            await context.reply("actions.custom_send_photo", command=custom.command)
-            return
-        image = await fetch_image(context, source)
-        if image is None:
-            return
-    await run_prompt(
-        message,
-        context,
-        caller,
-        base_type=custom.name,
-        text=found[1],
-        usage_key="actions.custom_usage",
-        usage_params={"command": custom.command},
-        image=image,
-    )
-
-
 def register_prompt_commands(application: Application) -> None:  # type: ignore[type-arg]
-    """/make, /quickmake (also as a photo's caption, for --style/--pose/--canny) and the
-    commands of admin-added types (matched per update, so a new type works at once)."""
-    from handlers.deps import services_of
-
+    """/make, /quickmake (also as a photo's caption, for --style/--pose/--canny). The
+    commands of admin-added types are a flow (``handlers/custom_flow.py``)."""
     application.add_handler(CommandHandler("make", make_command))
     application.add_handler(CommandHandler("quickmake", quickmake_command))
     for name, callback in (("make", make_command), ("quickmake", quickmake_command)):
         application.add_handler(MessageHandler(IMAGE_MESSAGE & caption_command(name), callback))
-    check = CustomCommandFilter(
-        services_of(application).custom_types, lambda: application.bot.username
-    )
-    application.add_handler(MessageHandler(check, custom_type_command))

@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 from telegram import Message, Update
-from telegram.ext import CommandHandler, ConversationHandler, MessageHandler, filters
+from telegram.ext import CommandHandler, ConversationHandler, MessageHandler
 
-from handlers.common import IMAGE_MESSAGE, addressed_to_us, caption_command
+from handlers.common import FLOW_IMAGE, FLOW_OTHER, IMAGE_MESSAGE, addressed_to_us, caption_command
 from handlers.context import BotContext, Caller
 from handlers.flows import Flow, clear_flow, clear_flows, fetch_image, flow_data, reminder
 from handlers.prompt_commands import has_image
@@ -63,8 +63,8 @@ UPSCALE_FLOW = Flow(
     ],
     states={
         WAIT_PHOTO: [
-            MessageHandler(IMAGE_MESSAGE, upscale_photo),
-            MessageHandler(~filters.COMMAND, reminder("actions.upscale_send_photo")),
+            MessageHandler(FLOW_IMAGE, upscale_photo),
+            MessageHandler(FLOW_OTHER, reminder("actions.upscale_send_photo")),
         ]
     },
 )

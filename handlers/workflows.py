@@ -29,6 +29,7 @@ from generation.errors import ErrorCode
 from generation.events import GenerationEvent, GenerationFailed
 from generation.types import resolve_type
 from handlers.admin_base import Reply, UsageError, admin_only, parse_type
+from handlers.common import addressed_to_us
 from handlers.context import BotContext
 from handlers.custom_commands import after_type_change
 from handlers.deps import Services
@@ -101,9 +102,12 @@ async def workflow_document(update: Update, context: BotContext) -> None:
     tg_user = update.effective_user
     if message is None or tg_user is None or not _CAPTION.match(message.caption or ""):
         return
+    if not addressed_to_us(message.caption, context):  # /workflow@otherbot in a group
+        return
     services = context.services
     caller = await context.caller()
-    assert caller is not None
+    if caller is None:
+        return
     reply = Reply(update, services, caller.lang)
     if tg_user.id not in services.config.admin_ids:
         await reply("admin.refused")

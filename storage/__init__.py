@@ -1,10 +1,11 @@
 """Persistent state on aiosqlite: users, balances, deployments, LoRAs, runs, settings, prices,
-payments, access and usage.
+payments, access, usage and checkpoints.
 
 Open it with ``storage = await Storage.open(path)``; close with ``await storage.close()``.
 """
 
 from storage.access import AccessRepository, AccessState
+from storage.checkpoints import Checkpoint, CheckpointRepository
 from storage.deployments import DeploymentRepository
 from storage.directory import UserDirectory, UserLookupError, UserProfile
 from storage.errors import (
@@ -32,6 +33,8 @@ __all__ = [
     "AccessRepository",
     "AccessState",
     "Balances",
+    "Checkpoint",
+    "CheckpointRepository",
     "DeploymentRepository",
     "DuplicateError",
     "Hold",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from types import TracebackType
 
 from storage.access import AccessRepository
+from storage.checkpoints import CheckpointRepository
 from storage.database import DEFAULT_BUSY_TIMEOUT_MS, Clock, Database
 from storage.deployments import DeploymentRepository
 from storage.directory import UserDirectory
 from storage.images import FileImageStore
 from storage.ledger import LedgerRepository
+from storage.lock import DatabaseLock, hold_shared, is_file_database
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
 from storage.payments import PaymentRepository
@@ -37,11 +40,13 @@ class Storage:
     def __init__(
         self,
         db: Database,
+        lock: DatabaseLock | None = None,
         *,
         free_daily_credits: int = 0,
         run_limits: RunLimits | None = None,
     ) -> None:
         self.db = db
+        self._lock = lock  # "in use" lock on <database>.lock (see storage/lock.py)
         self.users = UserRepository(db)
         self.ledger = LedgerRepository(db, free_daily_credits=free_daily_credits)
         self.deployments = DeploymentRepository(db)
@@ -49,6 +54,7 @@ class Storage:
         self.runs = RunRepository(db, self.ledger, limits=run_limits)
         self.settings = SettingsRepository(db)
         self.prices = PriceRepository(db)
+        self.checkpoints = CheckpointRepository(db)
         self.workflows = WorkflowRepository(db, self.deployments)
         self.images = FileImageStore.next_to(db.path)  # input images of queued runs
         self.directory = UserDirectory(db, self.runs)
@@ -78,14 +84,27 @@ class Storage:
         free_daily_credits: int = 0,
         run_limits: RunLimits | None = None,
     ) -> Storage:
-        """Create folder and file when missing, set WAL/pragmas and apply migrations."""
-        db = await Database.connect(path, clock=clock, busy_timeout_ms=busy_timeout_ms)
+        """Create folder and file when missing, set WAL/pragmas and apply migrations.
+
+        Holds the shared "in use" lock while open, so ``python -m bot restore`` refuses to run;
+        raises :class:`~storage.lock.DatabaseInUseError` while a restore is under way."""
+        if is_file_database(path):
+            await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
+        lock = hold_shared(path)  # before the file is touched: a restore may be writing it
+        try:
+            db = await Database.connect(path, clock=clock, busy_timeout_ms=busy_timeout_ms)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         try:
             await apply_migrations(db)
         except BaseException:
+            if lock is not None:
+                lock.release()
             await db.close()
             raise
-        return cls(db, free_daily_credits=free_daily_credits, run_limits=run_limits)
+        return cls(db, lock, free_daily_credits=free_daily_credits, run_limits=run_limits)
 
     @property
     def path(self) -> str:
@@ -101,7 +120,11 @@ class Storage:
         return bool(rows)
 
     async def close(self) -> None:
-        await self.db.close()
+        try:
+            await self.db.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     async def __aenter__(self) -> Storage:
         return self

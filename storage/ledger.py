@@ -437,6 +437,18 @@ class LedgerRepository:
                 free_daily_credits=self.free_daily_credits,
             )
 
+    async def credits_spent_since(self, after_id: int) -> tuple[int, int]:
+        """Credits charged for generations in ledger rows after ``after_id``, and the last
+        row id seen (``after_id`` when none): ``/metrics`` sums the ledger incrementally, so
+        a scrape reads only the rows written since the previous one (a primary-key range)."""
+        async with self._db.read() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT COALESCE(-SUM(CASE WHEN reason = ? THEN amount END), 0),"
+                " COALESCE(MAX(id), ?) FROM ledger WHERE id > ?",
+                (REASON_GENERATION, after_id, after_id),
+            )
+        return int(rows[0][0]), int(rows[0][1])
+
     # -- audit ------------------------------------------------------------------------------
 
     async def check_consistency(self) -> list[str]:

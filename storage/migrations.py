@@ -5,6 +5,10 @@ Each migration runs in its own transaction together with the row that records it
 no-op; a database newer than :data:`LATEST_VERSION` is refused with
 :class:`~storage.errors.SchemaVersionError` rather than being misread.
 
+Before the first migration touches a database that already has a schema, a copy of it is
+taken with SQLite's backup API into ``backups/`` next to the database (see
+:mod:`storage.backup`): rolling back an upgrade is "install the old version, restore the copy".
+
 Append new migrations to :data:`MIGRATIONS`; never edit one that has shipped.
 """
 
@@ -13,8 +17,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+from storage.backup import automatic_backup_path, backup_database
 from storage.database import Database
 from storage.errors import SchemaVersionError, StorageError
+from storage.lock import is_file_database
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +190,26 @@ CREATE TABLE allowed_chats (
 CREATE INDEX runs_by_created ON runs(created_at);
 """
 
-# v7: finding users and admin-added types. ``usernames`` maps each username the bot has seen
+# v4: self-hosted ComfyUI workflows. A workflow is a deployment row (backend 'comfyui', id
+# 'workflow:<name>') so selection, weights, enable/disable and health reuse the deployment
+# machinery; its graph and input map live in ``workflows`` and go with the row.
+_V4 = """
+ALTER TABLE deployments ADD COLUMN backend TEXT NOT NULL DEFAULT 'comfydeploy';
+CREATE TABLE workflows (
+    deployment_id  TEXT PRIMARY KEY REFERENCES deployments(deployment_id) ON DELETE CASCADE,
+    name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    graph          TEXT NOT NULL,
+    input_map      TEXT NOT NULL DEFAULT '[]',
+    created_at     REAL NOT NULL
+);
+"""
+
+# v5: finding users and admin-added types. ``usernames`` maps each username the bot has seen
 # (case-insensitive) to the one account holding it now; ``type_options`` holds what an admin
 # said about a type the bot does not know (``/type ANIMATE image``: it takes a photo);
 # ``result_files`` the Telegram file id of every delivered result item, so result actions
 # (upscale, vary, original) work on the stored output after a restart.
-_V7 = """
+_V5 = """
 CREATE TABLE usernames (
     username  TEXT    PRIMARY KEY COLLATE NOCASE,
     user_id   INTEGER NOT NULL,
@@ -216,21 +236,16 @@ CREATE TABLE result_files (
 CREATE INDEX result_files_by_message ON result_files(chat_id, message_id);
 """
 
-# v4: self-hosted ComfyUI workflows. A workflow is a deployment row (backend 'comfyui', id
-# 'workflow:<name>') so selection, weights, enable/disable and health reuse the deployment
-# machinery; its graph and input map live in ``workflows`` and go with the row.
-_V4 = """
-ALTER TABLE deployments ADD COLUMN backend TEXT NOT NULL DEFAULT 'comfydeploy';
-CREATE TABLE workflows (
-    deployment_id  TEXT PRIMARY KEY REFERENCES deployments(deployment_id) ON DELETE CASCADE,
-    name           TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    graph          TEXT NOT NULL,
-    input_map      TEXT NOT NULL DEFAULT '[]',
-    created_at     REAL NOT NULL
+# v6: the checkpoints admins configure (/checkpoint add), shown in the /settings menu.
+_V6 = """
+CREATE TABLE checkpoints (
+    name        TEXT PRIMARY KEY COLLATE NOCASE,
+    family      TEXT,
+    created_at  REAL NOT NULL
 );
 """
 
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (7, _V7)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5), (6, _V6)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 _VERSION_TABLE = """
@@ -248,10 +263,22 @@ async def current_version(db: Database) -> int:
     return int(row[0]) if row else 0
 
 
+async def backup_before_migrating(db: Database, version: int) -> str | None:
+    """Copy an existing database before a migration changes it; the copy's path (or None)."""
+    if version < 1 or not is_file_database(db.path):
+        return None
+    target = automatic_backup_path(db.path, f"v{version}", now=db.clock())
+    report = await backup_database(db.path, target)
+    log.info("database at schema version %d backed up to %s before migrating", version, report.path)
+    return report.path
+
+
 async def apply_migrations(
     db: Database, migrations: list[tuple[int, str]] | None = None
 ) -> list[int]:
-    """Bring the schema up to date; returns the numbers applied (empty when current)."""
+    """Bring the schema up to date; returns the numbers applied (empty when current).
+
+    An existing database is backed up first (:func:`backup_before_migrating`)."""
     migrations = MIGRATIONS if migrations is None else migrations
     latest = migrations[-1][0] if migrations else 0
     async with db.write() as conn:
@@ -263,6 +290,8 @@ async def apply_migrations(
             f"only knows up to {latest}; upgrade the bot or use another DATABASE_PATH"
         )
     applied: list[int] = []
+    if any(number > version for number, _ in migrations):
+        await backup_before_migrating(db, version)
     for number, sql in migrations:
         if number <= version:
             continue

@@ -1,4 +1,7 @@
-"""Helpers shared by the ComfyUI backend tests (workflow files, images, a service harness)."""
+"""Helpers shared by the ComfyUI backend tests: workflow files, images, a service harness, and
+the end-to-end harness (the real PTB application on the Telegram double, ``comfy_e2e``) that
+tests/test_comfyui_e2e.py runs against the ComfyUI double and tests/test_comfyui_real.py against
+a real server."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import base64
 import io
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +18,19 @@ from typing import Any
 
 from PIL import Image
 
+from bot.app import build_application, initialize, shutdown
+from bot.config import Settings
 from generation import EventBus, GenerationEvent, GenerationService, GenerationSettings
 from generation.client import ComfyDeployClient
 from generation.comfyui import ComfyUIBackend, analyse, parse_workflow
-from generation.models import WorkflowRecord
+from generation.models import RunRecord, RunStatus, WorkflowRecord
 from generation.routing import RoutingBackend
+from handlers.deps import SERVICES_KEY
+from handlers.progress import ProgressRenderer
 from storage import Storage
+from tests.e2e.inprocess import ADMIN_ID, E2E, WAIT, Events, FakeClock
+from tests.fakes.comfydeploy import FakeComfyDeploy
+from tests.fakes.telegram import FakeTelegram, FakeUser
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "docs" / "workflows"
 
@@ -178,3 +188,104 @@ async def harness(
 
 async def _instant(_: float) -> None:
     return None
+
+
+# -- the end-to-end harness (the bot as production builds it, on the Telegram double) -------------
+
+FINAL_EVENTS = ("generation:completed", "generation:failed", "generation:cancelled")
+
+
+async def comfy_e2e(
+    tmp_path: Path,
+    urls: list[str],
+    *,
+    fake: FakeTelegram | None = None,
+    cd: FakeComfyDeploy | None = None,
+    **overrides: Any,
+) -> tuple[E2E, Callable[[], Any]]:
+    """The bot as production builds it (``make_backend``), with COMFYUI_URL = ``urls``; with
+    ``cd``, ComfyDeploy too (both backends behind the routing backend). ``overrides`` are
+    Settings fields (``comfyui_auth``, ``run_poll_interval``, …)."""
+    fake = fake or FakeTelegram()
+    with_cd = cd is not None
+    cd = cd or FakeComfyDeploy()
+    options: dict[str, Any] = {
+        "telegram_bot_token": fake.token,
+        "database_path": str(tmp_path / "bot.sqlite3"),
+        "progress_edit_interval": 0.0,
+        "admin_ids": str(ADMIN_ID),
+        "comfyui_url": ",".join(urls),
+        "run_poll_interval": 3600.0,
+    }
+    if with_cd:
+        options["comfydeploy_api_key"] = cd.auth_token
+        options["comfydeploy_api_url"] = cd.base_url
+    options.update(overrides)
+    settings = Settings(_env_file=None, **options)
+    app = build_application(
+        settings,
+        request=fake.request(),
+        get_updates_request=fake.request(),
+        comfy_transport=cd.transport,
+        rate_limit=False,
+    )
+    await initialize(app)
+    await app.start()
+    services = app.bot_data[SERVICES_KEY]
+    service = services.generation
+    clock = FakeClock()
+    assert services.progress is not None
+    await services.progress.detach()
+    ProgressRenderer(app.bot, services, clock=clock, sleep=clock.sleep).attach()
+    env = E2E(fake, cd, app, services, service, clock, Events(service.bus))
+
+    async def close() -> None:
+        if services.progress is not None:
+            await services.progress.detach()
+        await shutdown(app)
+        await cd.aclose()
+
+    return env, close
+
+
+async def add_workflow(e2e: E2E, type_: str, file: str, name: str | None = None) -> str:
+    """The admin sends the workflow file captioned /workflow add; returns the bot's reply."""
+    admin = e2e.fake.user(ADMIN_ID)
+    data = json.dumps(workflow_file(file)).encode()
+    caption = f"/workflow add {type_}" + (f" {name}" if name else "")
+    await e2e.feed(
+        admin.send_document(data, "workflow.json", "application/json", caption, queue=False)
+    )
+    return e2e.fake.last_message(ADMIN_ID).text
+
+
+async def wait_final(e2e: E2E, run_id: str, timeout: float = WAIT) -> RunRecord:  # noqa: ASYNC109
+    """The run once it reached a final state (bounded wait on the bus), the rest settled."""
+    await e2e.events.wait(
+        lambda: any(n in e2e.events.names(run_id) for n in FINAL_EVENTS), timeout=timeout
+    )
+    await e2e.settle()
+    return await e2e.storage.runs.get_run(run_id)
+
+
+async def wait_done(e2e: E2E, user: FakeUser, timeout: float = WAIT) -> RunRecord:  # noqa: ASYNC109
+    """The user's latest run once it reached a final state."""
+    run = await e2e.latest_run(user.id)
+    return await wait_final(e2e, run.id, timeout)
+
+
+async def delivered(e2e: E2E, user: FakeUser, timeout: float = WAIT) -> RunRecord:  # noqa: ASYNC109
+    """The user's latest run, succeeded and its result sent to the user."""
+    run = await wait_done(e2e, user, timeout)
+    for _ in range(200):  # bounded: the delivery task sends, then settles the hold
+        run = await e2e.storage.runs.get_run(run.id)
+        if run.delivery_state.value != "pending":
+            break
+        await e2e.settle()
+    assert run.status is RunStatus.SUCCESS, (run.status, run.error_code, run.error_message)
+    assert e2e.fake.sent_media(user.id), "no result was sent"
+    return run
+
+
+def last_text(e2e: E2E, chat_id: int) -> str:
+    return e2e.fake.last_message(chat_id).text or ""

@@ -7,76 +7,27 @@ second server and to ComfyDeploy."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bot.app import build_application, initialize, shutdown
-from bot.config import Settings
 from generation.comfyui import ComfyUIBackend, ids
 from generation.models import RunStatus
 from generation.routing import RoutingBackend
-from handlers.deps import SERVICES_KEY
-from handlers.progress import ProgressRenderer
-from tests.comfyui_support import half_mask, png, workflow_file
-from tests.e2e.inprocess import ADMIN_ID, E2E, Events, FakeClock
+from tests.comfyui_support import (
+    add_workflow,
+    comfy_e2e,
+    delivered,
+    half_mask,
+    last_text,
+    png,
+    wait_done,
+)
+from tests.e2e.inprocess import ADMIN_ID, E2E
 from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
 from tests.fakes.comfyui import FakeComfyUI
-from tests.fakes.telegram import FakeTelegram, FakeUser
-
-
-async def comfy_e2e(
-    tmp_path: Path,
-    urls: list[str],
-    *,
-    fake: FakeTelegram | None = None,
-    cd: FakeComfyDeploy | None = None,
-    **overrides: Any,
-) -> tuple[E2E, Callable[[], Any]]:
-    """The bot as production builds it (``make_backend``), with COMFYUI_URL = ``urls``; with
-    ``cd``, ComfyDeploy too (both backends behind the routing backend)."""
-    fake = fake or FakeTelegram()
-    with_cd = cd is not None
-    cd = cd or FakeComfyDeploy()
-    options: dict[str, Any] = {
-        "telegram_bot_token": fake.token,
-        "database_path": str(tmp_path / "bot.sqlite3"),
-        "progress_edit_interval": 0.0,
-        "admin_ids": str(ADMIN_ID),
-        "comfyui_url": ",".join(urls),
-        "run_poll_interval": 3600.0,
-    }
-    if with_cd:
-        options["comfydeploy_api_key"] = cd.auth_token
-        options["comfydeploy_api_url"] = cd.base_url
-    options.update(overrides)
-    settings = Settings(_env_file=None, **options)
-    app = build_application(
-        settings,
-        request=fake.request(),
-        get_updates_request=fake.request(),
-        comfy_transport=cd.transport,
-        rate_limit=False,
-    )
-    await initialize(app)
-    await app.start()
-    services = app.bot_data[SERVICES_KEY]
-    service = services.generation
-    clock = FakeClock()
-    assert services.progress is not None
-    await services.progress.detach()
-    ProgressRenderer(app.bot, services, clock=clock, sleep=clock.sleep).attach()
-    env = E2E(fake, cd, app, services, service, clock, Events(service.bus))
-
-    async def close() -> None:
-        if services.progress is not None:
-            await services.progress.detach()
-        await shutdown(app)
-        await cd.aclose()
-
-    return env, close
+from tests.fakes.telegram import FakeTelegram
 
 
 @pytest.fixture
@@ -96,45 +47,6 @@ async def e2e(tmp_path: Path, comfy: FakeComfyUI) -> AsyncIterator[E2E]:
         yield env
     finally:
         await close()
-
-
-async def add_workflow(e2e: E2E, type_: str, file: str, name: str | None = None) -> str:
-    """The admin sends the workflow file captioned /workflow add; returns the bot's reply."""
-    admin = e2e.fake.user(ADMIN_ID)
-    data = json.dumps(workflow_file(file)).encode()
-    caption = f"/workflow add {type_}" + (f" {name}" if name else "")
-    await e2e.feed(
-        admin.send_document(data, "workflow.json", "application/json", caption, queue=False)
-    )
-    return e2e.fake.last_message(ADMIN_ID).text
-
-
-async def wait_done(e2e: E2E, user: FakeUser) -> Any:
-    run = await e2e.latest_run(user.id)
-    await e2e.events.wait(
-        lambda: any(
-            n in e2e.events.names(run.id)
-            for n in ("generation:completed", "generation:failed", "generation:cancelled")
-        )
-    )
-    await e2e.settle()
-    return await e2e.storage.runs.get_run(run.id)
-
-
-async def delivered(e2e: E2E, user: FakeUser) -> Any:
-    run = await wait_done(e2e, user)
-    for _ in range(200):  # bounded: the delivery task sends, then settles the hold
-        run = await e2e.storage.runs.get_run(run.id)
-        if run.delivery_state.value != "pending":
-            break
-        await e2e.settle()
-    assert run.status is RunStatus.SUCCESS, (run.status, run.error_code, run.error_message)
-    assert e2e.fake.sent_media(user.id), "no result was sent"
-    return run
-
-
-def last_text(e2e: E2E, chat_id: int) -> str:
-    return e2e.fake.last_message(chat_id).text or ""
 
 
 async def test_workflow_add_make_and_the_result_photo(e2e: E2E, comfy: FakeComfyUI) -> None:
@@ -395,3 +307,23 @@ async def test_local_mode_with_comfyui_url_generates_real_images(
             assert media.status_code == 200 and media.content.startswith(b"\x89PNG")
             assert (photo["w"], photo["h"]) == (1024, 1024)  # the request's size, rendered
     assert comfy.executed_prompts, "the ComfyUI double ran nothing"
+
+
+async def test_workflow_for_an_unknown_type_gives_its_command(e2e: E2E, comfy: FakeComfyUI) -> None:
+    """`/workflow add ANIMATE` (a type the bot does not know) → `/animate` works at once, is
+    in /help and in the command menu, and runs on that workflow."""
+    reply = await add_workflow(e2e, "ANIMATE", "model-free/make", "anim")
+    assert "anim" in reply and "ANIMATE" in reply
+    menu = {c["command"] for cs in e2e.fake.commands.values() for c in cs}
+    assert "animate" in menu
+    gus = e2e.fake.user(3010)
+    await e2e.command(gus, "/help")
+    assert "/animate" in last_text(e2e, gus.id)
+    await e2e.command(gus, "/animate a dancing cat --seed 4")
+    run = await delivered(e2e, gus)
+    assert run.type == "ANIMATE" and run.deployment_id == "workflow:anim"
+    assert run.request["seed"] == 4 and run.meta["prompt"] == "a dancing cat"
+    assert e2e.fake.sent_media(gus.id)[-1].media_kind == "photo"
+    await e2e.command(e2e.fake.user(ADMIN_ID), "/workflow remove anim")
+    await e2e.command(gus, "/animate a cat")
+    assert last_text(e2e, gus.id) == e2e.t("common.unknown_command")

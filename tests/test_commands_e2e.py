@@ -245,3 +245,76 @@ async def test_access_and_payments_commands_take_names_and_replies(e2e: E2E) -> 
     assert e2e.fake.last_message(group).text == e2e.t("access.unbanned_user", user_id=ivy.id)
     await e2e.command(admin, "/payments @ivy_k")
     assert e2e.fake.last_message(admin.id).text == e2e.t("pay.payments_none")
+
+
+async def test_photo_taking_admin_type_takes_the_photo_sent_next(e2e: E2E) -> None:
+    admin = e2e.fake.user(ADMIN_ID)
+    kit = e2e.fake.user(4011)
+    await e2e.add_deployment("ANIMATE", inputs=("input_prompt", "input_seed", "input_image"))
+    await e2e.command(admin, "/type ANIMATE image")
+    await e2e.command(kit, "/animate a dancing cat --seed 7")
+    assert e2e.fake.last_message(kit.id).text == e2e.t(
+        "actions.custom_send_photo", command="animate"
+    )
+    assert not await e2e.storage.runs.list_user_runs(kit.id, active_only=False)
+    await e2e.feed(kit.send_text("hello", queue=False))  # not a photo: reminded
+    assert e2e.fake.last_message(kit.id).text == e2e.t(
+        "actions.custom_send_photo", command="animate"
+    )
+    await e2e.feed(kit.send_photo(png((96, 64)), queue=False))  # the photo sent next
+    run = await e2e.latest_run(kit.id)
+    assert run.type == "ANIMATE" and run.meta["prompt"] == "a dancing cat"
+    assert run.request["seed"] == 7 and run.request["image"]["width"] == 96
+    await e2e.feed(kit.send_photo(png(), queue=False))  # the flow ended: no second run
+    assert len(await e2e.storage.runs.list_user_runs(kit.id, active_only=False)) == 1
+    await e2e.command(kit, "/animate a sleeping cat")  # waits again; /cancel ends it
+    await e2e.command(kit, "/cancel")
+    await e2e.feed(kit.send_photo(png(), queue=False))
+    assert len(await e2e.storage.runs.list_user_runs(kit.id, active_only=False)) == 1
+
+
+async def test_deployment_add_for_an_unknown_type_gives_its_command(e2e: E2E) -> None:
+    """Through the admin's own command (no manual refresh): `/deployment add ANIMATE <id>` →
+    `/animate` in the menu, in /help and working; its removal takes the command away."""
+    admin = e2e.fake.user(ADMIN_ID)
+    liv = e2e.fake.user(4012)
+    dep = e2e.cd.add_deployment(inputs=("input_prompt", "input_seed"))
+    await e2e.command(admin, f"/deployment add ANIMATE {dep}")
+    assert "animate" in {c["command"] for cs in e2e.fake.commands.values() for c in cs}
+    await e2e.command(liv, "/help")
+    assert "/animate" in e2e.fake.last_message(liv.id).text
+    await e2e.command(liv, "/animate a dancing cat")
+    run = await e2e.latest_run(liv.id)
+    assert run.type == "ANIMATE" and run.meta["prompt"] == "a dancing cat"
+    await e2e.command(admin, f"/deployment remove {dep}")
+    await e2e.command(liv, "/animate a cat")
+    assert e2e.fake.last_message(liv.id).text == e2e.t("common.unknown_command")
+
+
+async def test_a_captioned_command_is_not_swallowed_by_a_waiting_flow(e2e: E2E) -> None:
+    """While /upscale waits for its photo, a document captioned /workflow add goes to that
+    command (not the "send the photo" reminder), and a photo captioned /make --style makes."""
+    await e2e.add_deployment("MAKE_STYLE", inputs=STYLE_INPUTS)
+    admin = e2e.fake.user(ADMIN_ID)
+    await e2e.command(admin, "/upscale")
+    await e2e.feed(
+        admin.send_document(
+            b"{}", "w.json", "application/json", "/workflow add MAKE x", queue=False
+        )
+    )
+    assert e2e.fake.last_message(ADMIN_ID).text != e2e.t("actions.upscale_send_photo")
+    await e2e.feed(admin.send_photo(png(), caption="/make a knight --style", queue=False))
+    run = await e2e.latest_run(ADMIN_ID)
+    assert run.type == "MAKE_STYLE"
+
+
+async def test_workflow_caption_for_another_bot_is_ignored_in_a_group(e2e: E2E) -> None:
+    admin = e2e.fake.user(ADMIN_ID)
+    group = -100321
+    e2e.fake.add_chat(group, title="Ops")
+    for caption in ("/workflow@other_bot add MAKE x", f"/workflow@{e2e.fake.bot_username} add"):
+        await e2e.feed(
+            admin.send_document(b"{}", "w.json", "application/json", caption, chat_id=group)
+        )
+    texts = [m.text for m in e2e.fake.messages(group)]
+    assert len(texts) == 1 and texts[0] != e2e.t("workflow.no_server"), texts  # ours only

@@ -4,8 +4,10 @@ commands are matched at update time (with/without @botusername, captions), and l
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
+import pytest
 from telegram import Chat, Message, Update
 
 from generation.custom_types import CustomTypeRegistry
@@ -86,3 +88,58 @@ def test_help_and_menu_entries() -> None:
         ("animate", "actions.custom_command_description:type=ANIMATE"),
         ("video", "actions.custom_command_description:type=VIDEO"),
     ]
+
+
+async def test_no_admin_added_type_shadows_a_command_of_the_bot(tmp_path: Any) -> None:
+    """Every command the bot registers is reserved: a deployment of type BUY or REFUND gets
+    no /buy, /refund (the flows that match admin-added types are tried before them)."""
+    from telegram.ext import CommandHandler
+
+    from handlers.custom_commands import BUILTIN_COMMANDS
+    from tests.e2e.inprocess import make_e2e
+
+    env, close = await make_e2e(tmp_path)
+    try:
+        registered: set[str] = set()
+        for handlers in env.app.handlers.values():
+            for handler in handlers:
+                nested = getattr(handler, "entry_points", [])
+                for h in [handler, *nested]:
+                    if isinstance(h, CommandHandler):
+                        registered |= set(h.commands)
+        assert registered and registered <= BUILTIN_COMMANDS, registered - BUILTIN_COMMANDS
+        registry = CustomTypeRegistry(reserved_commands=BUILTIN_COMMANDS)
+        registry.refresh(["BUY", "REFUND", "TERMS", "BAN", "CHECKPOINT", "ANIMATE"])
+        assert registry.commands() == {"animate": "ANIMATE"}
+    finally:
+        await close()
+
+
+@pytest.mark.parametrize("lang", ["en", "ru", "es", "de"])
+async def test_help_lists_every_command_and_parameter_in_every_language(
+    tmp_path: Any, lang: str
+) -> None:
+    """An admin's /help (with Stars packages set) names every command the bot registers and
+    every inline parameter, in each language."""
+    from telegram.ext import CommandHandler
+
+    from generation.params import PARAMS
+    from tests.e2e.inprocess import ADMIN_ID, make_e2e
+
+    env, close = await make_e2e(tmp_path, star_packages="100:50")
+    try:
+        registered: set[str] = set()
+        for handlers in env.app.handlers.values():
+            for handler in handlers:
+                for h in [handler, *getattr(handler, "entry_points", [])]:
+                    if isinstance(h, CommandHandler):
+                        registered |= set(h.commands)
+        admin = env.fake.user(ADMIN_ID, language_code=lang)
+        await env.command(admin, "/help")
+        text = "\n".join(m.text or "" for m in env.fake.messages(admin.id))
+        listed = set(re.findall(r"/([a-z0-9_]+)", text))
+        assert registered - {"start"} <= listed, registered - listed
+        flags = set(re.findall(r"--([a-z]+)", text))
+        assert set(PARAMS) <= flags, set(PARAMS) - flags
+    finally:
+        await close()

@@ -194,10 +194,15 @@ async def test_help_in_a_group_is_short(h: Harness) -> None:
 
 async def test_help_for_admin_includes_admin_commands(h: Harness) -> None:
     admin = h.fake.user(ADMIN_ID, "Root", language_code="es")
-    reply = await h.command(admin, "/help")
+    contract = await h.command(admin, "/help")  # the last message: the workflow contract
+    reply = h.fake.messages(admin.id)[-2]
     assert reply.text.startswith(h.t("es", "help.user"))
-    for command in ("/deployment add", "/lora add", "/price", "/setbalance", "/grant", "/stats"):
+    commands = ("/deployment add", "/lora add", "/price", "/setbalance", "/grant", "/stats")
+    for command in (*commands, "/checkpoint add", "/checkpoints"):
         assert command in reply.text
+    intro = h.t("es", "contract.help", types="").strip()
+    assert contract.text.startswith(intro)
+    assert "\nI2I: input_prompt*, " in contract.text and "input_image*" in contract.text
 
 
 async def test_balance_without_hold(h: Harness) -> None:

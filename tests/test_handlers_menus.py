@@ -19,6 +19,7 @@ BOB = 1002
 
 @pytest.fixture
 async def h(storage: Storage) -> AsyncIterator[Harness]:
+    await storage.checkpoints.add("pony-xl")  # the checkpoint menu offers configured ones
     async with make_harness(storage) as harness:
         yield harness
 

@@ -122,3 +122,12 @@ async def test_cancelled_transaction_leaves_nothing_open(storage: Storage) -> No
     assert await storage.settings.get("half") is None
     await storage.settings.set("after", "ok")  # the lock and connection are usable again
     assert await storage.settings.get("after") == "ok"
+
+
+def test_migration_numbers_are_consecutive_from_one() -> None:
+    """A gap would let a database already past it skip a migration forever."""
+    from storage.migrations import LATEST_VERSION, MIGRATIONS
+
+    numbers = [number for number, _ in MIGRATIONS]
+    assert numbers == list(range(1, len(MIGRATIONS) + 1))
+    assert LATEST_VERSION == numbers[-1]

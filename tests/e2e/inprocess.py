@@ -83,8 +83,13 @@ class Events:
     def names(self, run_id: str) -> list[str]:
         return [e.name for e in self.items if e.run_id == run_id]
 
-    async def wait(self, predicate: Callable[[], Any], what: str = "event") -> Any:
-        async with asyncio.timeout(WAIT):
+    async def wait(
+        self,
+        predicate: Callable[[], Any],
+        what: str = "event",
+        timeout: float = WAIT,  # noqa: ASYNC109 - a bounded test wait; a real server is slower
+    ) -> Any:
+        async with asyncio.timeout(timeout):
             while not (result := predicate()):
                 self._changed.clear()
                 await self._changed.wait()

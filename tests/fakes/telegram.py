@@ -280,6 +280,9 @@ class FakeTelegram(BotApiCore):
         self.files: dict[str, FakeFile] = self._files
         self.call_log: list[Call] = []
         self.webhook: dict[str, Any] | None = None
+        # (unix time, message) of Telegram's last failed webhook delivery: getWebhookInfo's
+        # last_error_date / last_error_message (Telegram keeps them after later successes).
+        self.webhook_last_error: tuple[int, str] | None = None
         self._faults: dict[str, deque[_Fault]] = {}
         self._buckets: dict[int, _TokenBucket] = {}
         self._group_windows: dict[int, _Window] = {}
@@ -649,6 +652,8 @@ class FakeTelegram(BotApiCore):
         }
         if self.webhook and self.webhook.get("allowed_updates"):
             info["allowed_updates"] = self.webhook["allowed_updates"]
+        if self.webhook_last_error is not None:
+            info["last_error_date"], info["last_error_message"] = self.webhook_last_error
         return info
 
     def _commands_key(self, params: dict[str, Any]) -> tuple[str, str]:

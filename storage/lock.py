@@ -1,0 +1,117 @@
+"""The database's "in use" lock: an OS file lock on ``<database>.lock`` next to the database.
+
+Every process that has the database open through :meth:`storage.Storage.open` holds a *shared*
+``flock`` on the lock file for as long as it is open; the kernel drops it when the process
+exits, however it exits (SIGKILL included), so a stale lock cannot survive a crash.
+``python -m bot restore`` takes the *exclusive* lock without waiting: it fails while any bot
+has the database open, and a bot started during a restore refuses to open it.
+
+On systems without ``fcntl`` (Windows) the lock is a no-op and :func:`database_in_use` always
+answers ``False``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from storage.errors import StorageError
+
+try:  # POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+
+
+class DatabaseInUseError(StorageError):
+    """The database is held by another process (a running bot, or a restore under way)."""
+
+
+def lock_path(database_path: str | Path) -> Path:
+    """``data/bot.sqlite3`` → ``data/bot.sqlite3.lock``."""
+    path = Path(database_path)
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def is_file_database(database_path: str | Path) -> bool:
+    """False for ``:memory:`` and ``file:`` URIs, which have no file to lock next to."""
+    text = str(database_path)
+    return text != ":memory:" and not text.startswith("file:")
+
+
+class DatabaseLock:
+    """One open lock file; :meth:`acquire` takes a shared or exclusive lock without waiting."""
+
+    def __init__(self, database_path: str | Path) -> None:
+        self.path = lock_path(database_path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, *, exclusive: bool) -> bool:
+        """True when the lock was taken; False when another process holds a conflicting one."""
+        if self._fd is not None:
+            raise RuntimeError("lock already held")
+        if fcntl is None:  # pragma: no cover - Windows
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        """Drop the lock (idempotent). The lock file itself stays: deleting it would race."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing the descriptor releases the flock
+
+
+def hold_shared(database_path: str | Path) -> DatabaseLock | None:
+    """The lock an open database keeps; ``None`` for in-memory databases or when the lock file
+    cannot be created (read-only folder: logged, the database still opens)."""
+    if not is_file_database(database_path):
+        return None
+    lock = DatabaseLock(database_path)
+    try:
+        taken = lock.acquire(exclusive=False)
+    except OSError as exc:
+        log.warning("cannot create the lock file %s: %s", lock.path, exc.strerror or exc)
+        return None
+    if not taken:
+        raise DatabaseInUseError(
+            f"database {str(database_path)!r} is being restored (python -m bot restore); "
+            "start the bot again when the restore has finished"
+        )
+    return lock
+
+
+def database_in_use(database_path: str | Path) -> bool:
+    """True while some process has the database open through :class:`storage.Storage`."""
+    if not is_file_database(database_path) or not lock_path(database_path).exists():
+        return False
+    probe = DatabaseLock(database_path)
+    try:
+        taken = probe.acquire(exclusive=True)
+    except OSError:
+        return False
+    if taken:
+        probe.release()
+    return not taken
