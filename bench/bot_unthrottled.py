@@ -6,7 +6,8 @@ edit), so under Telegram's real overall limit it cannot deliver more than ~10 ge
 whatever it costs — and the bare baseline has no limiter at all. The overhead, throughput and
 memory phases run against the Telegram double with flood control off and use this entry point
 so they measure the bot's own work; the flood-control phase runs plain ``python -m bot``.
-With ``BENCH_PROFILE=<file>`` the process runs under cProfile (see bench.profile_bot).
+With ``BENCH_PROFILE=<file>`` the process runs under cProfile (see bench.profile_bot), with
+``BENCH_SQL_COUNTER=<file>`` its SQLite statements are counted (see bench.instrument).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import sys
 
 
 def main() -> int:
+    from bench.instrument import install_from_env
+
+    install_from_env()
     import bot.rate_limit
 
     if hasattr(bot.rate_limit, "OVERALL_PER_SECOND"):

@@ -3,9 +3,12 @@
 Every benchmark request carries a tag ``bench-<n>`` in its prompt. The doubles record, per tag:
 
 * ``created``: the create-run request reached ComfyDeploy (inside the double's create handler);
-* ``success``: the double is about to post the run's ``success`` webhook to the bot;
-* ``done``: the bot's result reached Telegram (``sendPhoto`` with the tag in its caption, or,
-  for the baseline, ``sendMessage`` with the tag in its text).
+* ``reply``: the first message to the requesting chat reached Telegram (the bot's progress
+  message, the baseline's answer);
+* ``success``: the success became visible to the program: the double is about to post the
+  run's ``success`` webhook (webhook mode), or answered a ``GET /run/{id}`` with it (polling);
+* ``done``: the result reached Telegram (``sendPhoto`` with the tag in its caption, or, for
+  the baseline, ``sendMessage`` with the tag and its ``done_prefix``).
 
 Waiters get an :class:`asyncio.Future` per tag and event, so the load generators never poll.
 """
@@ -13,6 +16,7 @@ Waiters get an :class:`asyncio.Future` per tag and event, so the load generators
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import Counter
@@ -24,8 +28,10 @@ from tests.fakes.comfydeploy import FakeComfyDeploy, FakeRun, Step, Timeline, _R
 from tests.fakes.telegram import FakeTelegram
 
 TAG = re.compile(r"bench-(\d+)")
-# Near-instant generation: the output is stored and the run succeeds right after creation.
+# Near-instant generation: the output is stored and the run succeeds FINISH_DELAY seconds
+# after the create call was answered.
 INSTANT = Timeline((Step.out("png"), Step.to("success")))
+FINISH_DELAY = 0.02
 
 
 def tag_of(text: Any) -> int | None:
@@ -37,7 +43,12 @@ class Probes:
     """Timestamps and futures keyed by (event, tag)."""
 
     def __init__(self) -> None:
-        self.stamps: dict[str, dict[int, float]] = {"created": {}, "success": {}, "done": {}}
+        self.stamps: dict[str, dict[int, float]] = {
+            "created": {},
+            "reply": {},
+            "success": {},
+            "done": {},
+        }
         self._futures: dict[tuple[str, int], asyncio.Future[float]] = {}
 
     def mark(self, event: str, tag: int, when: float) -> None:
@@ -69,6 +80,7 @@ class BenchComfyDeploy(FakeComfyDeploy):
         super().__init__(**kwargs)
         self.probes = probes
         self.finished: list[str] = []  # run ids whose timeline has played out
+        self.finish_delay = FINISH_DELAY
 
     def _create(self, body: Any) -> _Resp:
         now = time.perf_counter()
@@ -79,10 +91,19 @@ class BenchComfyDeploy(FakeComfyDeploy):
         if tag is not None:
             self.probes.mark("created", tag, now)
         run = self._last_run
-        if run is not None and run.webhook:
+        if run is not None:  # with or without a webhook (polling mode reads it with GET)
             task = asyncio.get_running_loop().create_task(self._finish(run))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        return resp
+
+    def _get(self, run_id: str, query: dict[str, str], loc: list[str]) -> _Resp:
+        resp = super()._get(run_id, query, loc)
+        run = self.runs.get(run_id)
+        if resp.status == 200 and run is not None and run.status == "success":
+            tag = tag_of(run.inputs.get("input_prompt"))
+            if tag is not None:  # polling mode: success becomes visible to the program here
+                self.probes.mark("success", tag, time.perf_counter())
         return resp
 
     @property
@@ -91,12 +112,15 @@ class BenchComfyDeploy(FakeComfyDeploy):
         return self.runs[next(reversed(self.runs))] if self.runs else None
 
     async def _finish(self, run: FakeRun) -> None:
-        await asyncio.sleep(0)  # let the create answer go out first
+        # Let the create answer go out and be read first: a real run takes seconds, so its
+        # webhooks never overtake the create answer (they would send every run through the
+        # bot's unknown-backend-run check: generation/tracker.py foreign_webhook).
+        await asyncio.sleep(self.finish_delay)
         await self.run_to_end(run.id)
         self.finished.append(run.id)
 
     async def _deliver(self, run: FakeRun, payloads: list[dict[str, Any]], *, final: bool) -> None:
-        if final and run.status == "success":
+        if final and run.status == "success" and run.webhook:
             tag = tag_of(run.inputs.get("input_prompt"))
             if tag is not None:
                 self.probes.mark("success", tag, time.perf_counter())
@@ -117,36 +141,59 @@ class BenchComfyDeploy(FakeComfyDeploy):
 
 
 class BenchTelegram(FakeTelegram):
-    """The Telegram double with a ``done`` probe and a count of 429 answers."""
+    """The Telegram double with the ``reply`` and ``done`` probes and counts of calls.
+
+    ``reply``: the first message sent to a chat registered with :meth:`expect_reply` (the bot's
+    progress message, the baseline's answer). ``done``: ``sendPhoto`` with the tag in its
+    caption, or — for the baseline, which sends text only — ``sendMessage`` whose text starts
+    with ``done_prefix`` and carries the tag."""
 
     def __init__(self, probes: Probes, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.probes = probes
+        self.done_prefix: str | None = None
         self.status_counts: Counter[int] = Counter()
-        self.method_counts: Counter[str] = Counter()
+        self.method_counts: Counter[str] = Counter()  # every call, whatever its answer
         self.limited: Counter[str] = Counter()  # 429 answers per method
+        self._awaiting: dict[int, int] = {}  # chat id -> tag whose reply is awaited
 
-    async def _handle(self, request: httpx.Request) -> httpx.Response:
+    def expect_reply(self, chat_id: int, tag: int) -> None:
+        self._awaiting[chat_id] = tag
+
+    def forget_reply(self, chat_id: int) -> None:
+        self._awaiting.pop(chat_id, None)
+
+    async def _answer(
+        self, request: httpx.Request, method: str, params: dict[str, Any], files: dict[str, Any]
+    ) -> httpx.Response:
         now = time.perf_counter()
-        response = await super()._handle(request)
+        response = await super()._answer(request, method, params, files)
         self.status_counts[response.status_code] += 1
-        if not self.call_log:
-            return response
-        call = self.call_log[-1]
+        self.method_counts[method] += 1
         if response.status_code == 429:
-            self.limited[call.method] += 1
-        if response.status_code != 200:
-            return response
-        self.method_counts[call.method] += 1
-        if call.method == "sendPhoto":
-            tag = tag_of(call.params.get("caption"))
-        elif call.method == "sendMessage":
-            tag = tag_of(call.params.get("text"))
+            self.limited[method] += 1
+        if response.status_code == 200 and method.startswith("send"):
+            self._probe(method, params, now)
+        return response
+
+    def _probe(self, method: str, params: dict[str, Any], now: float) -> None:
+        with contextlib.suppress(TypeError, ValueError):
+            tag = self._awaiting.pop(int(str(params.get("chat_id"))), None)
+            if tag is not None:
+                self.probes.mark("reply", tag, now)
+        if method == "sendPhoto":
+            tag = tag_of(params.get("caption"))
+        elif method == "sendMessage" and self.done_prefix is not None:
+            text = str(params.get("text") or "")
+            tag = tag_of(text) if text.startswith(self.done_prefix) else None
         else:
             tag = None
         if tag is not None:
             self.probes.mark("done", tag, now)
-        return response
+
+    def api_calls(self) -> int:
+        """Bot API calls so far, ``getUpdates`` (polling itself) excluded."""
+        return sum(n for m, n in self.method_counts.items() if m != "getUpdates")
 
     def set_flood_control(self, on: bool) -> None:
         from tests.fakes.telegram import FloodControl, _Window
@@ -157,7 +204,7 @@ class BenchTelegram(FakeTelegram):
         self._overall = _Window(30, 1.0)
 
     def trim(self) -> None:
-        """Drop the call log and the stored messages of finished chats (memory runs)."""
+        """Drop the call log and the stored messages of finished chats (long runs)."""
         self.call_log.clear()
         for chat_id, messages in self._messages.items():
             if chat_id != 1:  # keep the admin chat
