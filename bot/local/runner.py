@@ -170,7 +170,8 @@ def banner(runtime: LocalRuntime) -> str:
     settings = runtime.settings
     if settings.preview_backend:
         backend = (
-            "the local preview backend (placeholder images; set COMFYDEPLOY_API_KEY for real ones)"
+            "the local preview backend (placeholder images;"
+            " set COMFYDEPLOY_API_KEY or COMFYUI_URL for real ones)"
         )
     else:
         parts = []
