@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from telegram import Bot
 
-from generation.events import EventBus, GenerationCompleted
+from generation.events import GenerationCompleted
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord, RunStatus
 from handlers.delivery import Delivery
 from handlers.deps import HandlerConfig, Services
@@ -24,6 +24,7 @@ from handlers.i18n import Translator
 from handlers.telegram_io import upload_timeouts
 from storage import Storage
 from tests.fakes.telegram import FakeTelegram
+from tests.test_delivery import RecordingGeneration
 
 USER = 611
 RUN = "c" * 32
@@ -42,22 +43,6 @@ class Clock:
         self.slept.append(seconds)
         self.now += seconds
         await asyncio.sleep(0)  # let other tasks run (a restart may cut the wait)
-
-
-class RecordingGeneration:
-    def __init__(self, storage: Storage) -> None:
-        self.bus = EventBus()
-        self.storage = storage
-        self.delivered: list[str] = []
-        self.failed: list[str] = []
-
-    async def mark_delivered(self, run_id: str) -> RunRecord:
-        self.delivered.append(run_id)
-        return await self.storage.runs.update_run(run_id, delivery_state=DeliveryState.DELIVERED)
-
-    async def mark_delivery_failed(self, run_id: str) -> RunRecord:
-        self.failed.append(run_id)
-        return await self.storage.runs.update_run(run_id, delivery_state=DeliveryState.FAILED)
 
 
 def png(color: tuple[int, int, int] = (200, 60, 30)) -> bytes:
