@@ -13,15 +13,16 @@ are still queued: waking every worker on every change made each submit cost O(wo
 resumed runs) until ``release``. The scheduler is synchronous apart from ``take``; it does no
 I/O and is safe to call from any coroutine on the loop.
 
-Queue positions are published coalesced: a change only marks them stale, and one flush —
+Queue positions are published coalesced: a change only marks them stale, and one pass —
 at the end of the event-loop turn, or ``position_interval`` seconds after the first change —
-computes the dispatch order once and calls ``on_position`` for the runs whose position
-actually changed. With an interval, a newly submitted run's own first position is still
-published at once (computed in O(users), without the whole order). Recomputing and scanning
-the order on every change made n submits cost
-O(n²) (bench/queue_bench.py); with an interval, the work is at most one O(n) pass and n
-events per interval, however fast runs arrive. Without a running loop (plain synchronous use)
-the flush happens at once.
+calls ``on_position`` for the runs whose position actually changed. The pass walks the
+dispatch order in slices of ``flush_slice`` runs, one slice per loop turn, each run's position
+in O(log n) (generation/queue_positions.py), so no turn is O(n); a change during a pass is
+followed by another pass. With an interval, a newly submitted run's own first position is
+still published at once, in O(log n). Recomputing and scanning the order on every change
+made n submits cost O(n²) (bench/queue_bench.py); with an interval, the work is at most one
+pass and n events per interval, however fast runs arrive. Without a running loop (plain
+synchronous use) the flush happens at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from generation.errors import QueueFullError
+from generation.queue_positions import RotationIndex
+
+FLUSH_SLICE = 256  # positions computed per loop turn by a pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class FairScheduler:
         on_position: PositionCallback | None = None,
         coalesce: bool = True,
         position_interval: float = 0.0,
+        flush_slice: int = FLUSH_SLICE,
     ) -> None:
         self.max_in_flight = max(1, max_in_flight)
         self.max_active_per_user = max(1, max_active_per_user)
@@ -64,12 +69,15 @@ class FairScheduler:
         self._items: dict[str, QueueItem] = {}
         self._active: dict[str, int] = {}  # run id → user id
         self._active_per_user: dict[int, int] = {}
+        self._index = RotationIndex()  # the same lengths and rotation, for positions
         self._published: dict[str, int] = {}
         self._coalesce = coalesce
         self._position_interval = max(0.0, position_interval)
-        self._positions: dict[str, int] | None = None  # cache; None when stale
-        self._flush_scheduled = False
-        self.position_flushes = 0  # dispatch-order computations for publishing (bench)
+        self._flush_slice = max(1, flush_slice)
+        self._flush_handle: asyncio.Handle | None = None  # the next pass or slice
+        self._cursor: tuple[int, int] | None = None  # a pass in progress: (round, rank done)
+        self._stale = False  # changed during the pass in progress: another one follows
+        self.position_flushes = 0  # publishing passes (bench)
         self._waiters: deque[asyncio.Future[None]] = deque()  # workers blocked in take()
 
     # -- introspection ------------------------------------------------------------------------
@@ -102,17 +110,17 @@ class FairScheduler:
         return order
 
     def position(self, run_id: str) -> int | None:
-        """1-based position of a queued run in the dispatch order; None when not queued."""
-        if run_id not in self._items:
+        """1-based position of a queued run in the dispatch order; None when not queued.
+        O(per-user queue + log users), without the whole order."""
+        item = self._items.get(run_id)
+        if item is None:
             return None
-        return self._current_positions().get(run_id)
+        return self._index.position(item.user_id, self._queues[item.user_id].index(item))
 
-    def _current_positions(self) -> dict[str, int]:
-        if self._positions is None:
-            self._positions = {
-                item.run_id: index for index, item in enumerate(self.dispatch_order(), start=1)
-            }
-        return self._positions
+    @property
+    def flush_pending(self) -> bool:
+        """A publishing pass is scheduled or in progress."""
+        return self._flush_handle is not None
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -131,13 +139,15 @@ class FairScheduler:
             raise ValueError(f"run {item.run_id} is already scheduled")
         if enforce_cap:
             self.check_capacity(item.user_id)
-        self._queues.setdefault(item.user_id, deque()).append(item)
+        queue = self._queues.setdefault(item.user_id, deque())
+        queue.append(item)
+        self._index.append(item.user_id)
         self._items[item.run_id] = item
         self._after_change()
         if self._on_position is not None and self._coalesce and self._position_interval > 0:
             # The new run's first position goes out at once (the user sees "queued, #n");
             # the others that moved wait for the interval flush.
-            index = self._new_item_position(item)
+            index = self._index.position(item.user_id, len(queue) - 1)
             self._published[item.run_id] = index
             self._on_position(item, index)
 
@@ -148,6 +158,7 @@ class FairScheduler:
             return None
         queue = self._queues[item.user_id]
         queue.remove(item)
+        self._index.pop(item.user_id)
         if not queue:
             del self._queues[item.user_id]
         self._published.pop(run_id, None)
@@ -182,8 +193,10 @@ class FairScheduler:
                 continue
             item = queue.popleft()
             del self._items[item.run_id]
+            self._index.pop(user_id)
             if queue:
                 self._queues.move_to_end(user_id)  # round-robin: go to the back
+                self._index.move_to_back(user_id)
             else:
                 del self._queues[user_id]
             self._published.pop(item.run_id, None)
@@ -224,49 +237,77 @@ class FairScheduler:
 
     def _after_change(self) -> None:
         self._wake_one()
-        self._positions = None
         if self._on_position is None:
             return
         if not self._coalesce:
             self.flush_positions()
             return
-        if self._flush_scheduled:
+        if self._cursor is not None:
+            self._stale = True  # the pass goes on with fresh positions; another one follows
             return
+        if self._flush_handle is None:
+            self._schedule_pass()
+
+    def _schedule_pass(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush_positions()
             return
-        self._flush_scheduled = True
         if self._position_interval > 0:
-            loop.call_later(self._position_interval, self.flush_positions)
+            self._flush_handle = loop.call_later(self._position_interval, self._flush_step)
         else:
-            loop.call_soon(self.flush_positions)
+            self._flush_handle = loop.call_soon(self._flush_step)
 
-    def _new_item_position(self, item: QueueItem) -> int:
-        """Position of ``item``, just appended to its user's queue, in O(users): every user
-        has min(len, depth) items in earlier rounds, and users ahead in the rotation with an
-        item at the same depth come first."""
-        depth = len(self._queues[item.user_id]) - 1
-        position = 1
-        ahead = True
-        for user_id, queue in self._queues.items():
-            if user_id == item.user_id:
-                ahead = False
-            position += min(len(queue), depth)
-            if ahead and len(queue) > depth:
-                position += 1
-        return position
+    def _flush_step(self) -> None:
+        """One slice of the pass (starting it if none is in progress), the next one queued."""
+        self._flush_handle = None
+        if self._cursor is None:
+            self._cursor = (0, 0)
+            self._stale = False
+            self.position_flushes += 1
+        if not self._publish_slice(self._flush_slice):
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_step)
+            return
+        self._cursor = None
+        if self._stale:
+            self._stale = False
+            self._schedule_pass()
+
+    def _publish_slice(self, budget: int | None) -> bool:
+        """Publish the changed positions of up to ``budget`` runs (None: all) from the cursor
+        on, in dispatch order; True when the pass is done. Round and rank are read afresh for
+        every run: a change between slices (or by ``on_position``) only moves the cursor
+        against the order, and the pass that follows it corrects what it skipped."""
+        assert self._cursor is not None and self._on_position is not None
+        index, published = self._index, self._published
+        depth, rank = self._cursor
+        while depth < index.depth:
+            if rank >= index.count(depth):
+                depth, rank = depth + 1, 0
+                continue
+            if budget is not None:
+                if budget == 0:
+                    self._cursor = (depth, rank)
+                    return False
+                budget -= 1
+            rank += 1
+            item = self._queues[index.user_at(depth, rank)][depth]
+            position = index.before(depth) + rank
+            if published.get(item.run_id) != position:
+                published[item.run_id] = position
+                self._on_position(item, position)
+        return True
 
     def flush_positions(self) -> None:
-        """Publish the positions that changed since the last flush (one O(n) pass)."""
-        self._flush_scheduled = False
+        """Publish every position that changed, now, in one pass (tests, benchmarks and
+        synchronous use; on a loop the scheduler itself publishes in slices)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._on_position is None:
             return
         self.position_flushes += 1
-        positions = self._current_positions()
-        published = self._published
-        for run_id, index in positions.items():
-            if published.get(run_id) != index:
-                published[run_id] = index
-                self._on_position(self._items[run_id], index)
+        self._cursor, self._stale = (0, 0), False
+        self._publish_slice(None)
+        self._cursor = None
