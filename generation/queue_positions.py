@@ -56,9 +56,9 @@ class Fenwick:
 
     def kth(self, k: int) -> int:
         """The ``k``-th counted slot (1-based; ``k`` ≤ the count)."""
-        tree, slot, step = self.tree, 0, self.capacity
-        while step:
-            if slot + step < len(tree) and tree[slot + step] < k:
+        tree, slot, step = self.tree, 0, (len(self.tree) - 1) >> 1
+        while step:  # slot + step stays below the (power-of-two) capacity
+            if tree[slot + step] < k:
                 slot += step
                 k -= tree[slot]
             step >>= 1
@@ -85,8 +85,9 @@ class RotationIndex:
 
     @property
     def depth(self) -> int:
-        """The number of rounds (counts never grow with the depth: the empty ones are last)."""
-        return sum(1 for count in self._counts if count)
+        """The number of rounds, the empty last ones included (they are kept: allocating a
+        round per new depth would cost O(capacity))."""
+        return len(self._counts)
 
     def count(self, depth: int) -> int:
         """How many items round ``depth`` holds (one per user with more than ``depth``)."""
@@ -105,9 +106,12 @@ class RotationIndex:
             ahead = self._rounds[depth].prefix(seq - 1)
         return 1 + self.before(depth) + ahead
 
-    def user_at(self, depth: int, rank: int) -> int:
-        """The user whose item is ``rank``-th (1-based) in round ``depth``."""
-        return self._user_at[self._rounds[depth].kth(rank)]
+    def users_in_round(self, depth: int, after: int, limit: int) -> list[int]:
+        """The users of round ``depth`` ranked ``after`` + 1 … ``after`` + ``limit`` (fewer at
+        the round's end), in rotation order: O(log users) each."""
+        kth, user_at = self._rounds[depth].kth, self._user_at
+        last = min(after + limit, self.count(depth))
+        return [user_at[kth(rank)] for rank in range(after + 1, last + 1)]
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -177,4 +181,4 @@ class RotationIndex:
                 [seq for user, seq in self._seq.items() if self._length[user] > depth],
             )
             for depth in range(len(self._counts))
-        ]  # the empty rounds are kept: a round allocated per new depth would cost O(capacity)
+        ]

@@ -276,27 +276,33 @@ class FairScheduler:
 
     def _publish_slice(self, budget: int | None) -> bool:
         """Publish the changed positions of up to ``budget`` runs (None: all) from the cursor
-        on, in dispatch order; True when the pass is done. Round and rank are read afresh for
-        every run: a change between slices (or by ``on_position``) only moves the cursor
-        against the order, and the pass that follows it corrects what it skipped."""
+        on, in dispatch order; True when the pass is done. A change between slices (or by
+        ``on_position``) only moves the cursor against the order: the pass that follows it
+        corrects what this one skipped."""
         assert self._cursor is not None and self._on_position is not None
-        index, published = self._index, self._published
+        index, queues, published = self._index, self._queues, self._published
         depth, rank = self._cursor
         while depth < index.depth:
             if rank >= index.count(depth):
                 depth, rank = depth + 1, 0
                 continue
+            if budget == 0:
+                self._cursor = (depth, rank)
+                return False
+            base = index.before(depth)
+            limit = index.count(depth) if budget is None else budget
+            users = index.users_in_round(depth, rank, limit)
             if budget is not None:
-                if budget == 0:
-                    self._cursor = (depth, rank)
-                    return False
-                budget -= 1
-            rank += 1
-            item = self._queues[index.user_at(depth, rank)][depth]
-            position = index.before(depth) + rank
-            if published.get(item.run_id) != position:
-                published[item.run_id] = position
-                self._on_position(item, position)
+                budget -= len(users)
+            for user in users:
+                rank += 1
+                queue = queues.get(user)
+                if queue is None or len(queue) <= depth:
+                    continue  # changed by on_position: the pass that follows publishes it
+                item = queue[depth]
+                if published.get(item.run_id) != base + rank:
+                    published[item.run_id] = base + rank
+                    self._on_position(item, base + rank)
         return True
 
     def flush_positions(self) -> None:
