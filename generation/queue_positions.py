@@ -10,8 +10,9 @@ user with more than ``d`` items, users in rotation order. So the item at depth `
 (the depth is bounded by the per-user queue cap, a small number). The second is a rank: every
 user holds a rotation sequence number, increasing toward the back of the rotation and renewed
 when the user moves to the back; round ``d`` keeps a Fenwick tree over sequence numbers of the
-users in it. Sequence numbers that run out are compacted (amortized O(1) per move: a rebuild
-after at least as many moves as users).
+users in it. When the sequence numbers run out they are renumbered (O(rounds) per move,
+amortized: a rebuild after at least capacity/2 moves) or, with over half of them in use,
+the trees doubled.
 """
 
 from __future__ import annotations
@@ -168,8 +169,10 @@ class RotationIndex:
         self._next_seq += 1
 
     def _compact(self) -> None:
-        """Number the users 1..n again in rotation order and rebuild the rounds: O(n · depth),
-        after at least n/2 sequence numbers were used since the last time."""
+        """Number the users 1..n again in rotation order and rebuild the rounds, the empty
+        last ones dropped: O(n log n + capacity · rounds), once at least capacity/2 > n
+        sequence numbers were used since the last time."""
+        del self._counts[max(self._length.values(), default=0) :]  # a moving user included
         users = sorted(self._seq, key=self._seq.__getitem__)
         self._capacity = max(_MIN_CAPACITY, 1 << (2 * len(users)).bit_length())
         self._seq = {user: seq for seq, user in enumerate(users, start=1)}

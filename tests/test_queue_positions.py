@@ -214,3 +214,20 @@ def test_rotation_index_survives_compaction_and_growth() -> None:
                     ahead = sum(1 for v in order[:rank] if length[v] > depth)
                     assert index.position(u, depth) == 1 + before + ahead
     assert index.depth == max(length.values())
+
+
+def test_renumbering_drops_the_rounds_nobody_reaches_any_more() -> None:
+    index = RotationIndex()
+    for _ in range(10):
+        index.append(1)  # ten rounds
+    index.append(2)
+    index.append(2)
+    for _ in range(9):
+        index.pop(1)
+    assert index.depth == 10  # kept until the next renumbering
+    for _ in range(200):  # past the 64 first sequence numbers: renumbered
+        index.move_to_back(1)
+        index.move_to_back(2)
+    assert index.depth == 2
+    # user 2 moved last: user 1 first, then both of user 2's rounds
+    assert [index.position(1, 0), index.position(2, 0), index.position(2, 1)] == [1, 2, 3]
