@@ -14,7 +14,8 @@ checkpoint; at each checkpoint N it reports
   when every queued run has moved): its time and updates, per queued run;
 * memory per queued run: VmRSS growth since the empty queue, divided by N;
 * the worst event-loop turn of ``bench/queue_bench.py`` (the hardening figure, reused): N
-  submits to a bare ``FairScheduler``, one per turn, 5 per user, the service's 1 s interval.
+  submits to a bare ``FairScheduler``, one per turn, 5 per user, the service's 1 s interval,
+  every turn timed until all positions are published (each slice of the pass is one turn).
 
 Users: each run comes from its own user (the cheapest round-robin case: a new run joins at the
 end and moves nobody). The last line is one JSON object, read by ``bench/run.py``.
