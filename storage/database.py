@@ -4,6 +4,11 @@ All access goes through a single ``aiosqlite`` connection (one worker thread) an
 ``asyncio.Lock``: :meth:`Database.write` opens a ``BEGIN IMMEDIATE`` transaction and
 :meth:`Database.read` takes the same lock, so concurrent coroutines never interleave inside
 a transaction nor read another coroutine's half-written state.
+
+Each statement sent through aiosqlite is one hop to its thread and back, at least one turn of
+the event loop. :meth:`Database.transaction` and :meth:`Database.call` run a whole synchronous
+function on the ``sqlite3`` connection in one hop instead: a multi-statement transaction
+(``BEGIN IMMEDIATE`` ... ``COMMIT``) or several reads for the price of one.
 """
 
 from __future__ import annotations
@@ -15,15 +20,61 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from storage.errors import StorageError
+from storage.run_cache import RunCache
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 Clock = Callable[[], float]
+T = TypeVar("T")
+SyncFn = Callable[[sqlite3.Connection], T]
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: SyncFn[T]) -> T:
+    """``fn`` between ``BEGIN IMMEDIATE`` and ``COMMIT``, rolled back on any exception (runs on
+    aiosqlite's thread, so a cancelled caller cannot leave the transaction open)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        if conn.in_transaction:  # SQLite may have rolled back itself (e.g. SQLITE_FULL)
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+class Session:
+    """The database lock held (see :meth:`Database.exclusive`); one hop per call."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def fetchall(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """One statement in SQLite autocommit (a write is its own transaction)."""
+        return list(await self.conn.execute_fetchall(sql, params))
+
+    async def call(self, fn: SyncFn[T]) -> T:
+        """``fn(sqlite3.Connection)`` on aiosqlite's thread, in one hop, in autocommit."""
+        return await self._hop(fn)
+
+    async def transaction(self, fn: SyncFn[T]) -> T:
+        """``fn`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on any exception),
+        the whole transaction in one hop."""
+        return await self._hop(lambda raw: _in_transaction(raw, fn))
+
+    async def _hop(self, fn: SyncFn[T]) -> T:
+        # aiosqlite (0.22) has no public "run this function on your thread": its own methods
+        # all go through the private ``Connection._execute(fn)`` (queued to the one worker
+        # thread, in order) and reach the sqlite3 connection as ``Connection._conn``.
+        # tests/test_database_hops.py fails loudly if either changes.
+        conn = self.conn
+        return await conn._execute(lambda: fn(conn._conn))
 
 
 class Database:
@@ -35,6 +86,9 @@ class Database:
         self.path = path
         self.clock = clock
         self._closed = False
+        # Run records by id (storage/run_cache.py): one per database, shared by every
+        # repository on it; changed only while ``_lock`` is held.
+        self.run_cache = RunCache()
 
     @classmethod
     async def connect(
@@ -97,14 +151,37 @@ class Database:
             else:
                 await self._conn.execute("COMMIT")
 
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[Session]:
+        """The lock, no transaction: for several hops that must not interleave with other
+        coroutines' (e.g. a write and the cache update that follows it)."""
+        async with self._lock:
+            self._check_open()
+            yield Session(self._conn)
+
     async def write_one(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         """One statement as its own transaction (SQLite autocommit), rows it returns included.
 
         As atomic and durable as :meth:`write` with a single statement, in one thread hop
         instead of three (``BEGIN``, the statement, ``COMMIT``): for the hot single-row writes."""
-        async with self._lock:
-            self._check_open()
-            return list(await self._conn.execute_fetchall(sql, params))
+        async with self.exclusive() as session:
+            return await session.fetchall(sql, params)
+
+    async def transaction(self, fn: SyncFn[T]) -> T:
+        """Run ``fn(sqlite3.Connection)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` in ONE hop
+        to aiosqlite's thread; any exception rolls it back and is raised here. Serialized with
+        :meth:`write` and :meth:`read` by the same lock. ``fn`` must be synchronous, quick,
+        and touch nothing but the connection: it runs on the database thread. If the awaiting
+        coroutine is cancelled, the transaction still runs to its end (commit or rollback) on
+        that thread: none is left open."""
+        async with self.exclusive() as session:
+            return await session.transaction(fn)
+
+    async def call(self, fn: SyncFn[T]) -> T:
+        """Run ``fn(sqlite3.Connection)`` in one hop without opening a transaction: several
+        reads (or one autocommit write) for one thread hop; serialized like :meth:`read`."""
+        async with self.exclusive() as session:
+            return await session.call(fn)
 
     async def _rollback(self) -> None:
         try:

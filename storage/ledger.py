@@ -21,6 +21,8 @@ never carried over and reads (:meth:`LedgerRepository.balances`) show what a wri
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import aiosqlite
 
 from generation.billing import utc_day
@@ -205,14 +207,18 @@ class LedgerRepository:
         return await self._resolve(run_id, ChargeState.RELEASED)
 
     async def _resolve(self, run_id: str, outcome: ChargeState) -> bool:
+        now = self._db.clock()
+        cache = self._db.run_cache
         async with self._db.write() as conn:
-            return await resolve_hold(
-                conn,
-                run_id,
-                outcome,
-                now=self._db.clock(),
-                free_daily_credits=self.free_daily_credits,
+            # resolve_hold writes runs.charge_state: drop the cached run before the write (a
+            # cancelled caller leaves it dropped), put it back updated once it is done.
+            cached = cache.discard(run_id)
+            resolved = await resolve_hold(
+                conn, run_id, outcome, now=now, free_daily_credits=self.free_daily_credits
             )
+        if cached is not None:
+            cache.put(replace(cached, charge_state=outcome, updated_at=now) if resolved else cached)
+        return resolved
 
     async def credits_spent_since(self, after_id: int) -> tuple[int, int]:
         """Credits charged for generations in ledger rows after ``after_id``, and the last

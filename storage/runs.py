@@ -2,6 +2,12 @@
 
 Implements :class:`generation.ports.RunStore`. ``request``, ``meta`` and ``outputs`` are JSON;
 the enums are stored as their text values.
+
+Write-through cache: every record this repository inserts or gets back from an
+``UPDATE ... RETURNING`` is kept in the database's :class:`~storage.run_cache.RunCache`, so
+``get_run`` (the renderer's, the tracker's and delivery's re-reads) costs no database hop. That
+is correct because one process writes the database (storage/lock.py) and every writer of
+``runs`` keeps the cache true (storage/run_cache.py lists them and the locking rules).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from storage.database import Database
 from storage.errors import DuplicateError, NotFoundError, ValidationError
 from storage.holds import place_hold
 from storage.ledger import LedgerRepository
+from storage.run_cache import freeze, frozen_record
 from storage.usage import RunLimits, check_run_limits
 from storage.validation import dump_json, load_json, require_int
 
@@ -128,7 +135,7 @@ def _record(row: aiosqlite.Row) -> RunRecord:
         user_id=row["user_id"],
         chat_id=row["chat_id"],
         type=row["type"],
-        request=load_json(row["request"], "request"),
+        request=freeze(load_json(row["request"], "request")),
         status=RunStatus(row["status"]),
         deployment_id=row["deployment_id"],
         backend_run_id=row["backend_run_id"],
@@ -142,7 +149,7 @@ def _record(row: aiosqlite.Row) -> RunRecord:
         charge_state=ChargeState(row["charge_state"]),
         delivery_state=DeliveryState(row["delivery_state"]),
         progress_message_id=row["progress_message_id"],
-        meta=load_json(row["meta"], "meta"),
+        meta=freeze(load_json(row["meta"], "meta")),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         submitted_at=row["submitted_at"],
@@ -188,13 +195,17 @@ class RunRepository:
         if stamps:
             run = dataclasses.replace(run, **stamps)
         params = _encode_record(run)  # validates before anything is written
+        run = frozen_record(run)  # the caller's dicts stay theirs; the cache keeps a copy
+        cache = self._db.run_cache
         limits = self.limits
         if hold_amount == 0 and not limits.active:  # one INSERT: its own transaction
-            try:
-                await self._db.write_one(_INSERT, params)
-            except sqlite3.IntegrityError:
-                raise DuplicateError(f"run {run.id!r} already exists") from None
-            return run
+            async with self._db.exclusive() as session:
+                cache.forget_backend(run.backend_run_id)
+                try:
+                    await session.fetchall(_INSERT, params)
+                except sqlite3.IntegrityError:
+                    raise DuplicateError(f"run {run.id!r} already exists") from None
+                return cache.put(run)
         async with self._db.write() as conn:
             if limits.active:
                 await check_run_limits(conn, limits, run.user_id, now=now)
@@ -211,7 +222,7 @@ class RunRepository:
                 await conn.execute(_INSERT, params)
             except sqlite3.IntegrityError:
                 raise DuplicateError(f"run {run.id!r} already exists") from None
-        return run
+        return cache.put(run)
 
     async def update_run(self, run_id: str, **changes: Any) -> RunRecord:
         """Update fields from ``RUN_UPDATABLE_FIELDS``; ``updated_at`` defaults to now.
@@ -219,18 +230,19 @@ class RunRepository:
         Raises ``NotFoundError`` (a ``KeyError``) for an unknown run and ``ValidationError``
         (a ``ValueError``) for an unknown field or a bad value.
         """
-        rows = await self._update("", changes, run_id)
-        if not rows:
+        run = await self._update("", changes, run_id)
+        if run is None:
             raise NotFoundError(f"unknown run {run_id!r}")
-        return _record(rows[0])
+        return run
 
     async def update_run_if_active(self, run_id: str, **changes: Any) -> RunRecord | None:
         """Like :meth:`update_run`, but only while the run is not terminal; ``None`` (nothing
         written) for a terminal or unknown run. Check and write are one statement."""
-        rows = await self._update(f" AND status NOT IN ({_TERMINAL_SQL})", changes, run_id)
-        return _record(rows[0]) if rows else None
+        return await self._update(f" AND status NOT IN ({_TERMINAL_SQL})", changes, run_id)
 
-    async def _update(self, condition: str, changes: dict[str, Any], run_id: str) -> list[Any]:
+    async def _update(
+        self, condition: str, changes: dict[str, Any], run_id: str
+    ) -> RunRecord | None:
         bad = set(changes) - RUN_UPDATABLE_FIELDS
         if bad:
             raise ValidationError(f"fields not updatable: {', '.join(sorted(bad))}")
@@ -238,19 +250,49 @@ class RunRepository:
         encoded = {name: _ENCODERS[name](value) for name, value in changes.items()}
         assignments = ", ".join(f"{name} = ?" for name in encoded)  # names are whitelisted
         params = (*encoded.values(), run_id, *(_TERMINAL if condition else ()))
-        # One statement (UPDATE ... RETURNING) in autocommit: one round trip to the DB thread.
-        return await self._db.write_one(
-            f"UPDATE runs SET {assignments} WHERE id = ?{condition} RETURNING *", params
-        )
+        sql = f"UPDATE runs SET {assignments} WHERE id = ?{condition} RETURNING *"
+        cache = self._db.run_cache
+        async with self._db.exclusive() as session:
+            cached = cache.get(run_id)
+            if condition and cached is not None and cached.is_terminal:
+                return None  # the cache is true: the statement would match nothing
+            # Dropped before the write: if this coroutine is cancelled while the statement
+            # runs, the next reader reads what it left (storage/run_cache.py).
+            cache.discard(run_id)
+            if "backend_run_id" in changes:
+                cache.forget_backend(encoded["backend_run_id"])
+            # One statement (UPDATE ... RETURNING) in autocommit: one round trip.
+            rows = await session.fetchall(sql, params)
+            if not rows:  # nothing written (unknown run, or terminal): the cache was true
+                if cached is not None:
+                    cache.put(cached)
+                return None
+            return cache.put(_record(rows[0]))
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        return await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        cache = self._db.run_cache
+        run = cache.get(run_id)
+        if run is not None:
+            return run
+        async with self._db.exclusive() as session:  # filled under the lock: no write between
+            rows = await session.fetchall("SELECT * FROM runs WHERE id = ?", (run_id,))
+            return cache.put(_record(rows[0])) if rows else None
 
     async def get_run_by_backend_id(self, backend_run_id: str) -> RunRecord | None:
-        return await self._one(
-            "SELECT * FROM runs WHERE backend_run_id = ? ORDER BY created_at DESC LIMIT 1",
-            (backend_run_id,),
-        )
+        cache = self._db.run_cache
+        run = cache.by_backend(backend_run_id)
+        if run is not None:
+            return run
+        async with self._db.exclusive() as session:
+            rows = await session.fetchall(
+                "SELECT * FROM runs WHERE backend_run_id = ? ORDER BY created_at DESC LIMIT 1",
+                (backend_run_id,),
+            )
+            if not rows:
+                return None
+            run = _record(rows[0])
+            cache.remember_backend(run)
+            return run
 
     async def list_unfinished_runs(self) -> list[RunRecord]:
         """Everything a restart must pick up again, oldest first."""
@@ -315,15 +357,23 @@ class RunRepository:
         """Delete up to ``limit`` terminal runs that finished before ``finished_before`` and
         have nothing left to do (no open hold, not a success waiting for delivery). The ledger
         is never touched: its rows keep the run id as plain text. Returns how many went."""
-        rows = await self._db.write_one(
-            "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
-            f" WHERE status IN ({_TERMINAL_SQL})"
-            " AND COALESCE(finished_at, updated_at) < ?"
-            " AND charge_state != 'held'"
-            " AND NOT (status = 'success' AND delivery_state = 'pending')"
-            " LIMIT ?) RETURNING id",
-            (*_TERMINAL, float(finished_before), int(limit)),
-        )
+        cache = self._db.run_cache
+        async with self._db.exclusive() as session:
+            try:
+                rows = await session.fetchall(
+                    "DELETE FROM runs WHERE rowid IN (SELECT rowid FROM runs"
+                    f" WHERE status IN ({_TERMINAL_SQL})"
+                    " AND COALESCE(finished_at, updated_at) < ?"
+                    " AND charge_state != 'held'"
+                    " AND NOT (status = 'success' AND delivery_state = 'pending')"
+                    " LIMIT ?) RETURNING id",
+                    (*_TERMINAL, float(finished_before), int(limit)),
+                )
+            except BaseException:  # e.g. cancelled: which ids went is unknown
+                cache.drop_terminal()
+                raise
+            for row in rows:
+                cache.discard(row[0])
         return len(rows)
 
     async def count_by_status(self) -> dict[str, int]:
