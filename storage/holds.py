@@ -4,7 +4,7 @@ first) when its result is delivered or released when it fails, exactly once, wit
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
 from generation.billing import utc_day
 from generation.errors import InsufficientBalanceError
@@ -20,8 +20,8 @@ from storage.money import (
 )
 
 
-async def place_hold(
-    conn: aiosqlite.Connection,
+def place_hold(
+    conn: sqlite3.Connection,
     user_id: int,
     amount: int,
     run_id: str,
@@ -31,9 +31,9 @@ async def place_hold(
 ) -> None:
     """Check the available balance and record a hold, free credits first (caller owns the
     transaction)."""
-    if await conn.execute_fetchall("SELECT 1 FROM holds WHERE run_id = ?", (run_id,)):
+    if conn.execute("SELECT 1 FROM holds WHERE run_id = ?", (run_id,)).fetchone():
         raise DuplicateError(f"a hold for run {run_id!r} already exists")
-    balances = await roll_free_credits(conn, user_id, now=now, daily=free_daily_credits)
+    balances = roll_free_credits(conn, user_id, now=now, daily=free_daily_credits)
     available = 0 if balances is None else balances.available
     if available < amount:
         raise InsufficientBalanceError(
@@ -42,20 +42,20 @@ async def place_hold(
             available=available,
         )
     free_part = 0 if balances is None else min(amount, balances.free_available)
-    await conn.execute(
+    conn.execute(
         "INSERT INTO holds(run_id, user_id, amount, state, created_at, free_amount, free_day)"
         " VALUES (?, ?, ?, 'open', ?, ?, ?)",
         (run_id, user_id, amount, now, free_part, utc_day(now)),
     )
     if amount:
-        await conn.execute(
+        conn.execute(
             "UPDATE users SET held = held + ?, free_held = free_held + ? WHERE id = ?",
             (amount, free_part, user_id),
         )
 
 
-async def resolve_hold(
-    conn: aiosqlite.Connection,
+def resolve_hold(
+    conn: sqlite3.Connection,
     run_id: str,
     outcome: ChargeState,
     *,
@@ -64,42 +64,42 @@ async def resolve_hold(
 ) -> bool:
     """Settle or release the open hold of ``run_id`` (caller owns the transaction). True only
     the first time."""
-    rows = await conn.execute_fetchall(
+    rows = conn.execute(
         "SELECT user_id, amount, free_amount, free_day FROM holds"
         " WHERE run_id = ? AND state = 'open'",
         (run_id,),
-    )
+    ).fetchall()
     if not rows:
         return False
     user_id, amount, free_part = int(rows[0][0]), int(rows[0][1]), int(rows[0][2])
     hold_day = rows[0][3]
-    await conn.execute(
+    conn.execute(
         "UPDATE holds SET state = ?, resolved_at = ? WHERE run_id = ? AND state = 'open'",
         (outcome.value, now, run_id),
     )
-    await conn.execute(
+    conn.execute(
         "UPDATE users SET held = held - ?, free_held = free_held - ? WHERE id = ?",
         (amount, free_part, user_id),
     )
     if outcome is ChargeState.SETTLED:
         if free_part:
-            await append_movement(
+            append_movement(
                 conn, user_id, -free_part, REASON_GENERATION, now=now, run_id=run_id, pot=POT_FREE
             )
         if amount - free_part:
-            await append_movement(
+            append_movement(
                 conn, user_id, free_part - amount, REASON_GENERATION, now=now, run_id=run_id
             )
     elif free_part and hold_day != utc_day(now):
         # The released free credits belong to an earlier day: they must not come back.
-        row = await fetch_money(conn, user_id)
+        row = fetch_money(conn, user_id)
         if row is not None and row[4] == utc_day(now):  # today's roll already happened
-            await append_movement(
+            append_movement(
                 conn, user_id, -free_part, REASON_FREE_EXPIRY, now=now, run_id=run_id, pot=POT_FREE
             )
         else:  # the roll expires them together with the rest of that day's credits
-            await roll_free_credits(conn, user_id, now=now, daily=free_daily_credits)
-    await conn.execute(
+            roll_free_credits(conn, user_id, now=now, daily=free_daily_credits)
+    conn.execute(
         "UPDATE runs SET charge_state = ?, updated_at = ? WHERE id = ?",
         (outcome.value, now, run_id),
     )

@@ -21,9 +21,8 @@ never carried over and reads (:meth:`LedgerRepository.balances`) show what a wri
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
-
-import aiosqlite
 
 from generation.billing import utc_day
 from generation.models import ChargeState
@@ -48,9 +47,9 @@ from storage.money import (
 from storage.validation import require_int, require_text
 
 
-async def _money_of(conn: aiosqlite.Connection, user_id: int) -> tuple[int, int, int, int]:
+def _money_of(conn: sqlite3.Connection, user_id: int) -> tuple[int, int, int, int]:
     """Total, held, free and free held credits of a known user (else ``NotFoundError``)."""
-    row = await fetch_money(conn, user_id)
+    row = fetch_money(conn, user_id)
     if row is None:
         raise NotFoundError(f"unknown user {user_id}")
     return row[0], row[1], row[2], row[3]
@@ -71,23 +70,21 @@ class LedgerRepository:
     async def balances(self, user_id: int) -> Balances:
         """Free (today's), paid and held credits, as after today's roll. Unknown users have
         nothing paid and today's free credits."""
-        async with self._db.read() as conn:
-            row = await fetch_money(conn, user_id)
+        row = await self._db.call(lambda conn: fetch_money(conn, user_id))
         return virtual_balances(row, utc_day(self._db.clock()), self.free_daily_credits)
 
     async def refresh(self, user_id: int) -> Balances:
         """Like :meth:`balances`, but writes today's roll (grant/expiry rows) if it is due."""
-        async with self._db.write() as conn:
-            result = await roll_free_credits(
-                conn, user_id, now=self._db.clock(), daily=self.free_daily_credits
-            )
+        now, daily = self._db.clock(), self.free_daily_credits
+        result = await self._db.transaction(
+            lambda conn: roll_free_credits(conn, user_id, now=now, daily=daily)
+        )
         if result is None:
             raise NotFoundError(f"unknown user {user_id}")
         return result
 
     async def _read(self, user_id: int) -> Balances | None:
-        async with self._db.read() as conn:
-            row = await fetch_money(conn, user_id)
+        row = await self._db.call(lambda conn: fetch_money(conn, user_id))
         if row is None:
             return None
         return virtual_balances(row, utc_day(self._db.clock()), self.free_daily_credits)
@@ -98,8 +95,7 @@ class LedgerRepository:
         return 0 if balances is None else balances.total
 
     async def get_held(self, user_id: int) -> int:
-        async with self._db.read() as conn:
-            balances = await fetch_balances(conn, user_id)
+        balances = await self._db.call(lambda conn: fetch_balances(conn, user_id))
         return 0 if balances is None else balances[1]
 
     async def get_balance(self, user_id: int) -> int:
@@ -145,15 +141,19 @@ class LedgerRepository:
         reason = require_text(reason, "reason", max_length=64)
         if actor is not None:
             require_int(actor, "actor")
-        async with self._db.write() as conn:
-            total, held, free_balance, free_held = await _money_of(conn, user_id)
+        now = self._db.clock()
+
+        def credit(conn: sqlite3.Connection) -> int:
+            total, held, free_balance, free_held = _money_of(conn, user_id)
             if total - free_balance + amount < held - free_held:
                 raise ValidationError(
                     f"debit of {-amount} exceeds the available balance of user {user_id}"
                     f" ({total - held}; {held} on hold)"
                 )
-            await append_movement(conn, user_id, amount, reason, now=self._db.clock(), actor=actor)
-        return total + amount
+            append_movement(conn, user_id, amount, reason, now=now, actor=actor)
+            return total + amount
+
+        return await self._db.transaction(credit)
 
     async def set_balance(self, user_id: int, amount: int, *, actor: int | None) -> int:
         """Make the *paid* credits equal ``amount`` with one adjusting movement; returns it.
@@ -161,8 +161,10 @@ class LedgerRepository:
         amount = require_int(amount, "amount", minimum=0)
         if actor is not None:
             require_int(actor, "actor")
-        async with self._db.write() as conn:
-            total, held, free_balance, free_held = await _money_of(conn, user_id)
+        now = self._db.clock()
+
+        def set_paid(conn: sqlite3.Connection) -> None:
+            total, held, free_balance, free_held = _money_of(conn, user_id)
             paid, paid_held = total - free_balance, held - free_held
             if amount < paid_held:
                 raise ValidationError(
@@ -170,14 +172,11 @@ class LedgerRepository:
                     " below that"
                 )
             if amount != paid:
-                await append_movement(
-                    conn,
-                    user_id,
-                    amount - paid,
-                    REASON_SET_BALANCE,
-                    now=self._db.clock(),
-                    actor=actor,
+                append_movement(
+                    conn, user_id, amount - paid, REASON_SET_BALANCE, now=now, actor=actor
                 )
+
+        await self._db.transaction(set_paid)
         return amount
 
     # -- holds ------------------------------------------------------------------------------
@@ -188,15 +187,12 @@ class LedgerRepository:
         ``DuplicateError``."""
         amount = require_int(amount, "amount", minimum=0)
         run_id = require_text(run_id, "run_id")
-        async with self._db.write() as conn:
-            await place_hold(
-                conn,
-                user_id,
-                amount,
-                run_id,
-                now=self._db.clock(),
-                free_daily_credits=self.free_daily_credits,
+        now, daily = self._db.clock(), self.free_daily_credits
+        await self._db.transaction(
+            lambda conn: place_hold(
+                conn, user_id, amount, run_id, now=now, free_daily_credits=daily
             )
+        )
 
     async def settle_hold(self, run_id: str) -> bool:
         """Turn the open hold into a debit. True only the first time."""
@@ -207,17 +203,20 @@ class LedgerRepository:
         return await self._resolve(run_id, ChargeState.RELEASED)
 
     async def _resolve(self, run_id: str, outcome: ChargeState) -> bool:
-        now = self._db.clock()
+        now, daily = self._db.clock(), self.free_daily_credits
         cache = self._db.run_cache
-        async with self._db.write() as conn:
-            # resolve_hold writes runs.charge_state: drop the cached run before the write (a
-            # cancelled caller leaves it dropped), put it back updated once it is done.
+        async with self._db.exclusive() as session:
+            # resolve_hold writes runs.charge_state: the cached run is dropped before the write
+            # (a cancelled caller leaves it dropped: the next reader reads what the write left)
+            # and put back updated, still under the lock, once the transaction committed.
             cached = cache.discard(run_id)
-            resolved = await resolve_hold(
-                conn, run_id, outcome, now=now, free_daily_credits=self.free_daily_credits
+            resolved = await session.transaction(
+                lambda conn: resolve_hold(conn, run_id, outcome, now=now, free_daily_credits=daily)
             )
-        if cached is not None:
-            cache.put(replace(cached, charge_state=outcome, updated_at=now) if resolved else cached)
+            if cached is not None:
+                cache.put(
+                    replace(cached, charge_state=outcome, updated_at=now) if resolved else cached
+                )
         return resolved
 
     async def credits_spent_since(self, after_id: int) -> tuple[int, int]:

@@ -5,6 +5,7 @@ repository (users, runs, payments) moves money in the transaction of the state i
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
@@ -81,18 +82,15 @@ class Balances:
 MONEY_COLUMNS = "balance, held, free_balance, free_held, free_day"
 
 
-async def fetch_balances(conn: aiosqlite.Connection, user_id: int) -> tuple[int, int] | None:
-    # execute_fetchall: one round trip to the DB thread (a cursor takes three).
-    rows = await conn.execute_fetchall("SELECT balance, held FROM users WHERE id = ?", (user_id,))
+def fetch_balances(conn: sqlite3.Connection, user_id: int) -> tuple[int, int] | None:
+    rows = conn.execute("SELECT balance, held FROM users WHERE id = ?", (user_id,)).fetchall()
     return None if not rows else (int(rows[0][0]), int(rows[0][1]))
 
 
-async def fetch_money(
-    conn: aiosqlite.Connection, user_id: int
+def fetch_money(
+    conn: sqlite3.Connection, user_id: int
 ) -> tuple[int, int, int, int, int | None] | None:
-    rows = await conn.execute_fetchall(
-        f"SELECT {MONEY_COLUMNS} FROM users WHERE id = ?", (user_id,)
-    )
+    rows = conn.execute(f"SELECT {MONEY_COLUMNS} FROM users WHERE id = ?", (user_id,)).fetchall()
     if not rows:
         return None
     r = rows[0]
@@ -112,8 +110,8 @@ def virtual_balances(
     return Balances(paid=paid, free=free_balance, held=held, free_held=free_held)
 
 
-async def append_movement(
-    conn: aiosqlite.Connection,
+def append_movement(
+    conn: sqlite3.Connection,
     user_id: int,
     amount: int,
     reason: str,
@@ -125,24 +123,24 @@ async def append_movement(
     charge_id: str | None = None,
 ) -> None:
     """Insert one movement and update the cached sums (caller owns the transaction)."""
-    await conn.execute(
+    conn.execute(
         "INSERT INTO ledger(user_id, amount, reason, actor, run_id, created_at, pot, charge_id)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (user_id, amount, reason, actor, run_id, now, pot, charge_id),
     )
     free = amount if pot == POT_FREE else 0
-    await conn.execute(
+    conn.execute(
         "UPDATE users SET balance = balance + ?, free_balance = free_balance + ? WHERE id = ?",
         (amount, free, user_id),
     )
 
 
-async def roll_free_credits(
-    conn: aiosqlite.Connection, user_id: int, *, now: float, daily: int
+def roll_free_credits(
+    conn: sqlite3.Connection, user_id: int, *, now: float, daily: int
 ) -> Balances | None:
     """Expire older free credits and grant today's, once per user and UTC day (caller owns the
     transaction). Returns the user's balances afterwards; None for an unknown user."""
-    row = await fetch_money(conn, user_id)
+    row = fetch_money(conn, user_id)
     if row is None:
         return None
     today = utc_day(now)
@@ -151,10 +149,10 @@ async def roll_free_credits(
         return virtual_balances(row, today, daily)
     expire = free_balance - free_held
     if expire > 0:
-        await append_movement(conn, user_id, -expire, REASON_FREE_EXPIRY, now=now, pot=POT_FREE)
+        append_movement(conn, user_id, -expire, REASON_FREE_EXPIRY, now=now, pot=POT_FREE)
     if daily > 0:
-        await append_movement(conn, user_id, daily, REASON_FREE_GRANT, now=now, pot=POT_FREE)
-    await conn.execute("UPDATE users SET free_day = ? WHERE id = ?", (today, user_id))
+        append_movement(conn, user_id, daily, REASON_FREE_GRANT, now=now, pot=POT_FREE)
+    conn.execute("UPDATE users SET free_day = ? WHERE id = ?", (today, user_id))
     free_balance = free_held + max(daily, 0)
     balance = balance - expire + max(daily, 0)
     return Balances(paid=balance - free_balance, free=free_balance, held=held, free_held=free_held)

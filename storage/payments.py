@@ -11,6 +11,7 @@ taken back (the user may have spent them: ``CreditsSpentError`` unless ``force``
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
@@ -87,8 +88,7 @@ class PaymentRepository:
         self._ledger = ledger if ledger is not None else LedgerRepository(db)
 
     async def get(self, charge_id: str) -> Payment | None:
-        async with self._db.read() as conn:
-            return await _select(conn, charge_id)
+        return await self._db.call(lambda conn: _select(conn, charge_id))
 
     async def list_recent(self, user_id: int | None = None, limit: int = 20) -> list[Payment]:
         """The latest payments (of one user when ``user_id`` is given), newest first."""
@@ -129,37 +129,42 @@ class PaymentRepository:
             raise ValidationError("payload must be a string")
         now = self._db.clock()
         daily = self._ledger.free_daily_credits
-        async with self._db.write() as conn:
-            existing = await _select(conn, charge_id)
+
+        def record(conn: sqlite3.Connection) -> PaymentResult:
+            existing = _select(conn, charge_id)
             if existing is not None:
-                balances = await _balances(conn, existing.user_id, now, daily)
-                return PaymentResult(existing, False, balances)
-            await conn.execute(  # a payer the bot never stored (e.g. a wiped database)
+                return PaymentResult(existing, False, _balances(conn, existing.user_id, now, daily))
+            conn.execute(  # a payer the bot never stored (e.g. a wiped database)
                 "INSERT OR IGNORE INTO users(id, settings, created_at, last_seen_at)"
                 " VALUES (?, '{}', ?, ?)",
                 (user_id, now, now),
             )
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO payments(charge_id, provider_charge_id, user_id, credits, stars,"
                 " payload, state, created_at) VALUES (?, ?, ?, ?, ?, ?, 'paid', ?)",
                 (charge_id, provider_charge_id, user_id, credits, stars, payload, now),
             )
             if credits:
-                await append_movement(
+                append_movement(
                     conn, user_id, credits, REASON_PURCHASE, now=now, charge_id=charge_id
                 )
-            balances = await _balances(conn, user_id, now, daily)
-            payment = await _select(conn, charge_id)
-        assert payment is not None
-        return PaymentResult(payment, True, balances)
+            balances = _balances(conn, user_id, now, daily)
+            payment = _select(conn, charge_id)
+            assert payment is not None
+            return PaymentResult(payment, True, balances)
+
+        return await self._db.transaction(record)
 
     async def plan_refund(self, charge_id: str, *, force: bool = False) -> RefundPlan:
         """Check a refund before asking Telegram for it. Raises ``PaymentNotFoundError``,
         ``AlreadyRefundedError``, or ``CreditsSpentError`` (with ``available``) when the user
         no longer has all the credits and ``force`` is not set."""
-        async with self._db.read() as conn:
-            payment = await _refundable(conn, charge_id)
-            available = await _paid_available(conn, payment.user_id)
+
+        def read(conn: sqlite3.Connection) -> tuple[Payment, int]:
+            payment = _refundable(conn, charge_id)
+            return payment, _paid_available(conn, payment.user_id)
+
+        payment, available = await self._db.call(read)
         plan = RefundPlan(payment, available, min(payment.credits, available))
         if plan.shortfall and not force:
             raise CreditsSpentError(
@@ -174,17 +179,18 @@ class PaymentRepository:
         """Telegram refunded the Stars (or says it already had): mark the payment refunded and
         take back its credits, at most the paid credits not on hold — one transaction.
         ``AlreadyRefundedError`` if it is marked refunded already (nothing written)."""
-        now = self._db.clock()
-        async with self._db.write() as conn:
-            payment = await _refundable(conn, charge_id)
-            take = min(payment.credits, await _paid_available(conn, payment.user_id))
-            await conn.execute(
+        now, daily = self._db.clock(), self._ledger.free_daily_credits
+
+        def refund(conn: sqlite3.Connection) -> RefundResult:
+            payment = _refundable(conn, charge_id)
+            take = min(payment.credits, _paid_available(conn, payment.user_id))
+            conn.execute(
                 "UPDATE payments SET state = 'refunded', credits_taken_back = ?,"
                 " refunded_at = ?, refunded_by = ? WHERE charge_id = ? AND state = 'paid'",
                 (take, now, actor, charge_id),
             )
             if take:
-                await append_movement(
+                append_movement(
                     conn,
                     payment.user_id,
                     -take,
@@ -193,10 +199,12 @@ class PaymentRepository:
                     actor=actor,
                     charge_id=charge_id,
                 )
-            balances = await _balances(conn, payment.user_id, now, self._ledger.free_daily_credits)
-            updated = await _select(conn, charge_id)
-        assert updated is not None
-        return RefundResult(updated, take, payment.credits - take, balances)
+            balances = _balances(conn, payment.user_id, now, daily)
+            updated = _select(conn, charge_id)
+            assert updated is not None
+            return RefundResult(updated, take, payment.credits - take, balances)
+
+        return await self._db.transaction(refund)
 
     async def check_consistency(self) -> list[str]:
         """The payment checks of :meth:`LedgerRepository.check_consistency`."""
@@ -204,8 +212,8 @@ class PaymentRepository:
             return await check_payments(conn)
 
 
-async def _refundable(conn: aiosqlite.Connection, charge_id: str) -> Payment:
-    payment = await _select(conn, charge_id)
+def _refundable(conn: sqlite3.Connection, charge_id: str) -> Payment:
+    payment = _select(conn, charge_id)
     if payment is None:
         raise PaymentNotFoundError(f"no payment {charge_id!r}")
     if payment.state == STATE_REFUNDED:
@@ -213,21 +221,21 @@ async def _refundable(conn: aiosqlite.Connection, charge_id: str) -> Payment:
     return payment
 
 
-async def _balances(conn: aiosqlite.Connection, user_id: int, now: float, daily: int) -> Balances:
-    return virtual_balances(await fetch_money(conn, user_id), utc_day(now), daily)
+def _balances(conn: sqlite3.Connection, user_id: int, now: float, daily: int) -> Balances:
+    return virtual_balances(fetch_money(conn, user_id), utc_day(now), daily)
 
 
-async def _paid_available(conn: aiosqlite.Connection, user_id: int) -> int:
-    row = await fetch_money(conn, user_id)
+def _paid_available(conn: sqlite3.Connection, user_id: int) -> int:
+    row = fetch_money(conn, user_id)
     if row is None:
         return 0
     balance, held, free_balance, free_held, _ = row
     return max(0, (balance - free_balance) - (held - free_held))
 
 
-async def _select(conn: aiosqlite.Connection, charge_id: str) -> Payment | None:
-    rows = await conn.execute_fetchall("SELECT * FROM payments WHERE charge_id = ?", (charge_id,))
-    return _payment(rows[0]) if rows else None
+def _select(conn: sqlite3.Connection, charge_id: str) -> Payment | None:
+    row = conn.execute("SELECT * FROM payments WHERE charge_id = ?", (charge_id,)).fetchone()
+    return _payment(row) if row is not None else None
 
 
 def _payment(r: aiosqlite.Row) -> Payment:

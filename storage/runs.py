@@ -198,31 +198,30 @@ class RunRepository:
         run = frozen_record(run)  # the caller's dicts stay theirs; the cache keeps a copy
         cache = self._db.run_cache
         limits = self.limits
-        if hold_amount == 0 and not limits.active:  # one INSERT: its own transaction
-            async with self._db.exclusive() as session:
-                cache.forget_backend(run.backend_run_id)
-                try:
-                    await session.fetchall(_INSERT, params)
-                except sqlite3.IntegrityError:
-                    raise DuplicateError(f"run {run.id!r} already exists") from None
-                return cache.put(run)
-        async with self._db.write() as conn:
-            if limits.active:
-                await check_run_limits(conn, limits, run.user_id, now=now)
-            if hold_amount > 0:
-                await place_hold(
-                    conn,
-                    run.user_id,
-                    hold_amount,
-                    run.id,
-                    now=now,
-                    free_daily_credits=self._ledger.free_daily_credits,
-                )
+        daily = self._ledger.free_daily_credits
+
+        def insert(conn: sqlite3.Connection) -> None:
             try:
-                await conn.execute(_INSERT, params)
+                conn.execute(_INSERT, params)
             except sqlite3.IntegrityError:
                 raise DuplicateError(f"run {run.id!r} already exists") from None
-        return cache.put(run)
+
+        def create(conn: sqlite3.Connection) -> None:
+            if limits.active:
+                check_run_limits(conn, limits, run.user_id, now=now)
+            if hold_amount > 0:
+                place_hold(
+                    conn, run.user_id, hold_amount, run.id, now=now, free_daily_credits=daily
+                )
+            insert(conn)
+
+        async with self._db.exclusive() as session:
+            cache.forget_backend(run.backend_run_id)
+            if hold_amount == 0 and not limits.active:  # one INSERT: its own transaction
+                await session.call(insert)
+            else:  # limits, hold and INSERT: one transaction, one hop
+                await session.transaction(create)
+            return cache.put(run)
 
     async def update_run(self, run_id: str, **changes: Any) -> RunRecord:
         """Update fields from ``RUN_UPDATABLE_FIELDS``; ``updated_at`` defaults to now.

@@ -11,9 +11,8 @@ the last run of the day.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
-
-import aiosqlite
 
 from generation.billing import day_start, next_reset, week_start
 from generation.errors import BotDailyLimitError, DailyLimitError
@@ -36,36 +35,34 @@ class RunLimits:
         return self.per_user is not None or self.per_day is not None
 
 
-async def count_runs_today(
-    conn: aiosqlite.Connection, now: float, user_id: int | None = None
-) -> int:
+def count_runs_today(conn: sqlite3.Connection, now: float, user_id: int | None = None) -> int:
     since = day_start(now)
     if user_id is None:
-        rows = await conn.execute_fetchall(
+        rows = conn.execute(
             f"SELECT COUNT(*) FROM runs WHERE created_at >= ? AND {_COUNTS}", (since,)
-        )
+        ).fetchall()
     else:
-        rows = await conn.execute_fetchall(
+        rows = conn.execute(
             f"SELECT COUNT(*) FROM runs WHERE user_id = ? AND created_at >= ? AND {_COUNTS}",
             (user_id, since),
-        )
+        ).fetchall()
     return int(rows[0][0])
 
 
-async def check_run_limits(
-    conn: aiosqlite.Connection, limits: RunLimits, user_id: int, *, now: float
+def check_run_limits(
+    conn: sqlite3.Connection, limits: RunLimits, user_id: int, *, now: float
 ) -> None:
     """Raise ``DailyLimitError`` / ``BotDailyLimitError`` (with ``resets_at``, the next UTC
     midnight) when one more run today would pass a limit (caller owns the transaction)."""
     resets = {"resets_at": next_reset(now), "remaining": next_reset(now) - now}
     if limits.per_user is not None:
-        used = await count_runs_today(conn, now, user_id)
+        used = count_runs_today(conn, now, user_id)
         if used >= limits.per_user:
             raise DailyLimitError(
                 f"user {user_id} has had {used} runs today", limit=limits.per_user, **resets
             )
     if limits.per_day is not None:
-        used = await count_runs_today(conn, now)
+        used = count_runs_today(conn, now)
         if used >= limits.per_day:
             raise BotDailyLimitError(
                 f"{used} runs today in the whole bot", limit=limits.per_day, **resets
@@ -94,8 +91,8 @@ class UsageRepository:
 
     async def runs_today(self, user_id: int | None = None) -> int:
         """Runs that count against today's limits (the whole bot's when ``user_id`` is None)."""
-        async with self._db.read() as conn:
-            return await count_runs_today(conn, self._db.clock(), user_id)
+        now = self._db.clock()
+        return await self._db.call(lambda conn: count_runs_today(conn, now, user_id))
 
     async def stats(self, *, top: int = 5) -> UsageStats:
         top = require_int(top, "top", minimum=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 import aiosqlite
@@ -91,20 +92,20 @@ class UserRepository:
             return existing, False
         language = (language_code or "").strip()[:16] or None
         now = self._db.clock()
-        async with self._db.write() as conn:
-            cur = await conn.execute(
+
+        def create(conn: sqlite3.Connection) -> tuple[sqlite3.Row, bool]:
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO users(id, language, settings, created_at, last_seen_at)"
                 " VALUES (?, ?, '{}', ?, ?)",
                 (user_id, language, now, now),
             )
             created = cur.rowcount == 1
             if created and starting_balance > 0:
-                await append_movement(
-                    conn, user_id, starting_balance, REASON_STARTING_BALANCE, now=now
-                )
-            user = await _select(conn, user_id)
-        assert user is not None
-        return user, created
+                append_movement(conn, user_id, starting_balance, REASON_STARTING_BALANCE, now=now)
+            return conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone(), created
+
+        row, created = await self._db.transaction(create)
+        return _user(row), created
 
     async def touch(self, user_id: int) -> bool:
         """Record that the user was seen now. False for an unknown user."""
