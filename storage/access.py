@@ -23,6 +23,7 @@ import aiosqlite
 from generation.billing import AccessMode
 from generation.errors import AccessDeniedError, BannedError, PaidAccessOnlyError
 from storage.database import Database
+from storage.users import UserRepository
 from storage.validation import require_int
 
 ACCESS_DEFAULT = "default"
@@ -48,8 +49,9 @@ class AccessState:
 
 
 class AccessRepository:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, users: UserRepository | None = None) -> None:
         self._db = db
+        self._users = users if users is not None else UserRepository(db)
 
     async def get(self, user_id: int) -> AccessState:
         async with self._db.read() as conn:
@@ -130,12 +132,13 @@ class AccessRepository:
         mode = AccessMode(mode)
         if is_admin:
             return
-        async with self._db.read() as conn:
-            rows = await conn.execute_fetchall(
-                "SELECT access, ban_notified, balance - free_balance FROM users WHERE id = ?",
-                (user_id,),
-            )
-        access = rows[0][0] if rows else ACCESS_DEFAULT
+        async with self._db.exclusive() as session:
+            # The whole row: the caller lookup that follows the gate is then served from the
+            # user cache (one users read per update, storage/users.py).
+            rows = await session.fetchall("SELECT * FROM users WHERE id = ?", (user_id,))
+            if rows:
+                self._users.remember(rows[0])
+        access = rows[0]["access"] if rows else ACCESS_DEFAULT
         if access == ACCESS_BANNED:
             raise BannedError(f"user {user_id} is banned", first=await self._first_refusal(user_id))
         if mode is AccessMode.OPEN or access == ACCESS_ALLOWED:
@@ -144,7 +147,7 @@ class AccessRepository:
             if await self._in_allowed_chat(chat_id, is_member):
                 return
             raise AccessDeniedError(f"user {user_id} is not on the allowlist")
-        paid = int(rows[0][2]) if rows else 0
+        paid = int(rows[0]["balance"]) - int(rows[0]["free_balance"]) if rows else 0
         if paid > 0 or await self._has_purchase(user_id):
             return
         raise PaidAccessOnlyError(f"user {user_id} has no paid credits")

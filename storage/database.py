@@ -20,11 +20,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from storage.errors import StorageError
+from storage.lru import Lru
 from storage.run_cache import RunCache
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class Database:
         # Run records by id (storage/run_cache.py): one per database, shared by every
         # repository on it; changed only while ``_lock`` is held.
         self.run_cache = RunCache()
+        # User rows by id (storage/users.py), the same rules: only UserRepository writes the
+        # fields of a User (access and money columns are not part of it).
+        self.user_cache: Lru[int, Any] = Lru(4096)
 
     @classmethod
     async def connect(

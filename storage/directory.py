@@ -18,12 +18,14 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import aiosqlite
+
 from generation.models import RunRecord
 from storage.database import Database
 from storage.errors import NotFoundError
 from storage.money import Hold, hold_from_row
 from storage.runs import RunRepository
-from storage.users import User, _select
+from storage.users import User, _user
 
 # Telegram usernames: 5–32 of [A-Za-z0-9_], starting with a letter. Shorter names exist for
 # some collectible usernames, so 4 is accepted too.
@@ -159,7 +161,7 @@ class UserDirectory:
             raise UserLookupError(text, "no_account", user_id=found)
         return user
 
-    async def _get(self, user_id: int) -> User | None:
+    async def _get(self, user_id: int) -> User | None:  # admin reads: straight from the table
         async with self._db.read() as conn:
             return await _select(conn, user_id)
 
@@ -190,3 +192,8 @@ class UserDirectory:
             open_holds=tuple(hold_from_row(r) for r in holds),
             recent_runs=tuple(runs),
         )
+
+
+async def _select(conn: aiosqlite.Connection, user_id: int) -> User | None:
+    rows = await conn.execute_fetchall("SELECT * FROM users WHERE id = ?", (user_id,))
+    return _user(rows[0]) if rows else None

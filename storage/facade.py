@@ -61,7 +61,7 @@ class Storage:
         self.type_options = TypeOptionRepository(db)
         self.result_files = ResultFileRepository(db)
         self.payments = PaymentRepository(db, self.ledger)
-        self.access = AccessRepository(db)
+        self.access = AccessRepository(db, self.users)
         self.usage = UsageRepository(db)
 
     def configure_money(

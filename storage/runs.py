@@ -274,6 +274,9 @@ class RunRepository:
         if run is not None:
             return run
         async with self._db.exclusive() as session:  # filled under the lock: no write between
+            run = cache.get(run_id)  # a writer that held the lock may have put it meanwhile
+            if run is not None:
+                return run
             rows = await session.fetchall("SELECT * FROM runs WHERE id = ?", (run_id,))
             return cache.put(_record(rows[0])) if rows else None
 

@@ -6,7 +6,6 @@ import logging
 import sqlite3
 from typing import Any
 
-import aiosqlite
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,7 +53,7 @@ def _settings_from_json(text: str, user_id: int) -> UserSettings:
         return UserSettings()
 
 
-def _user(row: aiosqlite.Row) -> User:
+def _user(row: sqlite3.Row) -> User:
     return User(
         id=row["id"],
         language=row["language"],
@@ -64,18 +63,31 @@ def _user(row: aiosqlite.Row) -> User:
     )
 
 
-async def _select(conn: aiosqlite.Connection, user_id: int) -> User | None:
-    rows = await conn.execute_fetchall("SELECT * FROM users WHERE id = ?", (user_id,))
-    return _user(rows[0]) if rows else None
-
-
 class UserRepository:
+    """Users. Keeps the database's ``user_cache`` true: it is the only writer of the fields a
+    ``User`` has (storage/run_cache.py explains why a process-local cache is correct here);
+    entries are dropped before a write and put back under the database lock after it."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._cache = db.user_cache
 
     async def get(self, user_id: int) -> User | None:
-        async with self._db.read() as conn:
-            return await _select(conn, user_id)
+        user = self._cache.get(user_id)
+        if user is not None:
+            return user
+        async with self._db.exclusive() as session:
+            user = self._cache.get(user_id)  # put by a writer while we waited for the lock
+            if user is not None:
+                return user
+            rows = await session.fetchall("SELECT * FROM users WHERE id = ?", (user_id,))
+            return self._cache.put(user_id, _user(rows[0])) if rows else None
+
+    def remember(self, row: sqlite3.Row) -> User:
+        """Cache the ``User`` of a full ``users`` row the caller just read under the database
+        lock (the access gate reads the row anyway: the caller lookup then costs no read)."""
+        user = self._cache.get(row["id"])
+        return user if user is not None else self._cache.put(row["id"], _user(row))
 
     async def get_or_create(
         self, user_id: int, *, language_code: str | None = None, starting_balance: int = 0
@@ -104,23 +116,31 @@ class UserRepository:
                 append_movement(conn, user_id, starting_balance, REASON_STARTING_BALANCE, now=now)
             return conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone(), created
 
-        row, created = await self._db.transaction(create)
-        return _user(row), created
+        async with self._db.exclusive() as session:
+            self._cache.discard(user_id)
+            row, created = await session.transaction(create)
+            return self._cache.put(user_id, _user(row)), created
 
     async def touch(self, user_id: int) -> bool:
         """Record that the user was seen now. False for an unknown user."""
-        async with self._db.write() as conn:
-            cur = await conn.execute(
-                "UPDATE users SET last_seen_at = ? WHERE id = ?", (self._db.clock(), user_id)
+        async with self._db.exclusive() as session:
+            self._cache.discard(user_id)
+            rows = await session.fetchall(
+                "UPDATE users SET last_seen_at = ? WHERE id = ? RETURNING *",
+                (self._db.clock(), user_id),
             )
-            return cur.rowcount == 1
+            if rows:
+                self._cache.put(user_id, _user(rows[0]))
+            return bool(rows)
 
     async def update_settings(self, user_id: int, **changes: Any) -> User:
         """Change some settings (validated together); ``None`` resets an optional one."""
-        async with self._db.write() as conn:
-            user = await _select(conn, user_id)
-            if user is None:
+
+        def update(conn: sqlite3.Connection) -> User:
+            row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+            if row is None:
                 raise NotFoundError(f"unknown user {user_id}")
+            user = _user(row)
             unknown = set(changes) - set(UserSettings.model_fields)
             if unknown:
                 raise ValidationError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -130,11 +150,15 @@ class UserRepository:
             except pydantic.ValidationError as exc:
                 raise ValidationError(f"invalid settings: {_first_error(exc)}") from exc
             stored = settings.model_dump(exclude_defaults=True)
-            await conn.execute(
+            conn.execute(
                 "UPDATE users SET settings = ? WHERE id = ?",
                 (dump_json(stored, "settings"), user_id),
             )
-        return user.model_copy(update={"settings": settings})
+            return user.model_copy(update={"settings": settings})
+
+        async with self._db.exclusive() as session:
+            self._cache.discard(user_id)
+            return self._cache.put(user_id, await session.transaction(update))
 
     async def count(self) -> int:
         async with self._db.read() as conn:

@@ -76,6 +76,7 @@ async def test_damaged_settings_fall_back_to_defaults(storage: Storage) -> None:
     await storage.users.get_or_create(1)
     async with storage.db.write() as conn:
         await conn.execute("UPDATE users SET settings = '{not json' WHERE id = 1")
+    storage.db.user_cache.clear()  # raw SQL behind the repository's back: forget the row
     user = await storage.users.get(1)
     assert user is not None and user.settings == UserSettings()
 
