@@ -246,6 +246,12 @@ class ProgressRenderer:
             return
         self._set(p, self._t(p.lang, key, **params), final=final)
 
+    async def show_after(self, delay: float, run_id: str, key: str) -> None:
+        """Show an intermediate state by locale key after ``delay`` seconds of this renderer's
+        clock, unless the caller cancels this first (delivery: "sending", only when slow)."""
+        await self._sleep(delay)
+        await self.show(run_id, key)
+
     def _set(self, p: _Progress, text: str, *, final: bool) -> None:
         if p.final and not final:
             return  # a stale intermediate state after the end
