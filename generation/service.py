@@ -72,7 +72,7 @@ from generation.webhooks import apply_webhook, webhook_is_ours
 
 log = logging.getLogger(__name__)
 
-REPLY_WAIT = 0.3  # seconds the first reply waits for the create answer (``submitted``)
+REPLY_WAIT = 0.3  # seconds the first reply waits at most for the create-run (``submitted``)
 
 
 class GenerationService:
@@ -324,11 +324,11 @@ class GenerationService:
 
     async def submitted(self, run_id: str, timeout: float = REPLY_WAIT) -> None:  # noqa: ASYNC109
         """Return once the run just accepted by ``generate`` is as far as it goes now: a
-        worker woken for it has had its loop turn, and if it took the run, its create was
-        answered (at most ``timeout`` seconds). The handler sends its reply after this, so
-        the reply's work on the event loop never delays the create-run."""
+        worker woken for it has had its loop turn and, if it took the run, its create-run
+        has left (at most ``timeout`` seconds). The handler replies after this, so the
+        reply's work on the event loop never delays the create-run."""
         await asyncio.sleep(0)  # a woken worker takes the run (scheduler.take) now
-        await self.submitter.wait_created(run_id, timeout)
+        await self.submitter.wait_issued(run_id, timeout)
 
     async def attach_progress_message(self, run_id: str, message_id: int) -> RunRecord:
         """Persist the progress message's id (read after a restart). One single-column

@@ -51,6 +51,21 @@ class Pending:
     run: RunRecord | None = None  # the record as created (spares dispatch a re-read)
 
 
+@dataclass(slots=True)
+class _Create:
+    """A dispatch in progress: ``issued`` once its create-run call has left (or the dispatch
+    ended), ``stored`` once the answer is stored (or the dispatch ended without one)."""
+
+    issued: asyncio.Event = field(default_factory=asyncio.Event)
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:  # noqa: ASYNC109
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
 @dataclass(kw_only=True, eq=False)
 class Submitter:
     """Takes queued runs to the backend (``GenerationService`` wires it; ``resume.py`` uses
@@ -72,29 +87,40 @@ class Submitter:
     pending: dict[str, Pending] = field(default_factory=dict)
     # backend run ids pushed before tracked
     _early_updates: dict[str, None] = field(default_factory=dict)
-    # run id → set once its create's answer is stored (or the dispatch ended without one)
-    _creating: dict[str, asyncio.Event] = field(default_factory=dict)
+    # run id → its dispatch in progress (until the create's answer is stored)
+    _creating: dict[str, _Create] = field(default_factory=dict)
 
     def creating(self, run_id: str) -> bool:
         """Is a worker dispatching ``run_id`` (its create not answered and stored yet)?"""
         return run_id in self._creating
 
+    async def wait_issued(self, run_id: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait at most ``timeout`` seconds for the create-run of ``run_id``, if a worker is
+        dispatching it, to leave (at once when none is)."""
+        create = self._creating.get(run_id)
+        if create is not None:
+            await _wait(create.issued, timeout)
+
     async def wait_created(self, run_id: str, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait at most ``timeout`` seconds for the create of ``run_id`` in flight to be
         answered and its backend run id stored (or for the dispatch to end without one).
         False at once when no create of that run is in flight."""
-        event = self._creating.get(run_id)
-        if event is None:
+        create = self._creating.get(run_id)
+        if create is None:
             return False
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
+        await _wait(create.stored, timeout)
         return True
 
+    def _issued(self, run_id: str) -> None:
+        create = self._creating.get(run_id)
+        if create is not None:
+            create.issued.set()
+
     def _created(self, run_id: str) -> None:
-        event = self._creating.pop(run_id, None)
-        if event is not None:
-            event.set()
+        create = self._creating.pop(run_id, None)
+        if create is not None:
+            create.issued.set()
+            create.stored.set()
 
     async def on_backend_update(self, backend_run_id: str) -> None:
         """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now. A push
@@ -110,7 +136,7 @@ class Submitter:
     async def dispatch(self, item: QueueItem) -> None:
         """Submit one run taken from the queue (what a worker does with each item)."""
         if len(self._creating) < MAX_CREATES_TRACKED:
-            self._creating.setdefault(item.run_id, asyncio.Event())
+            self._creating.setdefault(item.run_id, _Create())
         try:
             await self._dispatch(item)
         finally:
@@ -214,6 +240,7 @@ class Submitter:
         hook = None
         if self.settings.webhook_url:
             hook = webhook_url(self.settings.webhook_url, run.id, self.settings.webhook_secret)
+        self._issued(run.id)  # the first reply goes right behind it (service.submitted)
         try:
             backend_run_id = await self.backend.create_run(
                 dep_id,
@@ -295,9 +322,7 @@ class Submitter:
                 deployment_id=dep_id,
             )
         )
-        # Published first, so the first reply waiting for this (GenerationService.submitted)
-        # already shows "waiting"; webhooks that beat this answer (webhooks.py) go on now.
-        self._created(run.id)
+        self._created(run.id)  # webhooks that beat this answer (webhooks.py) go on now
         log.info("run %s submitted: deployment=%s backend=%s", run.id, dep_id, backend_run_id)
         if self._early_updates.pop(backend_run_id, 0) is None:
             await self.tracker.poll_once(run.id)
