@@ -236,6 +236,11 @@ class ProgressRenderer:
         p.last_edit_at = self._clock()
         if p.desired is None:
             p.desired = p.sent
+        elif not p.started and not p.final:
+            # Only queue positions came before: the queue as it is now decides (the message
+            # just sent shows it, unless the position moved meanwhile).
+            position = self._services.generation.queue_position(run.id)
+            p.desired = (self.queued_text(p.lang, position), has_button) if position else p.sent
         self._remember(p)
         self._kick(p)
 
