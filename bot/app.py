@@ -26,6 +26,7 @@ from telegram import BotCommand, Update
 from telegram.ext import Application, ApplicationBuilder, Defaults, TypeHandler
 from telegram.request import BaseRequest
 
+from bot import event_loop
 from bot.backends import (
     backend_label,
     connect_backend,
@@ -388,4 +389,5 @@ async def shutdown(application: Application) -> None:  # type: ignore[type-arg]
 
 def run_polling(application: Application) -> None:  # type: ignore[type-arg]
     """Long polling (PUBLIC_URL unset). PTB handles SIGINT/SIGTERM and the lifecycle hooks."""
+    event_loop.install()  # uvloop where installed (bot/event_loop.py)
     application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)
