@@ -10,12 +10,13 @@ What the client relies on is kept exactly: an error raised before the request co
 reached the server is ``httpx.ConnectError`` / ``httpx.ConnectTimeout`` (safe to retry, see
 generation/comfydeploy_answers.py); anything after that — a read timeout, a dropped
 connection, a broken body — is a read-side error, which the create call treats as uncertain.
-Redirects are not followed (the client asks for none), bodies are read whole.
+Redirects are not followed (the clients follow them themselves, or not at all); bodies
+stream, so generation/safe_fetch.py can stop reading at its size cap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import aiohttp
@@ -25,6 +26,7 @@ import httpx
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "accept-encoding"})
 # Response headers that describe the wire form, not the decoded body handed to httpx.
 _WIRE_ONLY = frozenset({"content-length", "transfer-encoding", "content-encoding"})
+_CHUNK = 64 * 1024
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -50,28 +52,52 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers.append(("accept-encoding", "gzip, deflate"))  # what auto_decompress handles
         body = await request.aread()
         with _mapped(request):
-            async with session.request(
+            response = await session.request(
                 request.method,
                 str(request.url),
                 data=body or None,
                 headers=headers,
                 allow_redirects=False,
                 timeout=_timeout(request.extensions.get("timeout") or {}),
-            ) as response:
-                content = await response.read()
-                out = [(k, v) for k, v in response.headers.items() if k.lower() not in _WIRE_ONLY]
-                return httpx.Response(
-                    response.status,
-                    headers=out,
-                    content=content,
-                    request=request,
-                    extensions={"http_version": b"HTTP/1.1"},
-                )
+                # a pinned address (generation/safe_fetch.py) still verifies the host's name
+                server_hostname=request.extensions.get("sni_hostname"),
+            )
+        return httpx.Response(
+            response.status,
+            headers=_response_headers(response),
+            stream=_Body(response, request),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None and not session.closed:
             await session.close()
+
+
+class _Body(httpx.AsyncByteStream):
+    """The answer's body as it arrives (decoded), so callers can cap what they read."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped(self._request):
+            async for chunk in self._response.content.iter_chunked(_CHUNK):
+                yield chunk
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+def _response_headers(response: aiohttp.ClientResponse) -> list[tuple[str, str]]:
+    """The headers of the decoded body: a compressed answer's length and encoding describe
+    the wire form only (aiohttp already decoded it)."""
+    encoded = "content-encoding" in response.headers
+    drop = _WIRE_ONLY if encoded else _WIRE_ONLY - {"content-length"}
+    return [(k, v) for k, v in response.headers.items() if k.lower() not in drop]
 
 
 def _timeout(values: dict[str, float | None]) -> aiohttp.ClientTimeout:

@@ -21,8 +21,9 @@ from telegram.error import NetworkError, TimedOut
 
 from bot.telegram_http import AiohttpRequest
 from generation.client import ComfyDeployClient
-from generation.errors import BackendUnavailableError, SubmitUncertainError
+from generation.errors import BackendUnavailableError, OutputRefusedError, SubmitUncertainError
 from generation.http_transport import AiohttpTransport
+from generation.safe_fetch import FetchPolicy, SafeFetcher
 from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
 from tests.fakes.telegram import FakeTelegram
 
@@ -191,3 +192,56 @@ async def test_bot_api_refused_is_network_error_and_shutdown_closes() -> None:
     await request.shutdown()
     with pytest.raises(NetworkError, match="not initialized"):  # PTB wraps the RuntimeError
         await request.post(f"http://127.0.0.1:{port}/botT/getMe")
+
+
+# ------------------------------------------------------------------- output downloads
+
+
+def _fetcher(base_url: str, max_bytes: int) -> SafeFetcher:
+    policy = FetchPolicy.build(backend_urls=[base_url], max_bytes=max_bytes)
+    return SafeFetcher(policy, transport=AiohttpTransport())
+
+
+def _answer(head: bytes, chunks: list[bytes]) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(head)
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+        writer.close()
+
+    return handler
+
+
+def _chunked(parts: list[bytes]) -> list[bytes]:
+    return [b"%x\r\n%s\r\n" % (len(p), p) for p in parts] + [b"0\r\n\r\n"]
+
+
+async def test_download_streams_and_stops_at_the_cap() -> None:
+    part = b"\x89" * 65536
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ntransfer-encoding: chunked\r\n\r\n"
+    server, base_url = await _serve(_answer(head, _chunked([part] * 48)))  # 3 MiB, no length
+    async with server:
+        fetcher = _fetcher(base_url, max_bytes=1 << 20)
+        try:
+            with pytest.raises(OutputRefusedError):
+                await fetcher.fetch(f"{base_url}/files/big.png")
+            small = _fetcher(base_url, max_bytes=4 << 20)
+            assert await small.fetch(f"{base_url}/files/big.png") == part * 48
+            await small.aclose()
+        finally:
+            await fetcher.aclose()
+
+
+async def test_download_cap_counts_decoded_bytes_and_declared_lengths() -> None:
+    bomb = gzip.compress(b"\0" * (2 << 20))  # ~2 KiB on the wire, 2 MiB decoded
+    gz = b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(bomb)
+    declared = b"HTTP/1.1 200 OK\r\ncontent-length: 5000000\r\n\r\n"
+    for head, body in ((gz, [bomb]), (declared, [b"x" * 1000])):
+        server, base_url = await _serve(_answer(head, body))
+        async with server:
+            fetcher = _fetcher(base_url, max_bytes=1 << 20)
+            with pytest.raises(OutputRefusedError):
+                await fetcher.fetch(f"{base_url}/files/out.png")
+            await fetcher.aclose()
