@@ -30,6 +30,7 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Time
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from generation.errors import OutputDownloadError
+from generation.http_transport import AiohttpTransport
 from generation.images import prepare_output_photo
 from generation.models import MediaOutput
 from generation.safe_fetch import FetchPolicy, SafeFetcher
@@ -162,7 +163,8 @@ def output_fetcher(
         max_bytes=UPLOAD_MAX_BYTES,
         total_timeout=total_timeout,
     )
-    return SafeFetcher(policy, transport=transport)
+    # generation/http_transport.py: aiohttp under httpx, as for the ComfyDeploy API
+    return SafeFetcher(policy, transport=transport or AiohttpTransport())
 
 
 @dataclass(frozen=True, slots=True)
