@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # How long a webhook that beat its run's create answer waits for that answer before it is
 # checked as a foreign backend run (a GET) instead.
-CREATE_ANSWER_WAIT = 30.0
+CREATE_ANSWER_WAIT = 10.0
 
 
 def webhook_is_ours(secret: str, run_id: str, url: str | None) -> bool:
