@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+from bot import event_loop
 from bot.config import ConfigError, load_settings
 from bot.logging_setup import setup_logging
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_local(settings)
     application = build_application(settings)
     if settings.webhook_mode:
-        asyncio.run(serve_webhook(application, settings))
+        event_loop.run(serve_webhook(application, settings))
     else:
         run_polling(application)
     return 0

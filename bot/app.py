@@ -26,6 +26,7 @@ from telegram import BotCommand, Update
 from telegram.ext import Application, ApplicationBuilder, Defaults, TypeHandler
 from telegram.request import BaseRequest
 
+from bot import event_loop
 from bot.backends import (
     backend_label,
     connect_backend,
@@ -41,6 +42,7 @@ from bot.metrics import Metrics, default_metrics
 from bot.processor import PerChatUpdateProcessor
 from bot.rate_limit import BotRateLimiter
 from bot.signals import install_signals
+from bot.telegram_http import AiohttpRequest
 from generation.billing import PayloadSigner
 from generation.custom_types import CustomTypeRegistry
 from generation.events import EventBus
@@ -145,12 +147,11 @@ def build_application(
     )
     if rate_limit:
         builder = builder.rate_limiter(BotRateLimiter())  # see bot/rate_limit.py
-    if request is not None:
-        builder = builder.request(request)
+    builder = builder.request(request or AiohttpRequest())  # bot/telegram_http.py: why
     if settings.webhook_mode:
         builder = builder.updater(None)
-    elif get_updates_request is not None:
-        builder = builder.get_updates_request(get_updates_request)
+    else:
+        builder = builder.get_updates_request(get_updates_request or AiohttpRequest(1))
     application = builder.build()
     assert isinstance(application, BotApplication)
     application.add_handler(TypeHandler(Update, _count_update), group=-1000)
@@ -388,4 +389,5 @@ async def shutdown(application: Application) -> None:  # type: ignore[type-arg]
 
 def run_polling(application: Application) -> None:  # type: ignore[type-arg]
     """Long polling (PUBLIC_URL unset). PTB handles SIGINT/SIGTERM and the lifecycle hooks."""
+    event_loop.install()  # uvloop where installed (bot/event_loop.py)
     application.run_polling(allowed_updates=Update.ALL_TYPES, drop_pending_updates=False)

@@ -18,6 +18,7 @@ import httpx
 from bot.config import Settings
 from generation.client import ComfyDeployClient
 from generation.comfyui import ComfyUIBackend
+from generation.http_transport import AiohttpTransport
 from generation.ports import Backend, WorkflowStore
 from generation.preview import PREVIEW_DEPLOYMENTS, PREVIEW_INPUTS, PREVIEW_LABEL, PreviewBackend
 from generation.routing import RoutingBackend
@@ -81,7 +82,7 @@ def _comfydeploy(settings: Settings, transport: httpx.AsyncBaseTransport | None)
     return ComfyDeployClient(
         api_key=api_key.get_secret_value() if api_key else "",
         base_url=settings.comfydeploy_api_url,
-        transport=transport,
+        transport=transport or AiohttpTransport(),  # generation/http_transport.py: why
     )
 
 

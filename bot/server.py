@@ -304,6 +304,7 @@ def http_limits() -> dict[str, Any]:
         "limit_concurrency": HTTP_LIMIT_CONCURRENCY,
         "timeout_keep_alive": HTTP_KEEP_ALIVE_SECONDS,
         "h11_max_incomplete_event_size": HTTP_MAX_HEAD_BYTES,
+        "http": "h11",  # the head limit above is h11's (httptools, if installed, has none)
         "backlog": 256,
     }
 

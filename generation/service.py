@@ -72,6 +72,8 @@ from generation.webhooks import apply_webhook, webhook_is_ours
 
 log = logging.getLogger(__name__)
 
+REPLY_WAIT = 0.3  # seconds the first reply waits at most for the create-run (``submitted``)
+
 
 class GenerationService:
     def __init__(
@@ -312,6 +314,7 @@ class GenerationService:
             payload,
             token,
             run_ref,
+            self.submitter.wait_created,
         )
         self.counters.inc("generation_webhooks_total", result="accepted" if ok else "rejected")
         return ok
@@ -319,11 +322,21 @@ class GenerationService:
     def queue_position(self, run_id: str) -> int | None:
         return self.scheduler.position(run_id)
 
+    async def submitted(self, run_id: str, timeout: float = REPLY_WAIT) -> None:  # noqa: ASYNC109
+        """Return once the run just accepted by ``generate`` is as far as it goes now: a
+        worker woken for it has had its loop turn and, if it took the run, its create-run
+        has left (at most ``timeout`` seconds). The handler replies after this, so the
+        reply's work on the event loop never delays the create-run."""
+        await asyncio.sleep(0)  # a woken worker takes the run (scheduler.take) now
+        await self.submitter.wait_issued(run_id, timeout)
+
     async def attach_progress_message(self, run_id: str, message_id: int) -> RunRecord:
-        async with self.tracker.lock(run_id):
-            return await self.runs.update_run(
-                run_id, progress_message_id=message_id, updated_at=self.clock()
-            )
+        """Persist the progress message's id (read after a restart). One single-column
+        UPDATE, so not under the run's lock: it must not queue in front of the worker's or a
+        webhook's change of the run."""
+        return await self.runs.update_run(
+            run_id, progress_message_id=message_id, updated_at=self.clock()
+        )
 
     async def mark_delivered(self, run_id: str) -> RunRecord:
         """The caller delivered the result: settle the hold (exactly once)."""

@@ -5,6 +5,8 @@ when the run ended meanwhile, cancelled as an orphan)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from generation.types import ResolvedType, deployment_keys_for, validate_request
 log = logging.getLogger(__name__)
 
 _FAILOVER_ERRORS = (BackendUnavailableError, RateLimitedError, DeploymentNotFoundError)
+MAX_CREATES_TRACKED = 10_000  # in-flight creates others may wait for (bounded memory)
 
 
 @dataclass(slots=True)
@@ -46,6 +49,21 @@ class Pending:
     request: GenerationRequest
     balance: int | None = None
     run: RunRecord | None = None  # the record as created (spares dispatch a re-read)
+
+
+@dataclass(slots=True)
+class _Create:
+    """A dispatch in progress: ``issued`` once its create-run call has left (or the dispatch
+    ended), ``stored`` once the answer is stored (or the dispatch ended without one)."""
+
+    issued: asyncio.Event = field(default_factory=asyncio.Event)
+    stored: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:  # noqa: ASYNC109
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 @dataclass(kw_only=True, eq=False)
@@ -69,6 +87,40 @@ class Submitter:
     pending: dict[str, Pending] = field(default_factory=dict)
     # backend run ids pushed before tracked
     _early_updates: dict[str, None] = field(default_factory=dict)
+    # run id → its dispatch in progress (until the create's answer is stored)
+    _creating: dict[str, _Create] = field(default_factory=dict)
+
+    def creating(self, run_id: str) -> bool:
+        """Is a worker dispatching ``run_id`` (its create not answered and stored yet)?"""
+        return run_id in self._creating
+
+    async def wait_issued(self, run_id: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait at most ``timeout`` seconds for the create-run of ``run_id``, if a worker is
+        dispatching it, to leave (at once when none is)."""
+        create = self._creating.get(run_id)
+        if create is not None:
+            await _wait(create.issued, timeout)
+
+    async def wait_created(self, run_id: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait at most ``timeout`` seconds for the create of ``run_id`` in flight to be
+        answered and its backend run id stored (or for the dispatch to end without one).
+        False at once when no create of that run is in flight."""
+        create = self._creating.get(run_id)
+        if create is None:
+            return False
+        await _wait(create.stored, timeout)
+        return True
+
+    def _issued(self, run_id: str) -> None:
+        create = self._creating.get(run_id)
+        if create is not None:
+            create.issued.set()
+
+    def _created(self, run_id: str) -> None:
+        create = self._creating.pop(run_id, None)
+        if create is not None:
+            create.issued.set()
+            create.stored.set()
 
     async def on_backend_update(self, backend_run_id: str) -> None:
         """A backend pushed "this run changed" (ComfyUI's WebSocket): poll it now. A push
@@ -83,6 +135,14 @@ class Submitter:
 
     async def dispatch(self, item: QueueItem) -> None:
         """Submit one run taken from the queue (what a worker does with each item)."""
+        if len(self._creating) < MAX_CREATES_TRACKED:
+            self._creating.setdefault(item.run_id, _Create())
+        try:
+            await self._dispatch(item)
+        finally:
+            self._created(item.run_id)
+
+    async def _dispatch(self, item: QueueItem) -> None:
         pending = self.pending.get(item.run_id)
         # A pending entry exists only while the run is queued (finishing a run drops it), so
         # the record kept from ``generate`` is current enough here; ``_submit_to`` re-reads it
@@ -180,6 +240,7 @@ class Submitter:
         hook = None
         if self.settings.webhook_url:
             hook = webhook_url(self.settings.webhook_url, run.id, self.settings.webhook_secret)
+        self._issued(run.id)  # the first reply goes right behind it (service.submitted)
         try:
             backend_run_id = await self.backend.create_run(
                 dep_id,
@@ -199,8 +260,8 @@ class Submitter:
             await self.tracker.fail(run.id, exc)
             return None
         self.pending.pop(run.id, None)  # the image bytes are not needed any more
-        await self.selector.record_success(dep_id)
         await self.after_create(run, backend_run_id, dep_id)
+        await self.selector.record_success(dep_id)  # after the answer is stored: not before
         return None
 
     async def _uncertain(
@@ -247,10 +308,10 @@ class Submitter:
                     changes["status"] = RunStatus.WAITING
                 current = await self.runs.update_run(run.id, **changes)
                 self.tracker.track(current)
-        if unused:
-            await self.orphans.cancel(run.id, backend_run_id)
-            return
-        if current.is_terminal:
+        if unused or current.is_terminal:
+            self._created(run.id)
+            if unused:
+                await self.orphans.cancel(run.id, backend_run_id)
             return
         self.bus.publish(
             GenerationStarted(
@@ -261,6 +322,7 @@ class Submitter:
                 deployment_id=dep_id,
             )
         )
+        self._created(run.id)  # webhooks that beat this answer (webhooks.py) go on now
         log.info("run %s submitted: deployment=%s backend=%s", run.id, dep_id, backend_run_id)
         if self._early_updates.pop(backend_run_id, 0) is None:
             await self.tracker.poll_once(run.id)

@@ -33,12 +33,13 @@ import httpx
 from telegram import Bot
 from telegram.error import TimedOut
 
-from generation.errors import GenerationError, OutputRefusedError
+from generation.errors import OutputRefusedError
 from generation.events import GenerationCompleted, GenerationEvent
 from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
-from handlers.actions import deployed_types, record_delivered, result_keyboard
+from handlers.actions import deployed_types, result_keyboard
 from handlers.albums import send_album
-from handlers.delivery_plan import Fetched, Item, plan_delivery
+from handlers.delivery_plan import Item, plan_delivery
+from handlers.delivery_steps import Marks, fetch_outputs, note_delivered
 from handlers.deps import Services
 from handlers.origin import DELIVERED_ITEMS_KEY, Origin
 from handlers.telegram_io import (
@@ -49,7 +50,6 @@ from handlers.telegram_io import (
     is_outage,
     output_fetcher,
     output_filename,
-    prepare_photo_async,
     truncate_prompt,
     upload_timeouts,
 )
@@ -58,18 +58,15 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_INITIAL = 2.0  # seconds before the first delivery retry after an outage
 RETRY_BACKOFF_MAX = 60.0
+# "Sending…" is shown only when a delivery takes longer than this (the renderer's clock): a
+# quick one goes from the progress straight to the photo and "done", no edit in front of it.
+SENDING_SHOWN_AFTER = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     sent: int  # items of the result that are out (now or before)
     outage: bool  # some item failed because Telegram was down or throttling
-
-
-def _reason(exc: BaseException) -> str:
-    """A log-safe reason: our errors' messages, else the exception type (an httpx error's
-    text would carry the URL)."""
-    return exc.message if isinstance(exc, GenerationError) else type(exc).__name__
 
 
 class Delivery:
@@ -101,6 +98,7 @@ class Delivery:
             total_timeout=download_timeout,
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._marks: set[asyncio.Task[None]] = set()  # bookkeeping writes after the sends
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -122,6 +120,8 @@ class Delivery:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Bookkeeping of items already sent is never cut short: it keeps them from repeating.
+        await asyncio.gather(*self._marks, return_exceptions=True)
         await self._http.aclose()
         if self._services.delivery is self:
             self._services.delivery = None
@@ -150,19 +150,39 @@ class Delivery:
             await progress.show(run_id, key, final=final)
 
     async def _deliver(self, run_id: str, event_outputs: tuple[MediaOutput, ...]) -> None:
+        progress = self._services.progress
+        sending = None
+        if progress is not None:
+            show = progress.show_after(SENDING_SHOWN_AFTER, run_id, "progress.sending")
+            sending = asyncio.get_running_loop().create_task(show)
+        try:
+            await self._deliver_run(run_id, event_outputs)
+        finally:
+            if sending is not None:
+                sending.cancel()
+
+    async def _delivered(self, run: RunRecord, sent: int, outputs: int, marks: Marks) -> None:
+        """Everything that arrived is out: "done" first (its edit runs while the bookkeeping
+        is written), then the items' marks, then the hold settled (exactly once)."""
+        await self._show(run.id, "progress.done", final=True)
+        await marks.wait()
+        await self._services.generation.mark_delivered(run.id)
+        _log_delivered(run, sent, outputs)
+
+    async def _deliver_run(self, run_id: str, event_outputs: tuple[MediaOutput, ...]) -> None:
         services = self._services
         run = await services.storage.runs.get_run(run_id)
         if run is None or run.delivery_state is not DeliveryState.PENDING:
             return
         outputs = tuple(run.outputs or event_outputs)
-        await self._show(run_id, "progress.sending")
         lang = Origin.of(run).lang or "en"
         deadline = (run.finished_at or self._clock()) + services.config.delivery_retry_window
         backoff = RETRY_BACKOFF_INITIAL
         failure = "result.no_outputs" if not outputs else "result.delivery_failed"
+        marks = Marks(self._services.storage, run, self._marks)
         for _ in range(10_000):  # bounded; the window ends the loop long before
             try:
-                outcome = await self._send_outputs(run, outputs, lang)
+                outcome = await self._send_outputs(run, outputs, lang, marks)
             except asyncio.CancelledError:
                 raise
             except OutputRefusedError as exc:
@@ -173,25 +193,24 @@ class Delivery:
                 log.exception("delivery of run %s failed", run_id)
                 break
             if outcome.sent and not outcome.outage:
-                await services.generation.mark_delivered(run_id)
-                _log_delivered(run, outcome.sent, len(outputs))
-                await self._show(run_id, "progress.done", final=True)
+                await self._delivered(run, outcome.sent, len(outputs), marks)
                 return
             if not outcome.outage or self._clock() + backoff > deadline:
                 if outcome.sent:  # part of it arrived: that part is what the user paid for
-                    await services.generation.mark_delivered(run_id)
-                    _log_delivered(run, outcome.sent, len(outputs))
-                    await self._show(run_id, "progress.done", final=True)
+                    await self._delivered(run, outcome.sent, len(outputs), marks)
                     return
                 break
             log.warning(
                 "run %s: Telegram unavailable; retrying delivery in %.0f s", run_id, backoff
             )
+            await marks.wait()
             await self._sleep(backoff)
             backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
             run = await services.storage.runs.get_run(run_id) or run
             if run.delivery_state is not DeliveryState.PENDING:
                 return
+            marks = Marks(self._services.storage, run, self._marks)
+        await marks.wait()
         await self._give_up(run, lang, failure)
 
     async def _give_up(self, run: RunRecord, lang: str, key: str) -> None:
@@ -237,33 +256,22 @@ class Delivery:
             return False
         return user is not None and user.settings.png_as_file
 
-    async def _fetch(self, run: RunRecord, outputs: tuple[MediaOutput, ...]) -> list[Fetched]:
-        fetched: list[Fetched] = []
-        for index, output in enumerate(outputs):
-            try:
-                data = await self.download(output.url)
-            except OutputRefusedError:
-                raise  # ends the run: nothing of it is sent
-            except Exception as exc:  # messages carry no URL (presigned URLs are secrets)
-                log.warning("run %s: could not download output %d: %s", run.id, index, _reason(exc))
-                continue
-            name = output_filename(output, index)
-            photo = None
-            if output.media_type is MediaType.IMAGE:
-                photo = await prepare_photo_async(data, name)
-            fetched.append(Fetched(index, output.media_type, name, data, photo))
-        return fetched
-
     async def _send_outputs(
-        self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str
+        self, run: RunRecord, outputs: tuple[MediaOutput, ...], lang: str, marks: Marks
     ) -> _Outcome:
         """Send every output not sent yet; how many are out, and whether Telegram was down.
         Two or more photos go as one album, followed by the message with the per-image
-        buttons (U1…, V1…)."""
+        buttons (U1…, V1…). Each send's bookkeeping goes to ``marks`` (written in order, while
+        the next item is sent)."""
         if not outputs:
             return _Outcome(0, False)
-        png_as_file = await self._png_as_file(run.user_id)
-        plan = plan_delivery(await self._fetch(run, outputs), png_as_file=png_as_file)
+        # The user's PNG-as-file setting is read while the outputs download.
+        setting = asyncio.get_running_loop().create_task(self._png_as_file(run.user_id))
+        try:
+            fetched = await fetch_outputs(self.download, run.id, outputs)
+        finally:
+            png_as_file = await setting
+        plan = plan_delivery(fetched, png_as_file=png_as_file)
         caption = self.caption(run, lang)
         base = {"chat_id": run.chat_id, **Origin.of(run).reply_kwargs()}
         deployed = await deployed_types(self._services.storage)
@@ -304,10 +312,8 @@ class Delivery:
                 log.warning("run %s: %s failed: %s", run.id, item.method, type(exc).__name__)
                 continue
             sent += 1
-            if message is not None:
-                await record_delivered(self._services.storage, run.id, _index(item), message)
             done.add(item.key)
-            await self._note_delivered(run.id, done)
+            marks.add(_index(item), message, done)
         return _Outcome(sent, outage)
 
     async def _send_album(
@@ -342,21 +348,8 @@ class Delivery:
             log.warning("run %s: the album failed: %s", run.id, type(exc).__name__)
             return 0, is_outage(exc)
         done.update(item.key for item in photos)
-        await self._note_delivered(run.id, done)
+        await note_delivered(self._services.storage, run, done)
         return sent, False
-
-    async def _note_delivered(self, run_id: str, keys: set[str]) -> None:
-        """Record in the run's meta which items reached Telegram, right after each send, so a
-        delivery resumed after a crash sends only the missing ones."""
-        runs = self._services.storage.runs
-        try:
-            current = await runs.get_run(run_id)
-            if current is None:
-                return
-            meta = {**(current.meta or {}), DELIVERED_ITEMS_KEY: sorted(keys)}
-            await runs.update_run(run_id, meta=meta)
-        except Exception:
-            log.warning("run %s: could not record delivery progress", run_id, exc_info=True)
 
     async def send_original(self, run: RunRecord, lang: str) -> int:
         """Send the image outputs of ``run`` as documents (the "original file" button)."""

@@ -71,6 +71,7 @@ class _Progress:
     sent: tuple[str, bool] | None = None  # (text, has cancel button) last shown
     desired: tuple[str, bool] | None = None
     final: bool = False  # the desired state is final: later intermediate states are ignored
+    started: bool = False  # an event after the queue (started, progress) set ``desired``
     last_edit_at: float = float("-inf")
     blocked_until: float = float("-inf")
     task: asyncio.Task[None] | None = None
@@ -139,8 +140,13 @@ class ProgressRenderer:
         return self._t(lang, "progress.submitting")
 
     def initial_text(self, run: RunRecord, lang: str) -> str:
-        """The text of a fresh progress message for ``run``."""
+        """The text of a fresh progress message for ``run``: the newest state its events
+        brought (e.g. "waiting" once the create was answered), so no edit has to follow."""
         position = self._services.generation.queue_position(run.id)
+        p = self._runs.get(run.id)
+        if position is None and p is not None and p.started and p.message_id is None:
+            if p.desired is not None and not p.final:
+                return p.desired[0]
         if run.status is RunStatus.QUEUED:
             return self.queued_text(lang, position or run.queue_position)
         return self._status_text(lang, run.status, run.progress, run.live_status, None)
@@ -214,6 +220,12 @@ class ProgressRenderer:
             message_id=run.progress_message_id,
         )
 
+    def track(self, run: RunRecord) -> None:
+        """``run`` was just accepted and its progress message is on the way: keep its state
+        from the record at hand, so its first events need no database read."""
+        if run.id not in self._runs:
+            self._remember(self._from_record(run))
+
     def register(
         self, run: RunRecord, message_id: int, text: str, *, has_button: bool = True
     ) -> None:
@@ -224,6 +236,11 @@ class ProgressRenderer:
         p.last_edit_at = self._clock()
         if p.desired is None:
             p.desired = p.sent
+        elif not p.started and not p.final:
+            # Only queue positions came before: the queue as it is now decides (the message
+            # just sent shows it, unless the position moved meanwhile).
+            position = self._services.generation.queue_position(run.id)
+            p.desired = (self.queued_text(p.lang, position), has_button) if position else p.sent
         self._remember(p)
         self._kick(p)
 
@@ -233,6 +250,12 @@ class ProgressRenderer:
         if p is None:
             return
         self._set(p, self._t(p.lang, key, **params), final=final)
+
+    async def show_after(self, delay: float, run_id: str, key: str) -> None:
+        """Show an intermediate state by locale key after ``delay`` seconds of this renderer's
+        clock, unless the caller cancels this first (delivery: "sending", only when slow)."""
+        await self._sleep(delay)
+        await self.show(run_id, key)
 
     def _set(self, p: _Progress, text: str, *, final: bool) -> None:
         if p.final and not final:
@@ -263,8 +286,10 @@ class ProgressRenderer:
         if isinstance(event, GenerationQueued):
             self._set(p, self.queued_text(lang, event.position), final=False)
         elif isinstance(event, GenerationStarted):
+            p.started = True
             self._set(p, self._t(lang, "progress.waiting"), final=False)
         elif isinstance(event, GenerationProgress):
+            p.started = True
             text = self._status_text(
                 lang, event.status, event.progress, event.live_status, event.queue_position
             )

@@ -2,7 +2,8 @@
 
 :func:`submit` builds a ``GenerationRequest`` from the prompt and the user's settings, checks
 the price against the balance (no run is created when the user cannot pay), calls
-``GenerationService.generate`` (which returns at once), sends the progress message with its
+``GenerationService.generate`` (which returns at once), lets the worker post the create-run
+first (``GenerationService.submitted``, bounded), then sends the progress message with its
 Cancel button as a reply to the request and hands it to the progress renderer. The same
 message delivered twice (after a restart) starts no second run.
 """
@@ -142,6 +143,11 @@ async def submit(
             reply_parameters=reply_to(message.message_id),
         )
         return None
+    if services.progress is not None:  # before any await: the run's first events find it
+        services.progress.track(run)
+    if image is None and mask is None:  # (with images the worker may upload them first)
+        # The create-run leaves first, the progress message right behind it.
+        await services.generation.submitted(run.id)
     await show_progress_message(message, services, run, caller.lang)
     return run
 

@@ -15,6 +15,7 @@ caps); only transient failures are retried.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import warnings
 from collections.abc import Awaitable, Callable
@@ -23,11 +24,13 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+from PIL import Image
 from telegram.constants import FileSizeLimit, MessageLimit
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from generation.errors import OutputDownloadError
+from generation.http_transport import AiohttpTransport
 from generation.images import prepare_output_photo
 from generation.models import MediaOutput
 from generation.safe_fetch import FetchPolicy, SafeFetcher
@@ -160,7 +163,8 @@ def output_fetcher(
         max_bytes=UPLOAD_MAX_BYTES,
         total_timeout=total_timeout,
     )
-    return SafeFetcher(policy, transport=transport)
+    # generation/http_transport.py: aiohttp under httpx, as for the ComfyDeploy API
+    return SafeFetcher(policy, transport=transport or AiohttpTransport())
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +187,31 @@ def prepare_photo(data: bytes, filename: str = "result.png") -> PreparedPhoto:
     return PreparedPhoto(out.photo, out.reencoded, out.filename)
 
 
+def _fits_as_is(data: bytes, filename: str) -> PreparedPhoto | None:
+    """The common case decided on the event loop: a photo whose header (only the header is
+    read, microseconds) says it fits the limits goes as it is, the answer
+    :func:`prepare_photo` would give, without a thread hop. ``None``: anything else."""
+    if len(data) > PHOTO_MAX_BYTES:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # also decompression bombs: the thread path decides and logs
+        return None
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > PHOTO_MAX_RATIO or width + height > PHOTO_MAX_DIMENSION_SUM:
+        return None
+    return PreparedPhoto(data, False, filename)
+
+
 async def prepare_photo_async(data: bytes, filename: str) -> PreparedPhoto:
-    """:func:`prepare_photo` in a worker thread; an unreadable image cannot be a photo."""
+    """:func:`prepare_photo`, in a worker thread unless the header alone shows the photo fits
+    (:func:`_fits_as_is`); an unreadable image cannot be a photo."""
+    fits = _fits_as_is(data, filename)
+    if fits is not None:
+        return fits
     try:
         return await asyncio.to_thread(prepare_photo, data, filename)
     except Exception:

@@ -100,6 +100,7 @@ def test_uvicorn_limits_are_set() -> None:
     assert config.limit_concurrency and config.limit_concurrency > 0
     assert 0 < config.timeout_keep_alive <= 10
     assert config.h11_max_incomplete_event_size and config.h11_max_incomplete_event_size <= 65536
+    assert config.http == "h11"  # the limit above binds only the h11 parser
 
 
 async def test_metrics_come_from_in_process_counters(tmp_path: Path, monkeypatch) -> None:

@@ -24,6 +24,7 @@ from telegram import Update
 from telegram.ext import Application
 from telegram.request import HTTPXRequest
 
+from bot import event_loop
 from bot.app import build_application, initialize, shutdown
 from bot.config import ConfigError, Settings
 from bot.local.emulator import LOCAL_TOKEN, BotApiEmulator
@@ -239,7 +240,7 @@ def run_local(settings: Settings) -> int:
         )
         return 1
     try:
-        asyncio.run(serve_local(settings, sock))
+        event_loop.run(serve_local(settings, sock))
     except KeyboardInterrupt:
         pass
     return 0
