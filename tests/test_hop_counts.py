@@ -4,15 +4,16 @@ is one hop to its thread. These tests count hops (``aiosqlite.Connection._execut
 not time, for a warm user's ``/make`` in the in-process harness (tests/e2e/inprocess.py).
 
 Figures (hops; update → create-run at the ComfyDeploy double / update → result delivered and
-settled), measured before and after the run cache, the one-hop transactions and the single
-users read per update (storage/run_cache.py, storage/database.py, storage/users.py):
+settled). "before" is main at 5969aff (ae3147c in brackets); "after" adds the run cache, the
+one-hop transactions and the single users read per update (storage/run_cache.py,
+storage/database.py, storage/users.py):
 
-=========  ===============  ===========
-price      before           after
-=========  ===============  ===========
-0          8 / 42           6 / 18
-5          16 / 56          7 / 19
-=========  ===============  ===========
+=========  ========================  ===========
+price      before                    after
+=========  ========================  ===========
+0          5 / 40  (8 / 42)          4 / 18
+5          13 / 54  (16 / 56)        5 / 19
+=========  ========================  ===========
 
 The bounds are today's figures: a change that adds a hop to the hot path fails here.
 """
@@ -30,7 +31,7 @@ from tests.e2e.inprocess import E2E, make_e2e
 from tests.fakes.comfydeploy import FakeComfyDeploy
 
 USER = 4001
-BOUNDS = {0: (6, 18), 5: (7, 19)}  # price -> (hops to create-run, hops per generation)
+BOUNDS = {0: (4, 18), 5: (5, 19)}  # price -> (hops to create-run, hops per generation)
 
 
 class HopCounter:
