@@ -100,3 +100,24 @@ async def test_hops_per_generation(env: E2E, counter: HopCounter, price: int) ->
     assert counter.at_create[0] <= to_create, f"{counter.at_create[0]} hops to create-run"
     assert hops <= per_generation, f"{hops} hops per generation"
     assert await env.storage.ledger.check_consistency() == []
+
+
+async def test_one_users_read_per_update(env: E2E) -> None:
+    """The access gate reads the user's row; the caller lookup (handlers/context.py) and the
+    PNG-as-file setting at delivery are then served from the user cache (storage/users.py)."""
+    user = env.fake.user(USER)
+    await _generate(env, "warm up")
+    env.storage.db.user_cache.clear()  # as after a restart: nothing cached for this user
+    statements: list[str] = []
+    await env.storage.db.call(lambda conn: conn.set_trace_callback(statements.append))
+    try:
+        await env.command(user, "/make a cat")
+        run = await env.latest_run(USER)
+        await env.finish(run.id)
+    finally:
+        await env.storage.db.call(lambda conn: conn.set_trace_callback(None))
+    users_reads = [
+        s for s in statements if s.lstrip().upper().startswith("SELECT") and "FROM users" in s
+    ]
+    assert len(users_reads) == 1, users_reads
+    assert "SELECT * FROM users" in users_reads[0]

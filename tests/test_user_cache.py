@@ -1,0 +1,68 @@
+"""The write-through user cache (storage/users.py): one read per user, then no hop; every
+``UserRepository`` write keeps it true; the access gate's read fills it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from generation.billing import AccessMode
+from storage import Storage
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    return seen
+
+
+async def _table_user(storage: Storage, user_id: int) -> Any:
+    storage.db.user_cache.clear()
+    return await storage.users.get(user_id)
+
+
+async def test_writes_keep_the_cache_true(storage: Storage, hops: list[str]) -> None:
+    created, is_new = await storage.users.get_or_create(7, language_code="de", starting_balance=3)
+    assert is_new and await storage.ledger.get_balance(7) == 3
+    hops.clear()
+    assert await storage.users.get(7) == created and hops == []
+    assert await storage.users.get_or_create(7) == (created, False) and hops == []
+
+    changed = await storage.users.update_settings(7, png_as_file=True, width=768)
+    assert (await storage.users.get(7)) == changed and changed.settings.png_as_file
+    storage.db.clock = lambda: 5000.0
+    assert await storage.users.touch(7)
+    touched = await storage.users.get(7)
+    assert touched is not None and touched.last_seen_at == 5000.0
+    assert touched == await _table_user(storage, 7)
+    assert not await storage.users.touch(8)  # unknown users are not cached
+    assert await storage.users.get(8) is None
+
+
+async def test_failed_settings_change_leaves_the_cached_user(storage: Storage) -> None:
+    user, _ = await storage.users.get_or_create(7)
+    with pytest.raises(ValueError):
+        await storage.users.update_settings(7, width=-5)
+    assert await storage.users.get(7) == user == await _table_user(storage, 7)
+
+
+async def test_access_check_fills_the_cache(storage: Storage, hops: list[str]) -> None:
+    user, _ = await storage.users.get_or_create(7)
+    storage.db.user_cache.clear()
+    hops.clear()
+    await storage.access.check(7, mode=AccessMode.OPEN)
+    assert len(hops) == 1
+    assert await storage.users.get(7) == user and len(hops) == 1
+    await storage.access.ban(7)  # access is not part of a User: the cached one stays right
+    assert await storage.users.get(7) == await _table_user(storage, 7)
+    await storage.access.check(8, mode=AccessMode.OPEN)  # unknown user: nothing cached
+    assert 8 not in storage.db.user_cache
