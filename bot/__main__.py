@@ -1,6 +1,9 @@
 """``python -m bot``: read settings, set up logging, run in polling or webhook mode.
 
 ``python -m bot doctor|backup|restore …`` runs an operator command instead (:mod:`bot.cli`).
+
+Exit status 2: a bad setting, or the database is held by another bot process or a restore
+(:mod:`storage.lock`); one line on stderr says which.
 """
 
 from __future__ import annotations
@@ -31,14 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     from bot.app import build_application, run_polling
     from bot.local.runner import run_local
     from bot.server import serve_webhook
+    from storage.lock import DatabaseInUseError
 
-    if settings.telegram_bot_token is None:
-        return run_local(settings)
-    application = build_application(settings)
-    if settings.webhook_mode:
-        event_loop.run(serve_webhook(application, settings))
-    else:
-        run_polling(application)
+    try:
+        if settings.telegram_bot_token is None:
+            return run_local(settings)
+        application = build_application(settings)
+        if settings.webhook_mode:
+            event_loop.run(serve_webhook(application, settings))
+        else:
+            run_polling(application)
+    except DatabaseInUseError as exc:  # another bot, or a restore, holds DATABASE_PATH
+        print(str(exc), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -171,9 +171,11 @@ async def _count_error(update: object, context: BotContext) -> None:
 
 
 async def open_storage(path: str) -> Storage:
+    """The bot's storage: it is the database's single writer (storage/lock.py), so a second
+    bot on the same file raises :class:`storage.lock.BotAlreadyRunningError` here."""
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return await Storage.open(path)
+    return await Storage.open(path, writer=True)
 
 
 def build_service(runtime: Runtime) -> GenerationService:

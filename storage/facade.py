@@ -14,7 +14,7 @@ from storage.deployments import DeploymentRepository
 from storage.directory import UserDirectory
 from storage.images import FileImageStore
 from storage.ledger import LedgerRepository
-from storage.lock import DatabaseLock, hold_shared, is_file_database
+from storage.lock import DatabaseLock, hold_shared, hold_writer, is_file_database
 from storage.loras import LoraRepository
 from storage.migrations import apply_migrations, current_version
 from storage.payments import PaymentRepository
@@ -46,7 +46,9 @@ class Storage:
         run_limits: RunLimits | None = None,
     ) -> None:
         self.db = db
-        self._lock = lock  # "in use" lock on <database>.lock (see storage/lock.py)
+        # "in use" lock on <database>.lock; open(writer=True) adds <database>.writer.lock
+        # (storage/lock.py). All are released by close().
+        self._locks = [lock] if lock is not None else []
         self.users = UserRepository(db)
         self.ledger = LedgerRepository(db, free_daily_credits=free_daily_credits)
         self.deployments = DeploymentRepository(db)
@@ -83,28 +85,38 @@ class Storage:
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         free_daily_credits: int = 0,
         run_limits: RunLimits | None = None,
+        writer: bool = False,
     ) -> Storage:
         """Create folder and file when missing, set WAL/pragmas and apply migrations.
 
         Holds the shared "in use" lock while open, so ``python -m bot restore`` refuses to run;
-        raises :class:`~storage.lock.DatabaseInUseError` while a restore is under way."""
+        raises :class:`~storage.lock.DatabaseInUseError` while a restore is under way.
+        ``writer=True`` (the bot process only) also takes the exclusive single-writer lock the
+        caches rely on, first; raises :class:`~storage.lock.BotAlreadyRunningError` while
+        another bot process holds it."""
         if is_file_database(path):
             await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
-        lock = hold_shared(path)  # before the file is touched: a restore may be writing it
+        locks: list[DatabaseLock] = []
+        db: Database | None = None
         try:
+            if writer and (writer_lock := hold_writer(path)) is not None:
+                locks.append(writer_lock)
+            # before the file is touched: a restore may be writing it
+            if (lock := hold_shared(path)) is not None:
+                locks.append(lock)
             db = await Database.connect(path, clock=clock, busy_timeout_ms=busy_timeout_ms)
-        except BaseException:
-            if lock is not None:
-                lock.release()
-            raise
-        try:
             await apply_migrations(db)
         except BaseException:
-            if lock is not None:
-                lock.release()
-            await db.close()
+            try:
+                if db is not None:
+                    await db.close()
+            finally:
+                for held in locks:
+                    held.release()
             raise
-        return cls(db, lock, free_daily_credits=free_daily_credits, run_limits=run_limits)
+        storage = cls(db, free_daily_credits=free_daily_credits, run_limits=run_limits)
+        storage._locks = locks
+        return storage
 
     @property
     def path(self) -> str:
@@ -123,8 +135,9 @@ class Storage:
         try:
             await self.db.close()
         finally:
-            if self._lock is not None:
-                self._lock.release()
+            for held in self._locks:
+                held.release()
+            self._locks = []
 
     async def __aenter__(self) -> Storage:
         return self

@@ -1,13 +1,22 @@
-"""The database's "in use" lock: an OS file lock on ``<database>.lock`` next to the database.
+"""OS file locks next to the database: the "in use" lock and the single-writer lock.
 
-Every process that has the database open through :meth:`storage.Storage.open` holds a *shared*
-``flock`` on the lock file for as long as it is open; the kernel drops it when the process
-exits, however it exits (SIGKILL included), so a stale lock cannot survive a crash.
-``python -m bot restore`` takes the *exclusive* lock without waiting: it fails while any bot
-has the database open, and a bot started during a restore refuses to open it.
+* ``<database>.lock`` — every process that has the database open through
+  :meth:`storage.Storage.open` holds a *shared* ``flock`` on it for as long as it is open.
+  ``python -m bot restore`` takes it *exclusively* without waiting: it fails while anything has
+  the database open, and a bot started during a restore refuses to open it.
+* ``<database>.writer.lock`` — only the bot process takes it (``Storage.open(writer=True)``,
+  from bot/app.py, local mode included), *exclusively* and without waiting, before it touches
+  the database. The storage layer keeps process-local write-through caches (storage/run_cache.py,
+  storage/lru.py, storage/prices.py) that are only true while one process writes, and two bots
+  would also process the same runs; so a second bot on the same database refuses to start
+  (:class:`BotAlreadyRunningError`). Operator commands (``doctor``, ``backup``) never take it
+  and keep working while the bot runs.
 
-On systems without ``fcntl`` (Windows) the lock is a no-op and :func:`database_in_use` always
-answers ``False``.
+The kernel drops a ``flock`` when its process exits, however it exits (SIGKILL included), so a
+stale lock cannot survive a crash; the lock files themselves stay (deleting them would race).
+
+On systems without ``fcntl`` (Windows) the locks are no-ops and :func:`database_in_use` /
+:func:`writer_running` always answer ``False``.
 """
 
 from __future__ import annotations
@@ -27,16 +36,26 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
+WRITER_SUFFIX = ".writer.lock"
 
 
 class DatabaseInUseError(StorageError):
     """The database is held by another process (a running bot, or a restore under way)."""
 
 
-def lock_path(database_path: str | Path) -> Path:
-    """``data/bot.sqlite3`` → ``data/bot.sqlite3.lock``."""
+class BotAlreadyRunningError(DatabaseInUseError):
+    """Another bot process holds the database's single-writer lock."""
+
+
+def lock_path(database_path: str | Path, suffix: str = LOCK_SUFFIX) -> Path:
+    """``data/bot.sqlite3`` → ``data/bot.sqlite3.lock`` (or ``suffix`` instead of ``.lock``)."""
     path = Path(database_path)
-    return path.with_name(path.name + LOCK_SUFFIX)
+    return path.with_name(path.name + suffix)
+
+
+def writer_lock_path(database_path: str | Path) -> Path:
+    """``data/bot.sqlite3`` → ``data/bot.sqlite3.writer.lock``."""
+    return lock_path(database_path, WRITER_SUFFIX)
 
 
 def is_file_database(database_path: str | Path) -> bool:
@@ -48,8 +67,8 @@ def is_file_database(database_path: str | Path) -> bool:
 class DatabaseLock:
     """One open lock file; :meth:`acquire` takes a shared or exclusive lock without waiting."""
 
-    def __init__(self, database_path: str | Path) -> None:
-        self.path = lock_path(database_path)
+    def __init__(self, database_path: str | Path, suffix: str = LOCK_SUFFIX) -> None:
+        self.path = lock_path(database_path, suffix)
         self._fd: int | None = None
 
     @property
@@ -103,11 +122,31 @@ def hold_shared(database_path: str | Path) -> DatabaseLock | None:
     return lock
 
 
-def database_in_use(database_path: str | Path) -> bool:
-    """True while some process has the database open through :class:`storage.Storage`."""
-    if not is_file_database(database_path) or not lock_path(database_path).exists():
+def hold_writer(database_path: str | Path) -> DatabaseLock | None:
+    """The bot's exclusive single-writer lock; ``None`` for in-memory databases or when the lock
+    file cannot be created (read-only folder: logged; the database cannot be written there
+    either). Raises :class:`BotAlreadyRunningError` while another bot process holds it."""
+    if not is_file_database(database_path):
+        return None
+    lock = DatabaseLock(database_path, WRITER_SUFFIX)
+    try:
+        taken = lock.acquire(exclusive=True)
+    except OSError as exc:
+        log.warning("cannot create the lock file %s: %s", lock.path, exc.strerror or exc)
+        return None
+    if not taken:
+        raise BotAlreadyRunningError(
+            f"database {str(database_path)!r} is in use by another bot process (it holds "
+            f"{str(lock.path)!r}); stop that bot first: two bots on one database would "
+            "process the same runs twice"
+        )
+    return lock
+
+
+def _held_elsewhere(database_path: str | Path, suffix: str) -> bool:
+    if not is_file_database(database_path) or not lock_path(database_path, suffix).exists():
         return False
-    probe = DatabaseLock(database_path)
+    probe = DatabaseLock(database_path, suffix)
     try:
         taken = probe.acquire(exclusive=True)
     except OSError:
@@ -115,3 +154,13 @@ def database_in_use(database_path: str | Path) -> bool:
     if taken:
         probe.release()
     return not taken
+
+
+def database_in_use(database_path: str | Path) -> bool:
+    """True while some process has the database open through :class:`storage.Storage`."""
+    return _held_elsewhere(database_path, LOCK_SUFFIX)
+
+
+def writer_running(database_path: str | Path) -> bool:
+    """True while a bot process holds the database's single-writer lock."""
+    return _held_elsewhere(database_path, WRITER_SUFFIX)

@@ -2,7 +2,7 @@
 
 The table is read on every generation and written only by admins through :meth:`set`, so it
 is cached in memory after the first read; :meth:`set` writes through it under the database
-lock, so no caller can forget to. (The bot is the database's only writer.)"""
+lock, so no caller can forget to. (The bot is the database's only writer: storage/lock.py.)"""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """A process-local, write-through cache of run records (what ``RunRepository.get_run`` serves).
 
-Correct only because exactly one process writes the database, the running bot: the other
-tools never write while it runs (``python -m bot doctor`` only reads; ``restore`` cannot start
-while the bot holds its OS lock, storage/lock.py; a second bot on one database is not a
-supported setup: Telegram serves one consumer per token). Every write to ``runs`` in this
-process goes through code that keeps this cache true:
+Correct only because exactly one process writes the database, the running bot, and that is
+enforced (storage/lock.py): the bot opens storage with ``writer=True`` and so holds the
+exclusive ``<database>.writer.lock``, and a second bot on the same database refuses to start;
+the other tools never write while it runs (``python -m bot doctor`` and ``backup`` only read;
+``restore`` cannot start while the bot holds the shared "in use" lock). Every write to
+``runs`` in this process goes through code that keeps this cache true:
 
 * :class:`storage.runs.RunRepository` puts the record each ``INSERT`` / ``UPDATE ... RETURNING``
   produced, and drops the ids ``prune_runs`` deleted;

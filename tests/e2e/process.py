@@ -105,6 +105,30 @@ class BotWorld:
         the service resumes runs in post_init, before polling starts)."""
         assert self.proc is None or self.proc.returncode is not None, "bot already running"
         before = len(self.tg.calls("getUpdates"))
+        self.starts += 1
+        self.sigterm_sent = False
+        log = open(self.tmp / f"bot-{self.starts}.log", "wb")  # noqa: ASYNC230 - tiny, local
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            env=self.bot_env(),
+            cwd=str(REPO_ROOT),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        log.close()
+        proc = self.proc
+        await wait_until(
+            lambda: len(self.tg.calls("getUpdates")) > before or proc.returncode is not None,
+            timeout=START_TIMEOUT,
+            what="the bot to poll for updates",
+        )
+        assert self.proc.returncode is None, f"bot exited at start:\n{self.logs()}"
+
+    def bot_env(self) -> dict[str, str]:
+        """The environment ``python -m bot`` (and its operator commands) runs with."""
         env = {
             **os.environ,
             "TELEGRAM_BOT_TOKEN": self.tg.token,
@@ -119,27 +143,7 @@ class BotWorld:
             **self.env,
         }
         env.pop("PUBLIC_URL", None)
-        self.starts += 1
-        self.sigterm_sent = False
-        log = open(self.tmp / f"bot-{self.starts}.log", "wb")  # noqa: ASYNC230 - tiny, local
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot",
-            env=env,
-            cwd=str(REPO_ROOT),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        log.close()
-        proc = self.proc
-        await wait_until(
-            lambda: len(self.tg.calls("getUpdates")) > before or proc.returncode is not None,
-            timeout=START_TIMEOUT,
-            what="the bot to poll for updates",
-        )
-        assert self.proc.returncode is None, f"bot exited at start:\n{self.logs()}"
+        return env
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup of any kind runs in the bot."""
