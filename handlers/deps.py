@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from generation.billing import AccessMode, StarPackage
 from generation.custom_types import CustomTypeRegistry
+from handlers.redelivery import RecentMessages
 
 if TYPE_CHECKING:  # imports for type checkers only; keeps handler import cheap
     import httpx
@@ -95,6 +96,8 @@ class Services:
     # Re-publishes the command menu (set_my_commands) with the custom types; set by bot/.
     publish_commands: Callable[[], Awaitable[None]] | None = None
     signer: PayloadSigner | None = None  # signs Stars invoice payloads (None: no /buy)
+    # messages this process started runs for (handlers/redelivery.py)
+    recent_messages: RecentMessages = field(default_factory=RecentMessages)
 
 
 def services_of(application: Application) -> Services:

@@ -57,12 +57,31 @@ async def _already_started(
     elif message.from_user is None or message.from_user.is_bot:
         return None
     else:
-        seen = await runs.find_run_for_message(caller.user_id, message.chat_id, message.message_id)
+        seen = await _message_run(message, services, caller)
     if seen is not None:
         log.info("message %s already started run %s", message.message_id, seen.id)
         if seen.progress_message_id is None and not seen.is_terminal:
             await show_progress_message(message, services, seen, caller.lang)
     return seen
+
+
+async def _message_run(message: Message, services: Services, caller: Caller) -> RunRecord | None:
+    """The run this message started: from this process's memory, or — when the message may
+    be a redelivery from before this process started — from the database."""
+    recent = services.recent_messages
+    run_id = recent.run_id(_message_key(message, caller))
+    if run_id is not None:
+        return await services.storage.runs.get_run(run_id)
+    sent = message.date.timestamp() if message.date is not None else None
+    if not recent.needs_lookup(sent):
+        return None
+    return await services.storage.runs.find_run_for_message(
+        caller.user_id, message.chat_id, message.message_id
+    )
+
+
+def _message_key(message: Message, caller: Caller) -> tuple[int, int, int]:
+    return (caller.user_id, message.chat_id, message.message_id)
 
 
 async def submit(
@@ -143,6 +162,8 @@ async def submit(
             reply_parameters=reply_to(message.message_id),
         )
         return None
+    if not callback_query_id:  # a redelivery of this message finds the run (no DB read)
+        services.recent_messages.remember(_message_key(message, caller), run.id)
     if services.progress is not None:  # before any await: the run's first events find it
         services.progress.track(run)
     if image is None and mask is None:  # (with images the worker may upload them first)

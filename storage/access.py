@@ -23,6 +23,7 @@ import aiosqlite
 from generation.billing import AccessMode
 from generation.errors import AccessDeniedError, BannedError, PaidAccessOnlyError
 from storage.database import Database
+from storage.lru import Lru
 from storage.users import UserRepository
 from storage.validation import require_int
 
@@ -52,6 +53,10 @@ class AccessRepository:
     def __init__(self, db: Database, users: UserRepository | None = None) -> None:
         self._db = db
         self._users = users if users is not None else UserRepository(db)
+        # ``users.access`` by id, for the open-mode decision (the ban) without a read per
+        # update. :meth:`_set` is the only writer of the column (single-writer process:
+        # storage/run_cache.py); entries change only under the database lock.
+        self._access: Lru[int, str] = Lru(8192)
 
     async def get(self, user_id: int) -> AccessState:
         async with self._db.read() as conn:
@@ -66,6 +71,7 @@ class AccessRepository:
         user_id = require_int(user_id, "user_id")
         now = self._db.clock()
         async with self._db.write() as conn:
+            self._access.discard(user_id)  # dropped before the write, put back after it
             await conn.execute(  # /allow and /ban work for ids the bot has not seen yet
                 "INSERT OR IGNORE INTO users(id, settings, created_at, last_seen_at)"
                 " VALUES (?, '{}', ?, ?)",
@@ -74,6 +80,7 @@ class AccessRepository:
             await conn.execute(
                 "UPDATE users SET access = ?, ban_notified = 0 WHERE id = ?", (access, user_id)
             )
+        self._access.put(user_id, access)  # committed; still before anyone else's turn
         return AccessState(user_id, access)
 
     async def allow(self, user_id: int) -> AccessState:
@@ -132,12 +139,15 @@ class AccessRepository:
         mode = AccessMode(mode)
         if is_admin:
             return
+        if mode is AccessMode.OPEN and self._known_unbanned(user_id):
+            return  # open mode: only a ban refuses, and this user's state is known
         async with self._db.exclusive() as session:
             # The whole row: the caller lookup that follows the gate is then served from the
             # user cache (one users read per update, storage/users.py).
             rows = await session.fetchall("SELECT * FROM users WHERE id = ?", (user_id,))
             if rows:
                 self._users.remember(rows[0])
+                self._access.put(user_id, rows[0]["access"])
         access = rows[0]["access"] if rows else ACCESS_DEFAULT
         if access == ACCESS_BANNED:
             raise BannedError(f"user {user_id} is banned", first=await self._first_refusal(user_id))
@@ -151,6 +161,12 @@ class AccessRepository:
         if paid > 0 or await self._has_purchase(user_id):
             return
         raise PaidAccessOnlyError(f"user {user_id} has no paid credits")
+
+    def _known_unbanned(self, user_id: int) -> bool:
+        """Cached and not banned, with the user's row cached too (the caller lookup after the
+        gate reads it): the gate then needs no read at all."""
+        access = self._access.get(user_id)
+        return access is not None and access != ACCESS_BANNED and self._users.is_cached(user_id)
 
     async def _first_refusal(self, user_id: int) -> bool:
         rows = await self._db.write_one(

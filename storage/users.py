@@ -83,6 +83,9 @@ class UserRepository:
             rows = await session.fetchall("SELECT * FROM users WHERE id = ?", (user_id,))
             return self._cache.put(user_id, _user(rows[0])) if rows else None
 
+    def is_cached(self, user_id: int) -> bool:
+        return user_id in self._cache
+
     def remember(self, row: sqlite3.Row) -> User:
         """Cache the ``User`` of a full ``users`` row the caller just read under the database
         lock (the access gate reads the row anyway: the caller lookup then costs no read)."""

@@ -66,3 +66,43 @@ async def test_access_check_fills_the_cache(storage: Storage, hops: list[str]) -
     assert await storage.users.get(7) == await _table_user(storage, 7)
     await storage.access.check(8, mode=AccessMode.OPEN)  # unknown user: nothing cached
     assert 8 not in storage.db.user_cache
+
+
+async def test_open_mode_gate_reads_once_and_follows_bans(
+    storage: Storage, hops: list[str]
+) -> None:
+    from storage.access import BannedError
+
+    await storage.users.get_or_create(21)
+    await storage.access.check(21, mode=AccessMode.OPEN)  # first decision reads the row
+    hops.clear()
+    await storage.access.check(21, mode=AccessMode.OPEN)
+    await storage.users.get(21)
+    assert hops == []  # known, not banned: the gate and the caller lookup cost no hop
+
+    await storage.access.ban(21)
+    with pytest.raises(BannedError) as first:
+        await storage.access.check(21, mode=AccessMode.OPEN)
+    assert first.value.first  # the ban is seen at once, with its one refusal
+    with pytest.raises(BannedError) as again:
+        await storage.access.check(21, mode=AccessMode.OPEN)
+    assert not again.value.first
+
+    await storage.access.unban(21)
+    await storage.access.check(21, mode=AccessMode.OPEN)  # passes again
+    hops.clear()
+    await storage.access.check(21, mode=AccessMode.OPEN)
+    assert hops == []
+
+
+async def test_allowlist_mode_still_decides_from_the_table(
+    storage: Storage, hops: list[str]
+) -> None:
+    from storage.access import AccessDeniedError
+
+    await storage.users.get_or_create(22)
+    await storage.access.check(22, mode=AccessMode.OPEN)  # cached as "default"
+    with pytest.raises(AccessDeniedError):
+        await storage.access.check(22, mode=AccessMode.ALLOWLIST)
+    await storage.access.allow(22)
+    await storage.access.check(22, mode=AccessMode.ALLOWLIST)
