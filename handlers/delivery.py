@@ -302,6 +302,9 @@ class Delivery:
                 if keyboard is not None:
                     extra["reply_markup"] = keyboard
             size = sum(len(v) for v in item.kwargs.values() if isinstance(v, bytes))
+            # The previous item's mark is durable before the next send: a crash repeats at
+            # most the one item in flight (the last item's mark does not delay "done").
+            await marks.wait()
             message = None
             try:
                 message = await self._send_media(item.method, size, **base, **item.kwargs, **extra)

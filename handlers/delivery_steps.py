@@ -4,7 +4,8 @@ delivery resumed after a crash sends only the missing ones) and its file id is k
 result buttons.
 
 :class:`Marks` writes them in send order in a chain of tasks, so neither the next send nor
-the final "done" edit waits for the database; the delivery waits for the chain before the
+the final "done" edit waits for the database; the next send waits for the previous item's
+mark (a crash repeats at most the item in flight), the delivery for the whole chain before the
 hold is settled, and ``Delivery.detach`` before shutting down."""
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ async def note_delivered(storage: Any, run: RunRecord, keys: set[str]) -> None:
 
 class Marks:
     """The bookkeeping of one delivery round's sent items, written in order off the send
-    path; ``wait`` for it before the hold is settled."""
+    path; ``wait`` for it before the next send and before the hold is settled."""
 
     def __init__(self, storage: Any, run: RunRecord, running: set[asyncio.Task[None]]) -> None:
         self._storage = storage

@@ -3,6 +3,7 @@ re-encoding over the photo limits, PNG as file, captions, buttons, retries, exac
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from generation.models import DeliveryState, MediaOutput, MediaType, RunRecord
 from handlers.delivery import Delivery
 from handlers.deps import HandlerConfig, Services
 from handlers.i18n import Translator
+from handlers.origin import DELIVERED_ITEMS_KEY
 from handlers.telegram_io import CAPTION_LIMIT, prepare_photo, truncate_prompt
 from storage import Storage
 from tests.fakes.comfydeploy import FakeComfyDeploy
@@ -219,3 +221,34 @@ def test_prepare_photo_keeps_small_images_and_refuses_extreme_ratio() -> None:
     small = png()
     assert prepare_photo(small).photo == small
     assert prepare_photo(png((2100, 100))).photo is None  # ratio > 20
+
+
+async def test_an_items_mark_is_durable_before_the_next_send(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash while the second item is on its way repeats at most that item: the second
+    send waits until the first item's delivery mark is written."""
+    await env.storage.users.update_settings(USER, png_as_file=True)  # photo, then document
+    url = env.serve("r.png", png())
+    run = await env.run([MediaOutput(url, MediaType.IMAGE, filename="r.png")])
+    marked = asyncio.Event()
+    update_run = env.storage.runs.update_run
+
+    async def slow_mark(run_id: str, **changes: object) -> RunRecord:
+        if DELIVERED_ITEMS_KEY in (changes.get("meta") or {}):  # type: ignore[operator]
+            await marked.wait()
+        return await update_run(run_id, **changes)
+
+    monkeypatch.setattr(env.storage.runs, "update_run", slow_mark)
+    completing = asyncio.create_task(env.complete(run))
+    try:
+        await env.fake.wait_for(lambda: env.fake.calls("sendPhoto"), what="the photo")
+        for _ in range(50):  # bounded: turns enough for a send that did not wait
+            await asyncio.sleep(0)
+        assert not env.fake.calls("sendDocument")  # held back until the photo is marked
+    finally:
+        marked.set()
+        await completing
+    assert [m.media_kind for m in env.fake.sent_media(USER)] == ["photo", "document"]
+    stored = await env.storage.runs.get_run(run.id)
+    assert stored is not None and len(stored.meta[DELIVERED_ITEMS_KEY]) == 2
