@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from storage.errors import StorageError
@@ -106,40 +107,50 @@ class DatabaseLock:
 def hold_shared(database_path: str | Path) -> DatabaseLock | None:
     """The lock an open database keeps; ``None`` for in-memory databases or when the lock file
     cannot be created (read-only folder: logged, the database still opens)."""
-    if not is_file_database(database_path):
-        return None
-    lock = DatabaseLock(database_path)
-    try:
-        taken = lock.acquire(exclusive=False)
-    except OSError as exc:
-        log.warning("cannot create the lock file %s: %s", lock.path, exc.strerror or exc)
-        return None
-    if not taken:
-        raise DatabaseInUseError(
+    return _hold(
+        database_path,
+        LOCK_SUFFIX,
+        exclusive=False,
+        refused=lambda _lock: DatabaseInUseError(
             f"database {str(database_path)!r} is being restored (python -m bot restore); "
             "start the bot again when the restore has finished"
-        )
-    return lock
+        ),
+    )
 
 
 def hold_writer(database_path: str | Path) -> DatabaseLock | None:
     """The bot's exclusive single-writer lock; ``None`` for in-memory databases or when the lock
     file cannot be created (read-only folder: logged; the database cannot be written there
     either). Raises :class:`BotAlreadyRunningError` while another bot process holds it."""
+    return _hold(
+        database_path,
+        WRITER_SUFFIX,
+        exclusive=True,
+        refused=lambda lock: BotAlreadyRunningError(
+            f"database {str(database_path)!r} is in use by another bot process (it holds "
+            f"{str(lock.path)!r}); stop that bot first: two bots on one database would "
+            "process the same runs twice"
+        ),
+    )
+
+
+def _hold(
+    database_path: str | Path,
+    suffix: str,
+    *,
+    exclusive: bool,
+    refused: Callable[[DatabaseLock], StorageError],
+) -> DatabaseLock | None:
     if not is_file_database(database_path):
         return None
-    lock = DatabaseLock(database_path, WRITER_SUFFIX)
+    lock = DatabaseLock(database_path, suffix)
     try:
-        taken = lock.acquire(exclusive=True)
+        taken = lock.acquire(exclusive=exclusive)
     except OSError as exc:
         log.warning("cannot create the lock file %s: %s", lock.path, exc.strerror or exc)
         return None
     if not taken:
-        raise BotAlreadyRunningError(
-            f"database {str(database_path)!r} is in use by another bot process (it holds "
-            f"{str(lock.path)!r}); stop that bot first: two bots on one database would "
-            "process the same runs twice"
-        )
+        raise refused(lock)
     return lock
 
 

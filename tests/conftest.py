@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiosqlite
 import pytest
 
 from storage import Storage
@@ -21,3 +23,17 @@ async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the functions sent to aiosqlite's thread (one hop each), in order."""
+    seen: list[str] = []
+    original = aiosqlite.Connection._execute
+
+    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    return seen

@@ -30,20 +30,6 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
         await database.close()
 
 
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Names of the functions sent to aiosqlite's thread, in order."""
-    seen: list[str] = []
-    original = aiosqlite.Connection._execute
-
-    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
-    return seen
-
-
 def _rows(conn: sqlite3.Connection) -> list[tuple[int, str]]:
     return [tuple(r) for r in conn.execute("SELECT k, v FROM t ORDER BY k").fetchall()]
 

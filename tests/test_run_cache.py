@@ -10,7 +10,6 @@ import json
 import threading
 from typing import Any
 
-import aiosqlite
 import pytest
 
 from generation.models import ChargeState, DeliveryState, RunRecord, RunStatus
@@ -25,19 +24,6 @@ def _run(run_id: str = "run-1", *, user_id: int = 1, **kw: Any) -> RunRecord:
     kw.setdefault("request", {"prompt": "a red fox", "seed": 7, "loras": [{"name": "a"}]})
     kw.setdefault("meta", {"lang": "en"})
     return RunRecord(id=run_id, user_id=user_id, chat_id=-100, type="MAKE", created_at=100.0, **kw)
-
-
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    original = aiosqlite.Connection._execute
-
-    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
-    return seen
 
 
 async def _in_db(storage: Storage, run_id: str) -> RunRecord | None:

@@ -5,24 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiosqlite
 import pytest
 
 from generation.billing import AccessMode
 from storage import Storage
-
-
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    original = aiosqlite.Connection._execute
-
-    async def counting(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(getattr(fn, "__name__", repr(fn)))
-        return await original(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
-    return seen
 
 
 async def _table_user(storage: Storage, user_id: int) -> Any:
