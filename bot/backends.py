@@ -82,7 +82,8 @@ def _comfydeploy(settings: Settings, transport: httpx.AsyncBaseTransport | None)
     return ComfyDeployClient(
         api_key=api_key.get_secret_value() if api_key else "",
         base_url=settings.comfydeploy_api_url,
-        transport=transport or AiohttpTransport(),  # generation/http_transport.py: why
+        # generation/http_transport.py: why; proxies from the environment as with httpx
+        transport=transport or AiohttpTransport(trust_env=True),
     )
 
 

@@ -61,6 +61,7 @@ class AiohttpRequest(BaseRequest):
                 headers={"User-Agent": self.USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=None),
                 skip_auto_headers=("Accept-Encoding",),  # answers are small JSON
+                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as PTB's httpx default honours
             )
 
     async def shutdown(self) -> None:

@@ -32,8 +32,11 @@ _CHUNK = 64 * 1024
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One pooled aiohttp session, opened on the first request (inside the running loop)."""
 
-    def __init__(self, *, max_connections: int = 100) -> None:
+    def __init__(self, *, max_connections: int = 100, trust_env: bool = False) -> None:
+        """``trust_env``: honour ``HTTP(S)_PROXY``/``NO_PROXY`` as httpx's own transport does
+        (the API clients); off where a proxy would bypass a check (output downloads)."""
         self._limit = max_connections
+        self._trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -42,7 +45,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=aiohttp.TCPConnector(limit=self._limit),
                 timeout=aiohttp.ClientTimeout(total=None),
                 auto_decompress=True,
-                trust_env=False,
+                trust_env=self._trust_env,
             )
         return self._session
 

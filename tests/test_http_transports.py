@@ -245,3 +245,44 @@ async def test_download_cap_counts_decoded_bytes_and_declared_lengths() -> None:
             with pytest.raises(OutputRefusedError):
                 await fetcher.fetch(f"{base_url}/files/out.png")
             await fetcher.aclose()
+
+
+async def test_environment_proxies_as_with_httpx_except_for_downloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Bot API and the ComfyDeploy API honour ``HTTP_PROXY`` as PTB's and httpx's defaults
+    do; output downloads never do (a proxy would bypass the address check)."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        seen.append(request.split(b"\r\n", 1)[0])
+        body = b'{"ok": true, "result": true}'
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    with socket.socket() as probe:  # a port nobody listens on: only the proxy answers
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    target = f"http://localhost:{closed}"  # /etc/hosts: no DNS query even when it goes wrong
+    server, base_url = await _serve(proxy)
+    monkeypatch.setenv("HTTP_PROXY", base_url.removesuffix("/api"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with server:
+        request = AiohttpRequest()
+        await request.initialize()
+        try:
+            await request.post(f"{target}/botT/close")
+        finally:
+            await request.shutdown()
+        async with httpx.AsyncClient(transport=AiohttpTransport(trust_env=True)) as api:
+            assert (await api.get(f"{target}/api/run/r1")).status_code == 200
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as downloads:
+            with pytest.raises(httpx.ConnectError):  # straight to the host, not the proxy
+                await downloads.get(f"http://127.0.0.1:{closed}/out.png")
+    assert seen == [
+        f"POST {target}/botT/close HTTP/1.1".encode(),
+        f"GET {target}/api/run/r1 HTTP/1.1".encode(),
+    ]
