@@ -163,10 +163,10 @@ async def test_bot_api_calls_and_uploads_over_aiohttp(telegram: tuple[FakeTelegr
     user = fake.user(5001)
     sent = await bot.send_message(user.id, "hello ✓", parse_mode=None)
     photo = b"\xff\xd8\xff" + bytes(range(256)) * 40
-    await bot.send_document(user.id, photo, filename="result.png", caption="a cat")
+    await bot.send_document(user.id, photo, filename="result.png", caption="a cat · кот ✓")
     assert sent.text == "hello ✓"
     upload = fake.calls("sendDocument")[0]
-    assert upload.params["caption"] == "a cat"
+    assert upload.params["caption"] == "a cat · кот ✓"
     assert upload.files["document"] == ("result.png", photo)
 
 
