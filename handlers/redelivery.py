@@ -22,33 +22,46 @@ from dataclasses import dataclass, field
 
 CLOCK_MARGIN = 30.0
 FRESH_SECONDS = 60.0
-REMEMBERED = 20_000
+REMEMBERED = 10_000  # hard bound; only the last FRESH_SECONDS + CLOCK_MARGIN are ever needed
 
 MessageKey = tuple[int, int, int]  # user id, chat id, message id
 
 
 @dataclass(eq=False)
 class RecentMessages:
-    """The runs this process started per message (bounded, newest kept)."""
+    """The runs this process started per message, for as long as a duplicate of the message
+    would not be looked up in the database anyway (bounded in age and count)."""
 
     clock: Callable[[], float] = time.time
     started_at: float = field(default=0.0)
-    _runs: OrderedDict[MessageKey, str] = field(default_factory=OrderedDict)
+    _runs: OrderedDict[MessageKey, tuple[str, float]] = field(default_factory=OrderedDict)
+    # Messages sent at or before this moment may have left the memory: they are looked up.
+    _horizon: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.started_at:
             self.started_at = self.clock()
+        self._horizon = self.started_at + CLOCK_MARGIN
 
-    def remember(self, key: MessageKey, run_id: str) -> None:
-        self._runs[key] = run_id
-        while len(self._runs) > REMEMBERED:
-            self._runs.popitem(last=False)
+    def remember(self, key: MessageKey, run_id: str, sent_at: float | None = None) -> None:
+        now = self.clock()
+        self._runs[key] = (run_id, now if sent_at is None else sent_at)
+        self._runs.move_to_end(key)
+        too_old = now - FRESH_SECONDS
+        while self._runs:
+            oldest_key, (_, sent) = next(iter(self._runs.items()))
+            if sent >= too_old and len(self._runs) <= REMEMBERED:
+                break
+            del self._runs[oldest_key]
+            self._horizon = max(self._horizon, sent)  # anything as old is looked up
 
     def run_id(self, key: MessageKey) -> str | None:
-        return self._runs.get(key)
+        entry = self._runs.get(key)
+        return entry[0] if entry is not None else None
 
     def needs_lookup(self, sent_at: float | None) -> bool:
-        """True when the database must be asked (the message may predate this process)."""
+        """True when the database must be asked (the message may predate this process, or
+        its entry may have left the memory)."""
         if sent_at is None:
             return True
-        return sent_at < self.started_at + CLOCK_MARGIN or sent_at < self.clock() - FRESH_SECONDS
+        return sent_at <= self._horizon or sent_at < self.clock() - FRESH_SECONDS

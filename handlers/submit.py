@@ -163,7 +163,8 @@ async def submit(
         )
         return None
     if not callback_query_id:  # a redelivery of this message finds the run (no DB read)
-        services.recent_messages.remember(_message_key(message, caller), run.id)
+        sent = message.date.timestamp() if message.date is not None else None
+        services.recent_messages.remember(_message_key(message, caller), run.id, sent)
     if services.progress is not None:  # before any await: the run's first events find it
         services.progress.track(run)
     if image is None and mask is None:  # (with images the worker may upload them first)

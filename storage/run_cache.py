@@ -21,8 +21,9 @@ not seen). No reader can put an older row back after a newer write.
 Records are immutable: ``RunRecord`` is a frozen dataclass and the cache stores frozen copies of
 its JSON fields (:func:`freeze`), so a caller cannot change what the next caller gets.
 
-Bounded LRU: at most ``capacity`` records; terminal runs go first (nothing tracks them any more),
-then the least recently used active ones. A miss only costs one read.
+Bounded LRU: at most ``capacity`` records, of which at most ``terminal_capacity`` finished ones;
+terminal runs go first (nothing tracks them any more), then the least recently used active
+ones. A miss only costs one read.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from typing import Any, NoReturn
 from generation.models import RunRecord
 
 DEFAULT_CAPACITY = 4096
+# Finished runs kept: delivery and the result buttons of recent results read them; older
+# ones cost one read. Bounded apart so finished runs never crowd the memory (issue 16's RSS
+# growth figure: 4,096 finished records were ~20 MB).
+DEFAULT_TERMINAL_CAPACITY = 256
 
 
 def _immutable(self: Any, *args: Any, **kwargs: Any) -> NoReturn:
@@ -95,10 +100,13 @@ def frozen_record(run: RunRecord) -> RunRecord:
 class RunCache:
     """Run records by id (two LRU orders: active and terminal) and backend run id → run id."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+    def __init__(
+        self, capacity: int = DEFAULT_CAPACITY, terminal_capacity: int = DEFAULT_TERMINAL_CAPACITY
+    ) -> None:
+        if capacity < 1 or terminal_capacity < 1:
+            raise ValueError("capacities must be at least 1")
         self.capacity = capacity
+        self.terminal_capacity = min(terminal_capacity, capacity)
         self._active: OrderedDict[str, RunRecord] = OrderedDict()
         self._done: OrderedDict[str, RunRecord] = OrderedDict()
         self._backend: dict[str, str] = {}
@@ -127,6 +135,8 @@ class RunCache:
         self._active.pop(run.id, None)
         self._done.pop(run.id, None)
         (self._done if run.is_terminal else self._active)[run.id] = run
+        while len(self._done) > self.terminal_capacity:
+            self._done.popitem(last=False)
         while len(self) > self.capacity:
             (self._done if self._done else self._active).popitem(last=False)
         return run

@@ -34,6 +34,24 @@ def test_only_messages_sent_after_the_start_and_recently_skip_the_lookup() -> No
     assert recent.run_id((1, 2, 3)) == "run-a" and recent.run_id((1, 2, 4)) is None
 
 
+def test_memory_is_bounded_and_what_left_it_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import handlers.redelivery as redelivery
+
+    monkeypatch.setattr(redelivery, "REMEMBERED", 3)
+    clock = Clock(1_000.0)
+    recent = RecentMessages(clock=clock)
+    clock.now += 100
+    for i in range(5):  # one a second, all fresh: the count bound evicts the two oldest
+        clock.now += 1
+        recent.remember((1, 1, i), f"run-{i}", sent_at=clock.now)
+    assert [recent.run_id((1, 1, i)) for i in range(5)] == [None, None, "run-2", "run-3", "run-4"]
+    assert recent.needs_lookup(1_102.0)  # message 1 was evicted: a duplicate is looked up
+    assert not recent.needs_lookup(1_104.0)  # message 3 is still known
+    clock.now += FRESH_SECONDS + 1
+    recent.remember((1, 1, 9), "run-9", sent_at=clock.now)  # the old ones age out
+    assert [recent.run_id((1, 1, i)) for i in (2, 3, 4, 9)] == [None, None, None, "run-9"]
+
+
 @pytest.fixture
 def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The "run for this message" reads the bot makes (SQL seen by SQLite)."""

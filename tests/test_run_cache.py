@@ -159,6 +159,17 @@ def test_lru_bound_evicts_terminal_runs_first() -> None:
     assert len(cache) == 3
 
 
+def test_finished_runs_are_bounded_apart_from_active_ones() -> None:
+    cache = RunCache(capacity=100, terminal_capacity=2)
+    for i in range(5):
+        cache.put(_run(f"active-{i}"))
+    for i in range(5):
+        cache.put(_run(f"done-{i}", status=RunStatus.SUCCESS))
+    assert len(cache) == 7  # every active run, the two newest finished ones
+    assert all(f"active-{i}" in cache for i in range(5))
+    assert "done-4" in cache and "done-3" in cache and "done-2" not in cache
+
+
 async def test_records_are_immutable(storage: Storage) -> None:
     request = {"prompt": "a red fox", "loras": [{"name": "a"}]}
     created = await storage.runs.create_run(_run(request=request))
