@@ -64,6 +64,7 @@ class Phase:
     reply: list[float] = field(default_factory=list)
     delivery: list[float] = field(default_factory=list)
     failures: int = 0
+    failure_reasons: Counter[str] = field(default_factory=Counter)  # why (printed with them)
     wall: float = 0.0
     cpu_s: float = math.nan
     api_calls: int = 0
@@ -313,13 +314,20 @@ class Load:
         reply = probes.wait("reply", tag) if closed else None
         if closed:
             target.tg.expect_reply(user.id, tag)
+        stage = "update not accepted"
         try:
             sent = await target.send(user, f"/make bench-{tag} a lighthouse at dusk")
+            stage = "no create-run"
             created_at = await asyncio.wait_for(created, TIMEOUT)
+            stage = "no result"
             done_at = await asyncio.wait_for(done, TIMEOUT)
+            stage = "no reply"
             reply_at = await asyncio.wait_for(reply, TIMEOUT) if reply is not None else None
-        except (TimeoutError, httpx.HTTPError):
+        except (TimeoutError, httpx.HTTPError) as exc:
             phase.failures += 1
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            why = f"HTTP {status}" if status else type(exc).__name__
+            phase.failure_reasons[f"{stage}: {why}"] += 1
             probes.forget(tag)
             target.tg.forget_reply(user.id)
             return False

@@ -74,6 +74,8 @@ class Bench:
             line += f", delivery p50 {s['delivery_p50'] * 1e3:.1f} ms"
         cpu = phase.cpu_s / max(phase.count, 1) * 1e3
         line += f", {cpu:.1f} CPU ms/gen, failures {phase.failures}"
+        if phase.failure_reasons:
+            line += f" ({dict(phase.failure_reasons)})"
         print(line, flush=True)
 
     async def rounds(self, targets: list[Target], out: dict[str, Any]) -> None:
@@ -143,7 +145,8 @@ class Bench:
                     rss = samples[str(checkpoint)] = target.rss_kb() / 1024
                     print(
                         f"    {kind} after {checkpoint} generations: {rss:.1f} MB"
-                        f" (failures {phase.failures})",
+                        f" (failures {phase.failures}"
+                        f"{': ' + str(dict(phase.failure_reasons)) if phase.failures else ''})",
                         flush=True,
                     )
                 out[kind] = samples
