@@ -23,6 +23,8 @@ import aiohttp
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
 
+from generation.http_transport import EnvProxies
+
 ODV = Any  # PTB's "float | None | DefaultValue" timeout arguments
 
 MEDIA_WRITE_TIMEOUT = 20.0
@@ -31,7 +33,7 @@ MEDIA_WRITE_TIMEOUT = 20.0
 class AiohttpRequest(BaseRequest):
     """One aiohttp ``ClientSession`` (opened in ``initialize``, closed in ``shutdown``)."""
 
-    __slots__ = ("_connect", "_pool", "_read", "_session", "_size", "_write")
+    __slots__ = ("_connect", "_pool", "_proxies", "_read", "_session", "_size", "_write")
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class AiohttpRequest(BaseRequest):
         self._connect = connect_timeout
         self._pool = pool_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = EnvProxies()
 
     @property
     def read_timeout(self) -> float | None:
@@ -55,13 +58,14 @@ class AiohttpRequest(BaseRequest):
 
     async def initialize(self) -> None:
         if self._session is None or self._session.closed:
+            self._proxies = EnvProxies()  # HTTP(S)_PROXY / NO_PROXY, as HTTPXRequest honours
             connector = aiohttp.TCPConnector(limit=self._size, limit_per_host=self._size)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"User-Agent": self.USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=None),
                 skip_auto_headers=("Accept-Encoding",),  # answers are small JSON
-                trust_env=True,  # HTTP(S)_PROXY / NO_PROXY, as PTB's httpx default honours
+                trust_env=False,  # proxies: as PTB's httpx default, read once (EnvProxies)
             )
 
     async def shutdown(self) -> None:
@@ -103,7 +107,10 @@ class AiohttpRequest(BaseRequest):
         )
         body = _body(request_data, files)
         try:
-            async with session.request(method, url, data=body, timeout=timeout) as response:
+            proxy = self._proxies.for_url(url)
+            async with session.request(
+                method, url, data=body, timeout=timeout, proxy=proxy
+            ) as response:
                 return response.status, await response.read()
         except (TimeoutError, aiohttp.ServerTimeoutError) as err:
             raise TimedOut from err
