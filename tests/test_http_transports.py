@@ -22,7 +22,7 @@ from telegram.error import NetworkError, TimedOut
 from bot.telegram_http import AiohttpRequest
 from generation.client import ComfyDeployClient
 from generation.errors import BackendUnavailableError, OutputRefusedError, SubmitUncertainError
-from generation.http_transport import AiohttpTransport
+from generation.http_transport import AiohttpTransport, EnvProxies
 from generation.safe_fetch import FetchPolicy, SafeFetcher
 from tests.fakes.comfydeploy import FakeComfyDeploy, Timeline
 from tests.fakes.telegram import FakeTelegram
@@ -286,3 +286,15 @@ async def test_environment_proxies_as_with_httpx_except_for_downloads(
         f"POST {target}/botT/close HTTP/1.1".encode(),
         f"GET {target}/api/run/r1 HTTP/1.1".encode(),
     ]
+
+
+def test_env_proxies_are_read_once_and_honour_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    proxies = EnvProxies()
+    monkeypatch.setenv("HTTPS_PROXY", "http://changed.example:1")  # read once, at creation
+    assert proxies.for_url("https://api.telegram.org/botT/getMe") == "http://proxy.example:3128"
+    assert proxies.for_url("https://internal.example/files/a.png") is None  # NO_PROXY
+    assert proxies.for_url("http://api.telegram.org/botT/getMe") is None  # no HTTP_PROXY
