@@ -50,7 +50,7 @@ class AiohttpRequest(BaseRequest):
         self._connect = connect_timeout
         self._pool = pool_timeout
         self._session: aiohttp.ClientSession | None = None
-        self._proxies = EnvProxies()
+        self._proxies = EnvProxies()  # HTTP(S)_PROXY / NO_PROXY, as HTTPXRequest honours
 
     @property
     def read_timeout(self) -> float | None:
@@ -58,7 +58,6 @@ class AiohttpRequest(BaseRequest):
 
     async def initialize(self) -> None:
         if self._session is None or self._session.closed:
-            self._proxies = EnvProxies()  # HTTP(S)_PROXY / NO_PROXY, as HTTPXRequest honours
             connector = aiohttp.TCPConnector(limit=self._size, limit_per_host=self._size)
             self._session = aiohttp.ClientSession(
                 connector=connector,

@@ -72,12 +72,15 @@ async def _message_run(message: Message, services: Services, caller: Caller) -> 
     run_id = recent.run_id(_message_key(message, caller))
     if run_id is not None:
         return await services.storage.runs.get_run(run_id)
-    sent = message.date.timestamp() if message.date is not None else None
-    if not recent.needs_lookup(sent):
+    if not recent.needs_lookup(_sent_at(message)):
         return None
     return await services.storage.runs.find_run_for_message(
         caller.user_id, message.chat_id, message.message_id
     )
+
+
+def _sent_at(message: Message) -> float | None:
+    return message.date.timestamp() if message.date is not None else None
 
 
 def _message_key(message: Message, caller: Caller) -> tuple[int, int, int]:
@@ -163,8 +166,8 @@ async def submit(
         )
         return None
     if not callback_query_id:  # a redelivery of this message finds the run (no DB read)
-        sent = message.date.timestamp() if message.date is not None else None
-        services.recent_messages.remember(_message_key(message, caller), run.id, sent)
+        key = _message_key(message, caller)
+        services.recent_messages.remember(key, run.id, _sent_at(message))
     if services.progress is not None:  # before any await: the run's first events find it
         services.progress.track(run)
     if image is None and mask is None:  # (with images the worker may upload them first)
